@@ -1,0 +1,78 @@
+"""`dltrain time`: average forward/backward time per layer, as `caffe time`."""
+import argparse
+import time
+
+import numpy as np
+
+from dlcore import TEST, TRAIN, log
+
+
+def _phase(name):
+    name = name.upper()
+    if name not in ("TRAIN", "TEST"):
+        raise argparse.ArgumentTypeError("phase must be TRAIN or TEST")
+    return TRAIN if name == "TRAIN" else TEST
+
+
+def _stages(text):
+    return [s for s in text.split(",") if s]
+
+
+def cmd_time(args):
+    """Average forward/backward time per layer and in total, as `caffe time`."""
+    from dlcore import Net
+    net = Net(args.model, args.phase, level=args.level, stages=args.stage)
+    layers, names = net.layers, net.layer_names
+    n = len(layers)
+    log.info("Performing Forward")
+    # The first pass also compiles every kernel: it is never timed.
+    loss = net.forward_from_to(0, n - 1)
+    log.info(f"Initial loss: {loss:g}")
+    log.info("Performing Backward")
+    net.backward_from_to(n - 1, 0)
+    log.info("*** Benchmark begins ***")
+    log.info(f"Testing for {args.iterations} iterations.")
+    fwd = np.zeros(n)
+    bwd = np.zeros(n)
+    total_fwd = total_bwd = 0.0
+    clock = time.perf_counter
+    start_all = clock()
+    for it in range(1, args.iterations + 1):
+        t_iter = clock()
+        for i, layer in enumerate(layers):
+            t = clock()
+            layer.reshape(net._bottom_vecs[i], net._top_vecs[i])
+            layer.forward(net._bottom_vecs[i], net._top_vecs[i])
+            fwd[i] += clock() - t
+        t_fwd_done = clock()
+        for i in range(n - 1, -1, -1):
+            if net.layer_need_backward[i]:
+                t = clock()
+                layers[i].backward(net._top_vecs[i], net.bottom_need_backward[i], net._bottom_vecs[i])
+                bwd[i] += clock() - t
+        t_end = clock()
+        total_fwd += t_fwd_done - t_iter
+        total_bwd += t_end - t_fwd_done
+        log.info(f"Iteration: {it} forward-backward time: {(t_end - t_iter) * 1e3:.3f} ms.")
+    total = clock() - start_all
+    k = 1e3 / args.iterations
+    log.info("Average time per layer: ")
+    for i, name in enumerate(names):
+        log.info(f"{name:>10}\tforward: {fwd[i] * k:.5g} ms.")
+        log.info(f"{name:>10}\tbackward: {bwd[i] * k:.5g} ms.")
+    log.info(f"Average Forward pass: {total_fwd * k:.5g} ms.")
+    log.info(f"Average Backward pass: {total_bwd * k:.5g} ms.")
+    log.info(f"Average Forward-Backward: {(total_fwd + total_bwd) * k:.5g} ms.")
+    log.info(f"Total Time: {total * 1e3:.5g} ms.")
+    log.info("*** Benchmark ends ***")
+    return 0
+
+
+def register(sub):
+    p = sub.add_parser("time", help="benchmark a net's forward and backward, per layer (as `caffe time`)")
+    p.add_argument("--model", required=True, help="the net definition (.prototxt or .yaml)")
+    p.add_argument("--iterations", type=int, default=50, help="timed iterations (default 50)")
+    p.add_argument("--phase", type=_phase, default=TRAIN, help="TRAIN (default) or TEST")
+    p.add_argument("--level", type=int, default=0, help="the net state's level")
+    p.add_argument("--stage", type=_stages, default=[], help="comma-separated net state stages")
+    p.set_defaults(func=cmd_time)

@@ -1,0 +1,137 @@
+"""`dltrain train` and `dltrain test`: Caffe's `caffe train` and `caffe test`.
+
+    dltrain train --solver S [--weights W1,W2 | --snapshot S.solverstate] [--iterations N]
+                  [--level N] [--stage a,b] [--sigint_effect stop|snapshot|none]
+    dltrain test --model M --weights W [--iterations 50]
+
+`dltrain solver.prototxt` is `dltrain train --solver solver.prototxt`.
+"""
+import numpy as np
+
+from dlcore import TEST, DLTrainError
+
+SIGNAL_EFFECTS = ("stop", "snapshot", "none")
+
+
+def _stages(text):
+    return [s for s in text.split(",") if s]
+
+
+def _gpu_error(flag):
+    return DLTrainError(f"--gpu {flag}: no GPU backend is available in this build of dltrain; "
+                        "leave --gpu out to run on the CPU")
+
+
+def cmd_train(args):
+    """Train a net from a solver file (Caffe's `caffe train`)."""
+    from dlcore.config import load_solver
+    from proto import caffe_pb2
+    from solvers import get_solver
+    from solvers.signals import SignalHandler
+    from solvers.solver import upgrade_solver_param
+    from solvers.training_log import info
+
+    if args.snapshot and args.weights:
+        raise DLTrainError("give --snapshot to resume training or --weights to fine-tune, not both")
+    if args.gpu is not None:
+        raise _gpu_error(args.gpu)
+    if args.iterations is not None and args.iterations < 0:
+        raise DLTrainError(f"--iterations must not be negative (got {args.iterations})")
+    param = load_solver(args.solver, resolve_paths=True)
+    upgrade_solver_param(param, args.solver)
+    param.train_state.level = args.level
+    param.train_state.stage.extend(args.stage)
+    if args.iterations is not None:
+        param.max_iter = args.iterations
+    if param.solver_mode == caffe_pb2.SolverParameter.GPU:
+        info("no GPU backend available; training on the CPU")
+    else:
+        info("Use CPU.")
+    if args.snapshot:
+        param.ClearField("weights")
+    elif args.weights:
+        param.ClearField("weights")
+        param.weights.append(args.weights)
+    solver = get_solver(param, solver_path=args.solver)
+    with SignalHandler(args.sigint_effect, args.sighup_effect) as handler:
+        solver.set_action_function(handler.requested_action)
+        if args.snapshot:
+            info(f"Resuming from {args.snapshot}")
+            solver.solve(args.snapshot)
+        else:
+            solver.solve()
+    return 0
+
+
+def cmd_test(args):
+    """Score a trained model (Caffe's `caffe test`): per-batch outputs and their means."""
+    from dlcore import Net
+    from solvers.training_log import fmt, info
+
+    if args.gpu is not None:
+        raise _gpu_error(args.gpu)
+    if args.iterations < 1:
+        raise DLTrainError(f"--iterations must be at least 1 (got {args.iterations})")
+    info("Use CPU.")
+    net = Net(args.model, TEST, level=args.level, stages=args.stage)
+    for path in (s.strip() for s in args.weights.split(",")):
+        if path:
+            net.copy_from(path)
+    info(f"Running for {args.iterations} iterations.")
+    loss_weight = {}
+    for name, layer in zip(net.layer_names, net.layers):
+        for top, weight in zip(net.top_names[name], layer.loss_weights):
+            loss_weight[top] = weight
+    dtype = net.dtype.type
+    scores, score_names = [], []
+    loss = 0.0
+    n = len(net.layers)
+    for i in range(args.iterations):
+        loss += net.forward_from_to(0, n - 1)
+        idx = 0
+        for name in net.outputs:
+            for value in net.blobs[name].data.ravel():
+                value = dtype(value)
+                if i == 0:
+                    scores.append(float(value))
+                    score_names.append(name)
+                else:
+                    scores[idx] += float(value)
+                info(f"Batch {i}, {name} = {fmt(value)}")
+                idx += 1
+    loss /= args.iterations
+    info(f"Loss: {fmt(dtype(loss))}")
+    for score, name in zip(scores, score_names):
+        mean = dtype(score / args.iterations)
+        weight = loss_weight.get(name, 0.0)
+        suffix = f" (* {fmt(weight)} = {fmt(dtype(weight) * mean)} loss)" if weight else ""
+        info(f"{name} = {fmt(mean)}{suffix}")
+    return 0
+
+
+def register(sub):
+    p = sub.add_parser("train", help="train a net from a solver file (as `caffe train`)",
+                       description="Train a net: `dltrain train --solver solver.prototxt` "
+                                   "(or just `dltrain solver.prototxt`).")
+    p.add_argument("--solver", required=True, help="the solver definition (.prototxt or .yaml)")
+    p.add_argument("--weights", help="comma-separated .caffemodel files to fine-tune from "
+                                     "(copied into the train and test nets by layer name)")
+    p.add_argument("--snapshot", help="a .solverstate to resume training from")
+    p.add_argument("--iterations", type=int, help="train to this many iterations (overrides max_iter)")
+    p.add_argument("--gpu", help="GPU device id(s) (no GPU backend is available yet: an error)")
+    p.add_argument("--level", type=int, default=0, help="the train net state's level (default 0)")
+    p.add_argument("--stage", type=_stages, default=[], help="comma-separated train net state stages")
+    p.add_argument("--sigint_effect", choices=SIGNAL_EFFECTS, default="stop",
+                   help="what Ctrl-C does: stop (default: snapshot, then stop), snapshot (and go on), none")
+    p.add_argument("--sighup_effect", choices=SIGNAL_EFFECTS, default="snapshot",
+                   help="what SIGHUP does: snapshot (default), stop, none")
+    p.set_defaults(func=cmd_train)
+
+    t = sub.add_parser("test", help="score a trained model (as `caffe test`)")
+    t.add_argument("--model", required=True, help="the net definition (.prototxt or .yaml)")
+    t.add_argument("--weights", required=True, help="the trained .caffemodel (comma-separated list allowed)")
+    t.add_argument("--iterations", type=int, default=50, help="batches to score (default 50)")
+    t.add_argument("--gpu", help="GPU device id (no GPU backend is available yet: an error)")
+    t.add_argument("--level", type=int, default=0, help="the net state's level")
+    t.add_argument("--stage", type=_stages, default=[], help="comma-separated net state stages")
+    t.set_defaults(func=cmd_test)

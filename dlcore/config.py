@@ -1,0 +1,866 @@
+"""Loading and writing configs: nets, solvers and other caffe.proto messages.
+
+A config is always a protobuf message in memory (``caffe_pb2.NetParameter``,
+``caffe_pb2.SolverParameter``, ...). On disk it is one of three formats,
+chosen by the file's extension:
+
+========================================  =====================================
+extension                                 format
+========================================  =====================================
+``.prototxt`` ``.pt`` ``.txt`` ``.pbtxt``  protobuf text format (Caffe's own)
+``.yaml`` ``.yml``                         YAML with the text format's field names
+``.caffemodel`` ``.binaryproto``           protobuf binary
+``.solverstate`` ``.pb``
+anything else                             text format if the bytes are UTF-8
+                                          text that parses; otherwise binary;
+                                          if neither works, the text format's
+                                          error is reported (YAML is only
+                                          used for ``.yaml``/``.yml``)
+========================================  =====================================
+
+YAML mapping rules (see :func:`to_yaml` for the reverse):
+
+* keys are exactly the text format's field names; nested messages are
+  mappings (``{}`` or an empty value sets an empty sub-message);
+* a repeated field is a list; a single scalar or mapping is accepted as a
+  one-element list;
+* enums by name (``pool: MAX``) or by number;
+* bytes as strings (UTF-8), or ``!!binary`` base64 for arbitrary bytes;
+* numbers and booleans must be unquoted; strings may be quoted or not
+  (``name: 1`` is the string ``"1"``);
+* YAML anchors, aliases and ``<<`` merge keys work. Only the YAML node tree
+  is read (``yaml.compose``, the same safe machinery as ``yaml.safe_load``):
+  no Python objects are ever constructed.
+
+Every failure raises :class:`dlcore.errors.ConfigError` whose ``str()`` is
+``path:line:column: message`` naming the offending field where it is known,
+e.g. ``net.prototxt:12:5: unknown field 'kernal_size' in
+ConvolutionParameter``. Nothing is returned half-loaded.
+"""
+
+import base64
+import math
+import os
+import re
+import struct
+
+import yaml
+from google.protobuf import text_format
+from google.protobuf.descriptor import FieldDescriptor
+from google.protobuf.message import DecodeError, EncodeError
+
+from dlcore.errors import ConfigError
+from proto import caffe_pb2
+
+__all__ = [
+    "TEXT_EXTENSIONS", "YAML_EXTENSIONS", "BINARY_EXTENSIONS",
+    "load_message", "load_net", "load_solver",
+    "parse_text", "parse_yaml", "parse_binary",
+    "parse_net_text", "parse_solver_text",
+    "message_from_string", "net_from_string", "solver_from_string",
+    "to_yaml", "to_prototxt",
+    "resolve_solver_net_paths", "find_layer_line",
+]
+
+TEXT_EXTENSIONS = frozenset({".prototxt", ".pt", ".txt", ".pbtxt"})
+YAML_EXTENSIONS = frozenset({".yaml", ".yml"})
+BINARY_EXTENSIONS = frozenset({".caffemodel", ".binaryproto", ".solverstate", ".pb"})
+
+# libyaml's loader when PyYAML was built with it (same node tree, faster).
+_SafeLoader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+_FORMAT_ALIASES = {
+    "prototxt": "prototxt", "text": "prototxt", "txt": "prototxt", "pt": "prototxt",
+    "pbtxt": "prototxt",
+    "yaml": "yaml", "yml": "yaml",
+    "binary": "binary", "bin": "binary", "pb": "binary",
+}
+
+
+# ---------------------------------------------------------------------------
+# Loading files
+# ---------------------------------------------------------------------------
+
+def load_message(path, message_class):
+    """Load a ``message_class`` instance from ``path`` (format by extension).
+
+    See the module docstring for the extension table. Raises ConfigError
+    (never returns a partly filled message).
+    """
+    path = os.fspath(path)
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except OSError as e:
+        reason = e.strerror or str(e)
+        raise ConfigError(f"cannot read {message_class.DESCRIPTOR.name} file: {reason}",
+                          path=path) from None
+    ext = os.path.splitext(path)[1].lower()
+    if ext in TEXT_EXTENSIONS:
+        return parse_text(_decode(data, path), message_class, path)
+    if ext in YAML_EXTENSIONS:
+        return parse_yaml(_decode(data, path), message_class, path)
+    if ext in BINARY_EXTENSIONS:
+        return parse_binary(data, message_class, path)
+    # Unknown extension: text if it is UTF-8 text that parses, else binary.
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        text = None
+    if text is None or "\x00" in text:
+        return parse_binary(data, message_class, path)
+    try:
+        return parse_text(text, message_class, path)
+    except ConfigError as text_error:
+        try:
+            return parse_binary(data, message_class, path)
+        except ConfigError:
+            raise text_error from None
+
+
+def load_net(path):
+    """Load a ``caffe_pb2.NetParameter`` (prototxt, YAML or .caffemodel)."""
+    return load_message(path, caffe_pb2.NetParameter)
+
+
+def load_solver(path, resolve_paths=False):
+    """Load a ``caffe_pb2.SolverParameter``.
+
+    With ``resolve_paths=True`` the net file fields are made absolute with
+    :func:`resolve_solver_net_paths`.
+    """
+    solver = load_message(path, caffe_pb2.SolverParameter)
+    if resolve_paths:
+        resolve_solver_net_paths(solver, path)
+    return solver
+
+
+def _decode(data, path):
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = data[:e.start].count(b"\n") + 1
+        col = e.start - (data.rfind(b"\n", 0, e.start) + 1) + 1
+        raise ConfigError("file is not UTF-8 text", path=path, line=line,
+                          column=col) from None
+
+
+# ---------------------------------------------------------------------------
+# Parsing strings
+# ---------------------------------------------------------------------------
+
+def parse_text(text, message_class, filename="<string>"):
+    """Parse protobuf text format into a new ``message_class`` instance."""
+    message = message_class()
+    try:
+        text_format.Parse(text, message)
+    except text_format.ParseError as e:
+        raise _text_parse_error(e, text, message_class, filename) from None
+    _check_required_text(message, text, filename)
+    return message
+
+
+def parse_binary(data, message_class, filename="<bytes>"):
+    """Decode protobuf binary data into a new ``message_class`` instance."""
+    message = message_class()
+    try:
+        message.ParseFromString(bytes(data))
+    except (DecodeError, EncodeError, RuntimeError, ValueError) as e:
+        raise ConfigError(
+            f"cannot decode binary {message_class.DESCRIPTOR.name}: {e}",
+            path=filename) from None
+    if not message.IsInitialized():
+        missing = message.FindInitializationErrors()
+        raise ConfigError(
+            f"binary {message_class.DESCRIPTOR.name} lacks required field "
+            f"'{missing[0]}'", path=filename, field=missing[0])
+    return message
+
+
+def parse_yaml(text, message_class, filename="<string>"):
+    """Parse YAML (text format field names) into a new ``message_class``."""
+    try:
+        node = yaml.compose(text, Loader=_SafeLoader)
+    except yaml.MarkedYAMLError as e:
+        mark = e.problem_mark or e.context_mark
+        problem = e.problem or e.context or "syntax error"
+        if e.context and e.problem:
+            problem = f"{problem} ({e.context})"
+        raise ConfigError(f"YAML syntax error: {problem}", path=filename,
+                          line=mark.line + 1 if mark else None,
+                          column=mark.column + 1 if mark else None) from None
+    except yaml.YAMLError as e:
+        raise ConfigError(f"YAML error: {e}", path=filename) from None
+    message = message_class()
+    if node is None:  # empty document
+        return message
+    _YamlReader(filename).fill(message, node)
+    return message
+
+
+def parse_net_text(text, filename="<string>"):
+    """A NetParameter from a prototxt string."""
+    return parse_text(text, caffe_pb2.NetParameter, filename)
+
+
+def parse_solver_text(text, filename="<string>"):
+    """A SolverParameter from a prototxt string."""
+    return parse_text(text, caffe_pb2.SolverParameter, filename)
+
+
+def message_from_string(text, message_class, fmt="prototxt", filename="<string>"):
+    """A ``message_class`` from a string in ``fmt`` ("prototxt" or "yaml")."""
+    kind = _FORMAT_ALIASES.get(str(fmt).lower())
+    if kind == "prototxt":
+        return parse_text(text, message_class, filename)
+    if kind == "yaml":
+        return parse_yaml(text, message_class, filename)
+    if kind == "binary":
+        return parse_binary(text, message_class, filename)
+    raise ValueError(f"unknown config format {fmt!r}; use 'prototxt' or 'yaml'")
+
+
+def net_from_string(text, fmt="prototxt", filename="<string>"):
+    """A NetParameter from an inline prototxt (default) or YAML string."""
+    return message_from_string(text, caffe_pb2.NetParameter, fmt, filename)
+
+
+def solver_from_string(text, fmt="prototxt", filename="<string>"):
+    """A SolverParameter from an inline prototxt (default) or YAML string."""
+    return message_from_string(text, caffe_pb2.SolverParameter, fmt, filename)
+
+
+# ---------------------------------------------------------------------------
+# Text-format errors
+# ---------------------------------------------------------------------------
+
+_RE_LOCATION = re.compile(r"^\d+:\d+ : ")
+_RE_QUOTED_LINE = re.compile(r"^'.*?': ", re.S)
+_RE_NO_FIELD = re.compile(r'Message type "([\w.]+)" has no field named "(\w+)"')
+_RE_ENUM_NAME = re.compile(r'Enum type "([\w.]+)" has no value named (\S+?)\.?$')
+_RE_ENUM_NUMBER = re.compile(r'Enum type "([\w.]+)" has no value with number (-?\d+)')
+_RE_VALUE_ERROR = re.compile(
+    r"Couldn't parse|out of range|Expected \"true\" or \"false\"|Expected string|"
+    r"Enum type|Invalid|Expected integer|Expected double|Expected float")
+_RE_MULTIPLE = re.compile(r'Message type "([\w.]+)" should not have multiple "(\w+)" fields')
+
+
+def _short(full_name):
+    return full_name[len("caffe."):] if full_name.startswith("caffe.") else full_name
+
+
+def _enum_names(full_name):
+    try:
+        enum = caffe_pb2.DESCRIPTOR.pool.FindEnumTypeByName(full_name)
+    except KeyError:
+        return None
+    return ", ".join(v.name for v in enum.values)
+
+
+def _field_before(text, line, column):
+    """The field name written just before ``line``:``column`` (1-based)."""
+    if not line:
+        return None
+    lines = text.splitlines()
+    if not 1 <= line <= len(lines):
+        return None
+    head = lines[line - 1][:max(column - 1, 0)] if column else lines[line - 1]
+    m = re.search(r"(\w+)\s*:\s*\[?[^:]*$", head)
+    return m.group(1) if m else None
+
+
+def _text_parse_error(e, text, message_class, filename):
+    line, column = e.GetLine(), e.GetColumn()
+    msg = _RE_QUOTED_LINE.sub("", _RE_LOCATION.sub("", str(e)))
+    field = None
+    m = _RE_NO_FIELD.search(msg)
+    if m:
+        field = m.group(2)
+        msg = f"unknown field '{field}' in {_short(m.group(1))}"
+    elif _RE_MULTIPLE.search(msg):
+        m = _RE_MULTIPLE.search(msg)
+        field = m.group(2)
+        msg = (f"field '{field}' given more than once in {_short(m.group(1))} "
+               f"(it is not a repeated field)")
+    elif _RE_VALUE_ERROR.search(msg):
+        field = _field_before(text, line, column)
+        m = _RE_ENUM_NAME.search(msg)
+        value = f"'{m.group(2)}'" if m else None
+        if not m:
+            m = _RE_ENUM_NUMBER.search(msg)
+            value = m.group(2) if m else None
+        if m:
+            names = _enum_names(m.group(1))
+            which = f"enum field '{field}'" if field else "an enum field"
+            msg = (f"unknown value {value} for {which} "
+                   f"({_short(m.group(1))}"
+                   + (f"; expected one of {names})" if names else ")"))
+        elif field:
+            msg = f"field '{field}': {msg}"
+    return ConfigError(msg, path=filename, line=line, column=column, field=field)
+
+
+def _check_required_text(message, text, filename):
+    """Caffe rejects messages with unset required fields; so do we."""
+    if message.IsInitialized():
+        return
+    missing = message.FindInitializationErrors()
+    first = missing[0]
+    line = None
+    m = re.match(r"layers?\[(\d+)\]\.", first)
+    where = ""
+    if m and hasattr(message, "layer"):
+        field_name = first.split("[", 1)[0]
+        layers = getattr(message, field_name)
+        idx = int(m.group(1))
+        if idx < len(layers) and layers[idx].name:
+            where = f"layer '{layers[idx].name}': "
+            line = _scan_prototxt_layer_line(text, layers[idx].name)
+    raise ConfigError(f"{where}missing required field '{first}'"
+                      + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""),
+                      path=filename, line=line, field=first)
+
+
+# ---------------------------------------------------------------------------
+# YAML -> message
+# ---------------------------------------------------------------------------
+
+_TAG_NULL = "tag:yaml.org,2002:null"
+_TAG_BINARY = "tag:yaml.org,2002:binary"
+_TAG_MERGE = "tag:yaml.org,2002:merge"
+_STANDARD_SCALAR_TAGS = {
+    "tag:yaml.org,2002:str", "tag:yaml.org,2002:int", "tag:yaml.org,2002:float",
+    "tag:yaml.org,2002:bool", _TAG_NULL, "tag:yaml.org,2002:timestamp", _TAG_BINARY,
+    "tag:yaml.org,2002:value",
+}
+_TRUE = {"true", "yes", "on", "y", "t", "1"}
+_FALSE = {"false", "no", "off", "n", "f", "0"}
+_INT_RANGES = {
+    FieldDescriptor.TYPE_INT32: (-2**31, 2**31 - 1),
+    FieldDescriptor.TYPE_SINT32: (-2**31, 2**31 - 1),
+    FieldDescriptor.TYPE_SFIXED32: (-2**31, 2**31 - 1),
+    FieldDescriptor.TYPE_INT64: (-2**63, 2**63 - 1),
+    FieldDescriptor.TYPE_SINT64: (-2**63, 2**63 - 1),
+    FieldDescriptor.TYPE_SFIXED64: (-2**63, 2**63 - 1),
+    FieldDescriptor.TYPE_UINT32: (0, 2**32 - 1),
+    FieldDescriptor.TYPE_FIXED32: (0, 2**32 - 1),
+    FieldDescriptor.TYPE_UINT64: (0, 2**64 - 1),
+    FieldDescriptor.TYPE_FIXED64: (0, 2**64 - 1),
+}
+_RE_INT = re.compile(r"^[-+]?(0[xX][0-9a-fA-F_]+|0[oO][0-7_]+|0[bB][01_]+|[0-9][0-9_]*)$")
+_RE_FLOAT = re.compile(
+    r"^[-+]?(([0-9][0-9_]*)?\.?[0-9_]*([eE][-+]?[0-9]+)?[fF]?|\.?inf(inity)?|\.?nan)$",
+    re.IGNORECASE)
+
+
+def _is_repeated(field):
+    return field.is_repeated
+
+
+class _YamlReader:
+    """Fills messages from a composed YAML node tree, with node positions."""
+
+    def __init__(self, filename):
+        self.filename = filename
+
+    def error(self, node, message, field=None):
+        mark = node.start_mark if node is not None else None
+        return ConfigError(message, path=self.filename,
+                           line=mark.line + 1 if mark else None,
+                           column=mark.column + 1 if mark else None, field=field)
+
+    @staticmethod
+    def is_null(node):
+        return (isinstance(node, yaml.ScalarNode) and node.tag == _TAG_NULL
+                and not node.style)
+
+    def pairs(self, node):
+        """(key node, value node) pairs of a mapping, merge keys applied."""
+        own, merged = [], []
+        for key, value in node.value:
+            if isinstance(key, yaml.ScalarNode) and key.tag == _TAG_MERGE:
+                sources = value.value if isinstance(value, yaml.SequenceNode) else [value]
+                for src in sources:
+                    if not isinstance(src, yaml.MappingNode):
+                        raise self.error(src, "a '<<' merge key needs a mapping "
+                                              "or a list of mappings")
+                    merged.extend(self.pairs(src))
+            else:
+                own.append((key, value))
+        own_names = {k.value for k, _ in own if isinstance(k, yaml.ScalarNode)}
+        seen = set()
+        result = []
+        for key, value in merged:  # earlier merge sources win, own keys win over all
+            if key.value in own_names or key.value in seen:
+                continue
+            seen.add(key.value)
+            result.append((key, value))
+        return result + own
+
+    def fill(self, message, node):
+        desc = message.DESCRIPTOR
+        if self.is_null(node):  # `field:` with no value: an empty message
+            self.check_required(message, node)
+            return
+        if not isinstance(node, yaml.MappingNode):
+            raise self.error(node, f"expected a mapping of {desc.name} fields, "
+                                   f"got {self.describe(node)}")
+        seen = {}
+        for key, value in self.pairs(node):
+            if not isinstance(key, yaml.ScalarNode):
+                raise self.error(key, f"a {desc.name} field name must be a plain "
+                                      f"name, got {self.describe(key)}")
+            name = key.value
+            field = desc.fields_by_name.get(name)
+            if field is None:
+                raise self.error(key, f"unknown field '{name}' in {desc.name}", field=name)
+            if name in seen:
+                hint = (" (a repeated field is written once, as a list)"
+                        if _is_repeated(field) else "")
+                raise self.error(key, f"field '{name}' given more than once in "
+                                      f"{desc.name}{hint}", field=name)
+            seen[name] = key
+            self.set_field(message, field, value)
+        self.check_required(message, node)
+
+    def check_required(self, message, node):
+        desc = message.DESCRIPTOR
+        for field in desc.fields:
+            if field.is_required and not message.HasField(field.name):
+                raise self.error(node, f"missing required field '{field.name}' "
+                                       f"in {desc.name}", field=field.name)
+
+    def set_field(self, message, field, node):
+        name = field.name
+        if _is_repeated(field):
+            if self.is_null(node):
+                items = []
+            elif isinstance(node, yaml.SequenceNode):
+                items = node.value
+            else:
+                items = [node]
+            container = getattr(message, name)
+            if field.type == FieldDescriptor.TYPE_MESSAGE:
+                for item in items:
+                    if isinstance(item, yaml.SequenceNode):
+                        raise self.error(item, f"field '{name}': expected a mapping "
+                                               f"({field.message_type.name}), got a list",
+                                         field=name)
+                    self.fill(container.add(), item)
+            else:
+                values = [self.scalar(field, item) for item in items]
+                container.extend(values)
+            return
+        if isinstance(node, yaml.SequenceNode):
+            raise self.error(node, f"field '{name}' is not repeated: give one value, "
+                                   f"not a list", field=name)
+        if field.type == FieldDescriptor.TYPE_MESSAGE:
+            sub = getattr(message, name)
+            sub.SetInParent()
+            self.fill(sub, node)
+            return
+        value = self.scalar(field, node)
+        try:
+            setattr(message, name, value)
+        except (TypeError, ValueError) as e:
+            raise self.error(node, f"field '{name}': {e}", field=name) from None
+
+    @staticmethod
+    def describe(node):
+        if isinstance(node, yaml.MappingNode):
+            return "a mapping"
+        if isinstance(node, yaml.SequenceNode):
+            return "a list"
+        return repr(node.value)
+
+    def scalar(self, field, node):
+        name = field.name
+        ftype = field.type
+        if not isinstance(node, yaml.ScalarNode):
+            raise self.error(node, f"field '{name}': expected a single value, "
+                                   f"got {self.describe(node)}", field=name)
+        if node.tag not in _STANDARD_SCALAR_TAGS:
+            raise self.error(node, f"field '{name}': unsupported YAML tag {node.tag}",
+                             field=name)
+        if self.is_null(node):
+            raise self.error(node, f"field '{name}' has no value", field=name)
+        raw = node.value
+        quoted = bool(node.style)  # '' or None: plain
+        if node.tag == _TAG_BINARY:
+            if ftype != FieldDescriptor.TYPE_BYTES:
+                raise self.error(node, f"field '{name}': !!binary is only for bytes "
+                                       f"fields", field=name)
+            try:
+                return base64.b64decode("".join(raw.split()), validate=True)
+            except ValueError:
+                raise self.error(node, f"field '{name}': invalid base64 data",
+                                 field=name) from None
+        if ftype == FieldDescriptor.TYPE_STRING:
+            return raw
+        if ftype == FieldDescriptor.TYPE_BYTES:
+            return raw.encode("utf-8")
+        if ftype == FieldDescriptor.TYPE_ENUM:
+            return self.enum_value(field, node)
+        if quoted:
+            kind = "a boolean" if ftype == FieldDescriptor.TYPE_BOOL else "a number"
+            raise self.error(node, f"field '{name}': expected {kind}, got the quoted "
+                                   f"string {raw!r}", field=name)
+        if ftype == FieldDescriptor.TYPE_BOOL:
+            low = raw.lower()
+            if low in _TRUE:
+                return True
+            if low in _FALSE:
+                return False
+            raise self.error(node, f"field '{name}': expected true or false, got {raw!r}",
+                             field=name)
+        if ftype in (FieldDescriptor.TYPE_FLOAT, FieldDescriptor.TYPE_DOUBLE):
+            return self.float_value(field, node)
+        return self.int_value(field, node)
+
+    def int_value(self, field, node):
+        raw = node.value
+        if not _RE_INT.match(raw):
+            raise self.error(node, f"field '{field.name}': expected an integer, "
+                                   f"got {raw!r}", field=field.name)
+        text = raw.replace("_", "")
+        try:
+            value = int(text, 0)
+        except ValueError:  # decimal with leading zeros
+            value = int(text, 10)
+        low, high = _INT_RANGES[field.type]
+        if not low <= value <= high:
+            raise self.error(node, f"field '{field.name}': value {raw} out of range "
+                                   f"[{low}, {high}]", field=field.name)
+        return value
+
+    def float_value(self, field, node):
+        raw = node.value
+        text = raw.replace("_", "")
+        if not _RE_FLOAT.match(text) or not any(c.isdigit() for c in text) and \
+                not re.search(r"inf|nan", text, re.IGNORECASE):
+            raise self.error(node, f"field '{field.name}': expected a number, got {raw!r}",
+                             field=field.name)
+        if text[-1:] in "fF" and not text.lower().endswith("inf"):
+            text = text[:-1]
+        text = text.replace(".inf", "inf").replace(".INF", "inf").replace(".Inf", "inf")
+        text = re.sub(r"^([-+]?)\.nan$", r"\1nan", text, flags=re.IGNORECASE)
+        try:
+            return float(text)
+        except ValueError:
+            raise self.error(node, f"field '{field.name}': expected a number, got {raw!r}",
+                             field=field.name) from None
+
+    def enum_value(self, field, node):
+        enum = field.enum_type
+        raw = node.value
+        by_name = enum.values_by_name.get(raw)
+        if by_name is not None:
+            return by_name.number
+        if not node.style and _RE_INT.match(raw):
+            number = int(raw.replace("_", ""), 0) if not re.match(r"^[-+]?0\d", raw) \
+                else int(raw, 10)
+            if number in enum.values_by_number:
+                return number
+        names = ", ".join(v.name for v in enum.values)
+        raise self.error(node, f"unknown value {raw!r} for enum field '{field.name}' "
+                               f"({_enum_display(enum)}; expected one of {names})",
+                         field=field.name)
+
+
+def _enum_display(enum):
+    return _short(enum.full_name)
+
+
+# ---------------------------------------------------------------------------
+# message -> YAML / prototxt
+# ---------------------------------------------------------------------------
+
+class _FlowList(list):
+    """A list of scalars, written on one line: ``bottom: [data, label]``."""
+
+
+class _Dumper(yaml.SafeDumper):
+    """SafeDumper that indents block lists and writes scalar lists inline."""
+
+    def increase_indent(self, flow=False, indentless=False):
+        return super().increase_indent(flow, False)
+
+
+def _represent_flow_list(dumper, data):
+    return dumper.represent_sequence("tag:yaml.org,2002:seq", data, flow_style=True)
+
+
+_Dumper.add_representer(_FlowList, _represent_flow_list)
+
+
+def _float32_value(value):
+    """The shortest decimal (as a Python float) that reads back as ``value``
+    once stored in a 32-bit float field."""
+    if math.isnan(value) or math.isinf(value):
+        return value
+    for digits in range(1, 10):
+        candidate = float("%.*g" % (digits, value))
+        try:
+            if struct.unpack("<f", struct.pack("<f", candidate))[0] == value:
+                return candidate
+        except OverflowError:
+            continue
+    return value
+
+
+def _printable_text(data):
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        return None
+    if any((not ch.isprintable()) and ch not in "\n\t" for ch in text):
+        return None
+    return text
+
+
+def _yaml_scalar(field, value):
+    ftype = field.type
+    if ftype == FieldDescriptor.TYPE_ENUM:
+        enum_value = field.enum_type.values_by_number.get(value)
+        return enum_value.name if enum_value is not None else value
+    if ftype == FieldDescriptor.TYPE_FLOAT:
+        return _float32_value(value)
+    if ftype == FieldDescriptor.TYPE_BYTES:
+        text = _printable_text(value)
+        return text if text is not None else bytes(value)  # bytes -> !!binary
+    return value
+
+
+def _message_to_data(message):
+    data = {}
+    for field, value in message.ListFields():
+        if field.type == FieldDescriptor.TYPE_MESSAGE:
+            if _is_repeated(field):
+                data[field.name] = [_message_to_data(m) for m in value]
+            else:
+                data[field.name] = _message_to_data(value)
+        elif _is_repeated(field):
+            data[field.name] = _FlowList(_yaml_scalar(field, v) for v in value)
+        else:
+            data[field.name] = _yaml_scalar(field, value)
+    return data
+
+
+def to_yaml(message):
+    """The message as YAML text, fields in field-number order (as the text
+    format writes them). :func:`parse_yaml` reads it back to an equal
+    message."""
+    return yaml.dump(_message_to_data(message), Dumper=_Dumper, sort_keys=False,
+                     default_flow_style=False, allow_unicode=True, width=100)
+
+
+def to_prototxt(message):
+    """The message in protobuf text format (what Caffe's tools read)."""
+    return text_format.MessageToString(message, as_utf8=True)
+
+
+# ---------------------------------------------------------------------------
+# Solver net paths
+# ---------------------------------------------------------------------------
+
+def resolve_solver_net_paths(solver_param, solver_path):
+    """Make ``net``, ``train_net`` and ``test_net`` absolute, existing paths.
+
+    Like Caffe, a relative path is first taken relative to the current
+    directory; if no file is there, relative to the solver file's folder.
+    Modifies ``solver_param`` in place and returns it. A net file found in
+    neither place raises ConfigError naming the solver file, the line and
+    the field.
+    """
+    solver_path = os.fspath(solver_path)
+    solver_dir = os.path.dirname(os.path.abspath(solver_path))
+
+    def resolve(field, value, index=None):
+        label = field if index is None else f"{field}[{index}]"
+        if not value:
+            raise ConfigError(f"field '{label}' is empty", path=solver_path,
+                              line=_find_field_line(solver_path, field, value),
+                              field=label)
+        candidates = [value] if os.path.isabs(value) else [
+            os.path.abspath(value), os.path.join(solver_dir, value)]
+        for candidate in candidates:
+            if os.path.isfile(candidate):
+                return os.path.normpath(os.path.abspath(candidate))
+        where = ("" if os.path.isabs(value) else
+                 f" (looked in the current directory {os.getcwd()} and in the "
+                 f"solver's folder {solver_dir})")
+        raise ConfigError(f"{label}: net file '{value}' not found{where}",
+                          path=solver_path,
+                          line=_find_field_line(solver_path, field, value),
+                          field=label)
+
+    resolved = {}
+    for field in ("net", "train_net"):
+        if solver_param.HasField(field):
+            resolved[field] = resolve(field, getattr(solver_param, field))
+    tests = [resolve("test_net", v, i) for i, v in enumerate(solver_param.test_net)]
+    # Only modify once everything resolved (nothing half-done on error).
+    for field, value in resolved.items():
+        setattr(solver_param, field, value)
+    if tests:
+        del solver_param.test_net[:]
+        solver_param.test_net.extend(tests)
+    return solver_param
+
+
+def _read_lines(path):
+    try:
+        with open(path, "r", encoding="utf-8", errors="replace") as f:
+            return f.read().splitlines()
+    except OSError:
+        return None
+
+
+def _find_field_line(path, field, value=None):
+    """1-based line of ``field: value`` (or just ``field:``) in a text file."""
+    lines = _read_lines(path)
+    if not lines:
+        return None
+    pattern = re.compile(r"^\s*(-\s*)?" + re.escape(field) + r"\s*:")
+    first = None
+    for number, line in enumerate(lines, 1):
+        code = line.split("#", 1)[0]
+        if pattern.search(code):
+            if first is None:
+                first = number
+            if value is None or value in code:
+                return number
+    return first
+
+
+# ---------------------------------------------------------------------------
+# Layer lines
+# ---------------------------------------------------------------------------
+
+def find_layer_line(path, layer_name):
+    """1-based line of the ``name:`` of the layer called ``layer_name``.
+
+    Works on prototxt files (a light scan that tracks braces, strings and
+    comments, so ``param { name: ... }`` entries are not mistaken for
+    layers) and on YAML files (from the YAML node tree). Returns None when
+    the file cannot be read or no such layer is found.
+    """
+    path = os.fspath(path)
+    try:
+        with open(path, "r", encoding="utf-8", errors="replace") as f:
+            text = f.read()
+    except OSError:
+        return None
+    if os.path.splitext(path)[1].lower() in YAML_EXTENSIONS:
+        line = _yaml_layer_line(text, layer_name)
+        if line is not None:
+            return line
+        return _loose_name_line(text, layer_name)
+    line = _scan_prototxt_layer_line(text, layer_name)
+    return line if line is not None else _loose_name_line(text, layer_name)
+
+
+def _yaml_layer_line(text, layer_name):
+    try:
+        root = yaml.compose(text, Loader=_SafeLoader)
+    except yaml.YAMLError:
+        return None
+    if not isinstance(root, yaml.MappingNode):
+        return None
+    for key, value in root.value:
+        if not (isinstance(key, yaml.ScalarNode) and key.value in ("layer", "layers")):
+            continue
+        items = value.value if isinstance(value, yaml.SequenceNode) else [value]
+        for item in items:
+            if not isinstance(item, yaml.MappingNode):
+                continue
+            for k, v in item.value:
+                if (isinstance(k, yaml.ScalarNode) and k.value == "name"
+                        and isinstance(v, yaml.ScalarNode) and v.value == layer_name):
+                    return k.start_mark.line + 1
+    return None
+
+
+_RE_TOKEN = re.compile(r'"(?:[^"\\\n]|\\.)*"|\'(?:[^\'\\\n]|\\.)*\'|#[^\n]*|[{}]|[^\s{}:#"\']+|:|\n')
+
+
+def _unquote(token):
+    if token[:1] in "\"'":
+        body = token[1:-1]
+        try:
+            return body.encode("latin-1", "backslashreplace").decode("unicode_escape")
+        except UnicodeDecodeError:
+            return body
+    return token
+
+
+def _scan_prototxt_layer_line(text, layer_name):
+    """Line of ``name: "layer_name"`` directly inside a top-level
+    ``layer``/``layers`` block of a prototxt."""
+    line = 1
+    depth = 0
+    block_stack = []   # field name of each open block
+    last_ident = None
+    pending_name = None  # line of a `name` key waiting for its value
+    for token in _RE_TOKEN.findall(text):
+        if token == "\n":
+            line += 1
+            continue
+        if token.startswith("#"):
+            continue
+        if token == "{":
+            block_stack.append(last_ident)
+            depth += 1
+            last_ident = None
+            pending_name = None
+            continue
+        if token == "}":
+            if block_stack:
+                block_stack.pop()
+            depth = max(depth - 1, 0)
+            last_ident = None
+            pending_name = None
+            continue
+        if token == ":":
+            if last_ident == "name":
+                pending_name = line
+            continue
+        if pending_name is not None:
+            if (depth == 1 and block_stack and block_stack[0] in ("layer", "layers")
+                    and _unquote(token) == layer_name):
+                return pending_name
+            pending_name = None
+            last_ident = None
+            continue
+        last_ident = token
+    return None
+
+
+def _loose_name_line(text, layer_name):
+    pattern = re.compile(r"^\s*(-\s*)?name\s*:\s*([\"']?)" + re.escape(layer_name)
+                         + r"\2\s*(#.*)?$")
+    for number, line in enumerate(text.splitlines(), 1):
+        if pattern.match(line):
+            return number
+    return None
+
+
+def write_atomic(path, data):
+    """Write bytes to ``path`` through a temporary file and a rename, so an
+    interrupted write never leaves a half-written file behind."""
+    path = os.fspath(path)
+    tmp = f"{path}.tmp.{os.getpid()}"
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def write_binary(path, message):
+    """Write a message in protobuf's binary form (.caffemodel, .solverstate, .binaryproto)."""
+    write_atomic(path, message.SerializeToString())

@@ -1,0 +1,35 @@
+"""Log lines in glog's format, so Caffe's log parsers read dltrain's logs.
+
+``I1126 04:11:22.703542  4242 solver.py:228] Iteration 0, loss = 2.3``:
+severity, month and day, time with microseconds, thread id, source, message.
+"""
+import os
+import sys
+import threading
+from datetime import datetime
+
+
+def _prefix(severity, depth):
+    now = datetime.now()
+    frame = sys._getframe(depth)
+    source = f"{os.path.basename(frame.f_code.co_filename)}:{frame.f_lineno}"
+    tid = threading.get_native_id() % 100000
+    return f"{severity}{now:%m%d %H:%M:%S}.{now.microsecond:06d} {tid:5d} {source}] "
+
+
+def _emit(severity, message, stream=None):
+    stream = stream or sys.stderr
+    stream.write(_prefix(severity, 3) + str(message) + "\n")
+    stream.flush()
+
+
+def info(message, stream=None):
+    _emit("I", message, stream)
+
+
+def warning(message, stream=None):
+    _emit("W", message, stream)
+
+
+def error(message, stream=None):
+    _emit("E", message, stream)

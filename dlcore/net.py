@@ -1,0 +1,536 @@
+"""Net: the layer graph built from a NetParameter (Caffe's Net, pycaffe's face).
+
+Building follows Caffe's Net::Init: filter layers by phase/level/stage,
+turn legacy top-level inputs into an Input layer, insert Split layers where
+one top feeds several bottoms (so their diffs are summed), wire in-place
+layers, set every layer up, decide which layers need backward, and collect
+learnable parameters (sharing those with the same ``param { name }``).
+"""
+from collections import OrderedDict
+
+import numpy as np
+
+from .blob import Blob, proto_shape, shape_string
+from .errors import ConfigError, DLTrainError
+from .layer import TEST, TRAIN
+from .registry import get_layer_class
+
+
+# --- phase / level / stage filtering -------------------------------------------
+def state_meets_rule(state, rule):
+    """Caffe's StateMeetsRule: does NetState ``state`` satisfy NetStateRule ``rule``?"""
+    if rule.HasField("phase") and rule.phase != state.phase:
+        return False
+    if rule.HasField("min_level") and state.level < rule.min_level:
+        return False
+    if rule.HasField("max_level") and state.level > rule.max_level:
+        return False
+    stages = set(state.stage)
+    if any(s not in stages for s in rule.stage):
+        return False
+    if any(s in stages for s in rule.not_stage):
+        return False
+    return True
+
+
+def filter_net(param, where=None):
+    """The layers of ``param`` that its ``state`` includes (Caffe's FilterNet)."""
+    from proto import caffe_pb2
+    filtered = caffe_pb2.NetParameter()
+    filtered.CopyFrom(param)
+    del filtered.layer[:]
+    for layer in param.layer:
+        if layer.include and layer.exclude:
+            raise ConfigError(f"layer '{layer.name}': give include rules or exclude rules, not both",
+                              **(where(layer.name) if where else {}))
+        included = not layer.include
+        if any(state_meets_rule(param.state, r) for r in layer.exclude):
+            included = False
+        if any(state_meets_rule(param.state, r) for r in layer.include):
+            included = True
+        if included:
+            filtered.layer.add().CopyFrom(layer)
+    return filtered
+
+
+def upgrade_input_fields(param):
+    """Turn the legacy top-level ``input:``/``input_shape``/``input_dim`` into an Input layer."""
+    if not param.input:
+        return param
+    from proto import caffe_pb2
+    if param.input_shape and param.input_dim:
+        raise ConfigError("give input_shape or input_dim, not both")
+    if param.input_dim and len(param.input_dim) != 4 * len(param.input):
+        raise ConfigError(f"input_dim needs 4 values per input ({len(param.input)} inputs, "
+                          f"{len(param.input_dim)} values)")
+    if param.input_shape and len(param.input_shape) not in (1, len(param.input)):
+        raise ConfigError("input_shape must be given once, or once per input")
+    upgraded = caffe_pb2.NetParameter()
+    upgraded.CopyFrom(param)
+    del upgraded.layer[:]
+    layer = upgraded.layer.add(name="input", type="Input")
+    for i, name in enumerate(param.input):
+        layer.top.append(name)
+        shape = layer.input_param.shape.add()
+        if param.input_shape:
+            shape.CopyFrom(param.input_shape[i if len(param.input_shape) > 1 else 0])
+        elif param.input_dim:
+            shape.dim.extend(param.input_dim[4 * i:4 * i + 4])
+    upgraded.layer.extend(param.layer)
+    del upgraded.input[:], upgraded.input_shape[:], upgraded.input_dim[:]
+    return upgraded
+
+
+# --- split insertion --------------------------------------------------------------
+def _split_layer_name(layer, blob, index):
+    return f"{layer}_{blob}_{index}_split"
+
+
+def _split_blob_name(layer, blob, index, k):
+    return f"{layer}_{blob}_{index}_split_{k}"
+
+
+def insert_splits(param, where=None):
+    """Caffe's InsertSplits: a top read by several bottoms (or read and used as a
+    loss) gets a Split layer whose tops feed each reader, so diffs are summed."""
+    from proto import caffe_pb2
+    last_top = {}            # blob name -> (layer index, top index) of its latest producer
+    source = {}              # (layer, bottom index) -> producing (layer, top index)
+    uses = {}                # (layer, top index) -> number of readers (+1 for a loss)
+    loss_weight = {}
+    for i, layer in enumerate(param.layer):
+        for j, name in enumerate(layer.bottom):
+            if name not in last_top:
+                raise ConfigError(f"layer '{layer.name}' ({layer.type}): unknown bottom blob '{name}' "
+                                  f"(bottom {j}); no earlier layer produces it",
+                                  **(where(layer.name) if where else {}))
+            source[(i, j)] = last_top[name]
+            uses[last_top[name]] = uses.get(last_top[name], 0) + 1
+        for j, name in enumerate(layer.top):
+            last_top[name] = (i, j)
+        for j in range(min(len(layer.loss_weight), len(layer.top))):
+            key = last_top[layer.top[j]]
+            loss_weight[key] = layer.loss_weight[j]
+            if layer.loss_weight[j]:
+                uses[key] = uses.get(key, 0) + 1
+
+    out = caffe_pb2.NetParameter()
+    out.CopyFrom(param)
+    del out.layer[:]
+    next_split = {}
+    for i, original in enumerate(param.layer):
+        layer = out.layer.add()
+        layer.CopyFrom(original)
+        for j in range(len(layer.bottom)):
+            top_key = source[(i, j)]
+            if uses.get(top_key, 0) > 1:
+                producer = param.layer[top_key[0]].name
+                k = next_split.get(top_key, 0)
+                next_split[top_key] = k + 1
+                layer.bottom[j] = _split_blob_name(producer, layer.bottom[j], top_key[1], k)
+        for j, name in enumerate(layer.top):
+            count = uses.get((i, j), 0)
+            if count > 1:
+                weight = loss_weight.get((i, j), 0.0)
+                split = out.layer.add(name=_split_layer_name(original.name, name, j), type="Split")
+                split.bottom.append(name)
+                for k in range(count):
+                    split.top.append(_split_blob_name(original.name, name, j, k))
+                    if weight:
+                        split.loss_weight.append(weight if k == 0 else 0.0)
+                if weight:
+                    del layer.loss_weight[:]
+                    next_split[(i, j)] = next_split.get((i, j), 0) + 1
+    return out
+
+
+class Net:
+    """A net built for one phase.
+
+    ``Net(model, phase)``, ``Net(model, phase, weights=path)`` or pycaffe's
+    ``Net(model, weights, phase)``.  ``model`` is a path (.prototxt, .yaml,
+    binary) or a NetParameter.
+    """
+
+    def __init__(self, model, *args, phase=None, weights=None, level=0, stages=(), dtype=np.float32):
+        for arg in args:  # pycaffe's positional forms
+            if isinstance(arg, (int, np.integer)):
+                phase = int(arg)
+            elif isinstance(arg, str):
+                weights = arg
+            else:
+                raise TypeError(f"Net(model, phase) or Net(model, weights, phase): unexpected {arg!r}")
+        from proto import caffe_pb2
+        self.source = None
+        if isinstance(model, caffe_pb2.NetParameter):
+            param = caffe_pb2.NetParameter()
+            param.CopyFrom(model)
+        else:
+            from .config import load_net
+            self.source = str(model)
+            param = load_net(self.source)
+        if phase is not None:
+            param.state.phase = phase
+            param.state.level = level
+            del param.state.stage[:]
+            param.state.stage.extend(stages)
+        self.dtype = np.dtype(dtype)
+        self._init(param)
+        if weights:
+            self.copy_from(weights)
+
+    # --- building ---------------------------------------------------------------------
+    def _where(self, layer_name):
+        """Location keywords for a ConfigError about ``layer_name``."""
+        if not self.source:
+            return {}
+        from .config import find_layer_line
+        try:
+            line = find_layer_line(self.source, layer_name)
+        except OSError:
+            line = None
+        return {"path": self.source, "line": line}
+
+    def _init(self, param):
+        self.name = param.name
+        self.phase = param.state.phase
+        self.force_backward = param.force_backward
+        param = filter_net(upgrade_input_fields(param), self._where)
+        self.param = param
+        param = insert_splits(param, self._where)
+
+        self.layers, self._layer_names = [], []
+        self.blobs = OrderedDict()
+        self._bottom_vecs, self._top_vecs = [], []
+        self.bottom_names, self.top_names = OrderedDict(), OrderedDict()
+        self.bottom_need_backward, self.layer_need_backward = [], []
+        blob_need_backward = {}
+        available = {}      # blob name -> Blob, produced and not yet consumed
+        self._input_names = []
+
+        for layer_id, layer_param in enumerate(param.layer):
+            if not layer_param.HasField("phase"):
+                layer_param.phase = self.phase
+            if layer_param.propagate_down and len(layer_param.propagate_down) != len(layer_param.bottom):
+                raise ConfigError(f"layer '{layer_param.name}': propagate_down must be given once per bottom "
+                                  f"({len(layer_param.bottom)} bottoms, {len(layer_param.propagate_down)} values)",
+                                  **self._where(layer_param.name))
+            try:
+                cls = get_layer_class(layer_param.type)
+            except ConfigError as err:
+                raise ConfigError(f"layer '{layer_param.name}': {err.message}", **self._where(layer_param.name)) from None
+            layer = cls(layer_param, dtype=self.dtype)
+
+            bottom, bottom_need = [], []
+            need_backward = False
+            for j, name in enumerate(layer_param.bottom):
+                if name not in available:
+                    raise ConfigError(f"layer '{layer_param.name}' ({layer_param.type}): bottom blob '{name}' "
+                                      "is not produced by an earlier layer (or was already consumed)",
+                                      **self._where(layer_param.name))
+                bottom.append(available.pop(name))
+                need = blob_need_backward[name]
+                if layer_param.propagate_down:
+                    need = layer_param.propagate_down[j]
+                bottom_need.append(need)
+                need_backward |= blob_need_backward[name]
+
+            top, top_names = [], list(layer_param.top)
+            for j, name in enumerate(top_names):
+                if j < len(layer_param.bottom) and name == layer_param.bottom[j]:
+                    blob = bottom[j]          # in place
+                elif name in self.blobs:
+                    raise ConfigError(f"layer '{layer_param.name}': top blob '{name}' is produced by more than one "
+                                      "layer", **self._where(layer_param.name))
+                else:
+                    blob = Blob(dtype=self.dtype)
+                    self.blobs[name] = blob
+                    blob_need_backward[name] = False
+                top.append(blob)
+                available[name] = blob
+                if layer_param.type == "Input":
+                    self._input_names.append(name)
+            if cls.auto_top_blobs:
+                wanted = max(cls.exact_num_top_blobs or 0, cls.min_top_blobs or 0)
+                while len(top) < wanted:
+                    top.append(Blob(dtype=self.dtype))   # anonymous, kept off self.blobs
+
+            try:
+                layer.set_up(bottom, top)
+            except ConfigError as err:
+                if err.path is None and self.source:
+                    where = self._where(layer_param.name)
+                    err.path, err.line = where["path"], where["line"]
+                raise
+
+            specs = layer_param.param
+            if len(specs) > len(layer.blobs):
+                raise ConfigError(f"layer '{layer_param.name}': {len(specs)} param specs for "
+                                  f"{len(layer.blobs)} parameter blobs", **self._where(layer_param.name))
+            layer.param_propagate_down = []
+            for p in range(len(layer.blobs)):
+                lr_mult = specs[p].lr_mult if p < len(specs) else 1.0
+                layer.param_propagate_down.append(lr_mult != 0)
+                need_backward |= lr_mult != 0
+
+            self.layers.append(layer)
+            self._layer_names.append(layer_param.name)
+            self._bottom_vecs.append(bottom)
+            self._top_vecs.append(top)
+            self.bottom_names[layer_param.name] = list(layer_param.bottom)
+            self.top_names[layer_param.name] = top_names
+            self.bottom_need_backward.append(bottom_need)
+            self.layer_need_backward.append(need_backward)
+            if need_backward:
+                for name in top_names:
+                    blob_need_backward[name] = True
+
+        self._prune_backward()
+        if self.force_backward:
+            for i, layer in enumerate(self.layers):
+                self.layer_need_backward[i] = True
+                for j, name in enumerate(self.bottom_names[self._layer_names[i]]):
+                    self.bottom_need_backward[i][j] |= layer.allow_force_backward(j)
+                layer.param_propagate_down = [True] * len(layer.blobs)
+        self._outputs = sorted(available)   # Caffe keeps them in a std::set
+        self._collect_params()
+        self.layer_dict = OrderedDict(zip(self._layer_names, self.layers))
+
+    def _prune_backward(self):
+        """Caffe's second pass: skip backward where nothing reaches a loss, or
+        where every reader of a layer's tops declines the gradient."""
+        under_loss, skip = set(), set()
+        for i in range(len(self.layers) - 1, -1, -1):
+            layer, name = self.layers[i], self._layer_names[i]
+            contributes = any(layer.loss(j) or top in under_loss for j, top in enumerate(self.top_names[name]))
+            skip_down = all(top in skip for top in self.top_names[name])
+            if self.layer_need_backward[i] and skip_down:
+                self.layer_need_backward[i] = False
+                self.bottom_need_backward[i] = [False] * len(self.bottom_need_backward[i])
+            if not contributes:
+                self.layer_need_backward[i] = False
+            for j, bottom in enumerate(self.bottom_names[name]):
+                if contributes:
+                    under_loss.add(bottom)
+                else:
+                    self.bottom_need_backward[i][j] = False
+                if not self.bottom_need_backward[i][j]:
+                    skip.add(bottom)
+
+    def _collect_params(self):
+        """Learnable parameters, their lr/decay multipliers, and sharing by name."""
+        from proto import caffe_pb2
+        default = caffe_pb2.ParamSpec()
+        self._params = []                 # every (layer's) param blob, shared ones included
+        self.param_owners = []            # -1, or the index in _params of the owner
+        self.param_display_names = []
+        self.learnable_params = []        # unique blobs the solver updates
+        self.learnable_param_ids = []     # for each _params entry, its learnable index
+        self.params_lr, self.params_weight_decay = [], []
+        self.has_params_lr, self.has_params_decay = [], []
+        names_index = {}
+        param_layer = []
+        for layer_id, layer in enumerate(self.layers):
+            lp = layer.layer_param
+            for p, blob in enumerate(layer.blobs):
+                spec = lp.param[p] if p < len(lp.param) else default
+                name = spec.name
+                net_id = len(self._params)
+                self._params.append(blob)
+                param_layer.append((layer_id, p))
+                self.param_display_names.append(name or str(p))
+                if not name or name not in names_index:
+                    if name:
+                        names_index[name] = net_id
+                    self.param_owners.append(-1)
+                    self.learnable_param_ids.append(len(self.learnable_params))
+                    self.learnable_params.append(blob)
+                    self.has_params_lr.append(spec.HasField("lr_mult"))
+                    self.has_params_decay.append(spec.HasField("decay_mult"))
+                    self.params_lr.append(spec.lr_mult)
+                    self.params_weight_decay.append(spec.decay_mult)
+                    continue
+                owner_id = names_index[name]
+                owner = self._params[owner_id]
+                owner_layer = self._layer_names[param_layer[owner_id][0]]
+                permissive = spec.share_mode == caffe_pb2.ParamSpec.PERMISSIVE
+                if (blob.count != owner.count) if permissive else (blob.shape != owner.shape):
+                    raise ConfigError(
+                        f"cannot share param '{name}' owned by layer '{owner_layer}' with layer '{lp.name}': "
+                        f"{'count' if permissive else 'shape'} mismatch (owner {owner.shape_string()}, "
+                        f"sharer {blob.shape_string()})", **self._where(lp.name))
+                self.param_owners.append(owner_id)
+                learnable = self.learnable_param_ids[owner_id]
+                self.learnable_param_ids.append(learnable)
+                for has, values, field in ((self.has_params_lr, self.params_lr, "lr_mult"),
+                                           (self.has_params_decay, self.params_weight_decay, "decay_mult")):
+                    if spec.HasField(field):
+                        if has[learnable] and values[learnable] != getattr(spec, field):
+                            raise ConfigError(f"shared param '{name}' has mismatched {field}",
+                                              **self._where(lp.name))
+                        has[learnable] = True
+                        values[learnable] = getattr(spec, field)
+        for net_id, owner_id in enumerate(self.param_owners):
+            if owner_id >= 0:
+                self._params[net_id].share_data(self._params[owner_id])
+                self._params[net_id].share_diff(self._params[owner_id])
+
+    # --- pycaffe-style views ---------------------------------------------------------------
+    @property
+    def params(self):
+        """Layer name -> its parameter blobs, for layers that have any."""
+        return OrderedDict((name, layer.blobs) for name, layer in zip(self._layer_names, self.layers)
+                           if layer.blobs)
+
+    @property
+    def inputs(self):
+        return list(self._input_names)
+
+    @property
+    def outputs(self):
+        return list(self._outputs)
+
+    @property
+    def layer_names(self):
+        return list(self._layer_names)
+
+    def has_blob(self, name):
+        return name in self.blobs
+
+    def has_layer(self, name):
+        return name in self.layer_dict
+
+    # --- running -----------------------------------------------------------------------
+    def _layer_index(self, name, default):
+        if name is None:
+            return default
+        try:
+            return self._layer_names.index(name)
+        except ValueError:
+            raise DLTrainError(f"net '{self.name}' has no layer named '{name}'") from None
+
+    def forward_from_to(self, start, end):
+        """Run layers start..end (indices, inclusive); return the weighted loss."""
+        loss = 0.0
+        for i in range(start, end + 1):
+            layer, bottom, top = self.layers[i], self._bottom_vecs[i], self._top_vecs[i]
+            layer.reshape(bottom, top)
+            layer.forward(bottom, top)
+            for blob, weight in zip(top, layer.loss_weights):
+                if weight:
+                    blob.diff[...] = weight          # the gradient seed for backward
+                    loss += weight * float(blob.data.sum())
+        return loss
+
+    def backward_from_to(self, start, end):
+        for i in range(start, end - 1, -1):
+            if self.layer_need_backward[i]:
+                self.layers[i].backward(self._top_vecs[i], self.bottom_need_backward[i], self._bottom_vecs[i])
+
+    def forward(self, blobs=None, start=None, end=None, **kwargs):
+        """Set input blobs from ``kwargs``, run forward, return {output: data}."""
+        for name, value in kwargs.items():
+            if name not in self._input_names:
+                raise DLTrainError(f"'{name}' is not an input of net '{self.name}' (inputs: {self._input_names})")
+            blob = self.blobs[name]
+            value = np.asarray(value)
+            if value.shape != blob.shape:
+                if value.ndim != blob.num_axes or value.shape[0] != blob.shape[0]:
+                    raise DLTrainError(f"input '{name}' has shape {value.shape}, the blob has {blob.shape}")
+            blob.data[...] = value
+        start_ind = self._layer_index(start, 0)
+        end_ind = self._layer_index(end, len(self.layers) - 1)
+        self.loss = self.forward_from_to(start_ind, end_ind)
+        # pycaffe returns the blob named like the end layer; its tops are what that means.
+        names = (self.top_names[end] if end is not None else self._outputs) + list(blobs or [])
+        return {name: self.blobs[name].data for name in dict.fromkeys(names)}
+
+    def backward(self, diffs=None, start=None, end=None, **kwargs):
+        """Set output diffs from ``kwargs``, run backward, return {input: diff}."""
+        for name, value in kwargs.items():
+            if name not in self._outputs:
+                raise DLTrainError(f"'{name}' is not an output of net '{self.name}' (outputs: {self._outputs})")
+            self.blobs[name].diff[...] = value
+        start_ind = self._layer_index(start, len(self.layers) - 1)
+        end_ind = self._layer_index(end, 0)
+        self.backward_from_to(start_ind, end_ind)
+        names = (list(self.bottom_names[end]) if end is not None else self._input_names) + list(diffs or [])
+        return {name: self.blobs[name].diff for name in dict.fromkeys(names) if name in self.blobs}
+
+    def forward_backward(self):
+        """One forward and backward pass; returns the loss (what the solver calls)."""
+        loss = self.forward_from_to(0, len(self.layers) - 1)
+        self.backward_from_to(len(self.layers) - 1, 0)
+        self.loss = loss
+        return loss
+
+    def reshape(self):
+        for layer, bottom, top in zip(self.layers, self._bottom_vecs, self._top_vecs):
+            layer.reshape(bottom, top)
+
+    def clear_param_diffs(self):
+        for blob in self.learnable_params:
+            blob.diff[...] = 0
+
+    # --- weights -----------------------------------------------------------------------
+    def copy_from(self, source):
+        """Copy parameters by layer name from a .caffemodel path or a NetParameter.
+
+        Layers absent from the source keep their values; a shape mismatch is
+        an error naming the layer and both shapes.
+        """
+        from proto import caffe_pb2
+        path = None
+        if not isinstance(source, caffe_pb2.NetParameter):
+            from .config import load_message
+            path = str(source)
+            source = load_message(path, caffe_pb2.NetParameter)
+        source_layers = list(source.layer) or list(getattr(source, "layers", []))
+        for src in source_layers:
+            layer = self.layer_dict.get(src.name)
+            if layer is None:
+                continue
+            if len(src.blobs) != len(layer.blobs):
+                raise ConfigError(f"cannot copy weights into layer '{src.name}': the file has {len(src.blobs)} "
+                                  f"parameter blobs, the net {len(layer.blobs)}", path=path)
+            for j, (blob, stored) in enumerate(zip(layer.blobs, src.blobs)):
+                if not blob.shape_equals(stored):
+                    raise ConfigError(
+                        f"cannot copy param {j} weights from layer '{src.name}': shape mismatch; source "
+                        f"{shape_string(proto_shape(stored))}, target {blob.shape_string()}. To learn this layer's "
+                        "parameters from scratch rather than copying them, rename the layer", path=path)
+                blob.from_proto(stored, reshape=False)
+
+    def share_trained_layers_with(self, other):
+        """Use ``other``'s parameter arrays in the same-named layers (a TEST net
+        sharing the TRAIN net's weights)."""
+        for name, layer in zip(other._layer_names, other.layers):
+            mine = self.layer_dict.get(name)
+            if mine is None or not layer.blobs:
+                continue
+            if len(mine.blobs) != len(layer.blobs):
+                raise ConfigError(f"layer '{name}': {len(mine.blobs)} vs {len(layer.blobs)} parameter blobs")
+            for a, b in zip(mine.blobs, layer.blobs):
+                if a.shape != b.shape:
+                    raise ConfigError(f"layer '{name}': cannot share parameters of shape "
+                                      f"{b.shape_string()} with {a.shape_string()}")
+                a.share_data(b)
+
+    def to_proto(self, write_diff=False):
+        from proto import caffe_pb2
+        out = caffe_pb2.NetParameter(name=self.name)
+        for layer in self.layers:
+            lp = out.layer.add()
+            lp.CopyFrom(layer.layer_param)
+            del lp.blobs[:]
+            for blob in layer.blobs:
+                blob.to_proto(lp.blobs.add(), write_diff=write_diff)
+        return out
+
+    def save(self, path, write_diff=False):
+        """Write the weights as a binary NetParameter (.caffemodel), atomically."""
+        from .config import write_binary
+        write_binary(path, self.to_proto(write_diff))
+
+    def __repr__(self):
+        return f"<Net '{self.name}' {'TRAIN' if self.phase == TRAIN else 'TEST'}: {len(self.layers)} layers>"

@@ -1,0 +1,272 @@
+"""Convolution: Caffe's ConvolutionLayer (2-D, with groups, pad, stride, dilation).
+
+The whole batch goes through ONE im2col into a column matrix
+``(C*kh*kw, N*oh*ow)`` and one BLAS GEMM per group (see layers/kernels.py);
+very large batches are cut into chunks so the column buffer stays bounded.
+The columns of the last forward are kept for the weight gradient, so
+backward does not redo im2col (backward gives the gradient of the forward
+that was last run, as a layer's backward is meant to).
+"""
+import numpy as np
+
+from dlcore.blob import Blob
+from dlcore.errors import ConfigError
+from dlcore.filler import fill
+from dlcore.layer import Layer
+from dlcore.registry import register_layer
+
+from . import kernels as K
+
+# Largest column buffer (elements) before the batch is processed in chunks.
+COL_BUFFER_LIMIT = 1 << 24
+# Output planes of at least this many pixels use the per-image column layout.
+IMAGE_LAYOUT_MIN_PIXELS = 256
+
+
+def _spatial_values(layer, param, name, repeated, h_name, w_name, default, num_spatial):
+    """Read one per-axis setting the Caffe way: repeated field, or its _h/_w pair."""
+    has_hw = param.HasField(h_name) or param.HasField(w_name)
+    if has_hw:
+        if num_spatial != 2:
+            raise ConfigError(f"layer '{layer.name}': {h_name} & {w_name} can only be used for 2-D convolution")
+        if len(repeated):
+            raise ConfigError(f"layer '{layer.name}': either {name} or {h_name}/{w_name} should be specified; "
+                              "not both")
+        if name == "kernel_size" and not (param.HasField(h_name) and param.HasField(w_name)):
+            raise ConfigError(f"layer '{layer.name}': for non-square filters both kernel_h and kernel_w "
+                              "are required")
+        return [int(getattr(param, h_name)), int(getattr(param, w_name))]
+    n = len(repeated)
+    if default is None and n == 0:
+        raise ConfigError(f"layer '{layer.name}': convolution_param needs kernel_size (or kernel_h and kernel_w)")
+    if n not in (0, 1, num_spatial):
+        raise ConfigError(f"layer '{layer.name}': {name} must be specified once, or once per spatial "
+                          f"dimension ({name} specified {n} times; {num_spatial} spatial dims)")
+    if n == 0:
+        return [default] * num_spatial
+    return [int(repeated[0 if n == 1 else i]) for i in range(num_spatial)]
+
+
+@register_layer("Convolution")
+class ConvolutionLayer(Layer):
+    min_bottom_blobs = 1
+    min_top_blobs = 1
+    equal_num_bottom_top_blobs = True
+
+    def setup(self, bottom, top):
+        cp = self.layer_param.convolution_param
+        self.channel_axis = bottom[0].canonical_axis(cp.axis)
+        num_spatial = bottom[0].num_axes - self.channel_axis - 1
+        if num_spatial != 2:
+            raise ConfigError(f"layer '{self.name}' (Convolution): only 2-D convolution supported "
+                              f"(bottom '{bottom[0].shape_string()}' has {num_spatial} spatial axes after "
+                              f"channel axis {self.channel_axis})")
+        self.kernel = _spatial_values(self, cp, "kernel_size", cp.kernel_size, "kernel_h", "kernel_w",
+                                      None, num_spatial)
+        self.stride = _spatial_values(self, cp, "stride", cp.stride, "stride_h", "stride_w", 1, num_spatial)
+        self.pad = _spatial_values(self, cp, "pad", cp.pad, "pad_h", "pad_w", 0, num_spatial)
+        nd = len(cp.dilation)
+        if nd not in (0, 1, num_spatial):
+            raise ConfigError(f"layer '{self.name}': dilation must be specified once, or once per spatial "
+                              f"dimension (dilation specified {nd} times; {num_spatial} spatial dims)")
+        self.dilation = [1] * num_spatial if nd == 0 else [int(cp.dilation[0 if nd == 1 else i])
+                                                           for i in range(num_spatial)]
+        if min(self.kernel) <= 0:
+            raise ConfigError(f"layer '{self.name}': filter dimensions must be nonzero (kernel {self.kernel})")
+        if min(self.stride) <= 0:
+            raise ConfigError(f"layer '{self.name}': stride dimensions must be nonzero (stride {self.stride})")
+        if min(self.dilation) <= 0:
+            raise ConfigError(f"layer '{self.name}': dilation must be nonzero (dilation {self.dilation})")
+
+        self.channels = bottom[0].shape[self.channel_axis]
+        self.num_output = int(cp.num_output)
+        self.group = int(cp.group)
+        if self.num_output <= 0:
+            raise ConfigError(f"layer '{self.name}': convolution_param.num_output must be > 0 "
+                              f"(got {self.num_output})")
+        if self.group <= 0:
+            raise ConfigError(f"layer '{self.name}': convolution_param.group must be > 0 (got {self.group})")
+        if self.channels % self.group:
+            raise ConfigError(f"layer '{self.name}': the input channels ({self.channels}) must be a multiple "
+                              f"of group ({self.group})")
+        if self.num_output % self.group:
+            raise ConfigError(f"layer '{self.name}': num_output ({self.num_output}) must be a multiple "
+                              f"of group ({self.group})")
+        self.bias_term = bool(cp.bias_term)
+        weight_shape = (self.num_output, self.channels // self.group) + tuple(self.kernel)
+        bias_shape = (self.num_output,)
+        if self.blobs:
+            if len(self.blobs) != 1 + self.bias_term:
+                raise ConfigError(f"layer '{self.name}': incorrect number of weight blobs "
+                                  f"(expected {1 + self.bias_term}, got {len(self.blobs)})")
+            if self.blobs[0].shape != weight_shape:
+                raise ConfigError(f"layer '{self.name}': incorrect weight shape: expected shape "
+                                  f"{' '.join(map(str, weight_shape))}; instead, shape was "
+                                  f"{self.blobs[0].shape_string()}")
+            if self.bias_term and self.blobs[1].shape != bias_shape:
+                raise ConfigError(f"layer '{self.name}': incorrect bias shape: expected shape "
+                                  f"{self.num_output}; instead, shape was {self.blobs[1].shape_string()}")
+        else:
+            self.blobs = [Blob(*weight_shape, dtype=self.dtype)]
+            fill(self.blobs[0], cp.weight_filler)
+            if self.bias_term:
+                self.blobs.append(Blob(*bias_shape, dtype=self.dtype))
+                fill(self.blobs[1], cp.bias_filler)
+        self.param_propagate_down = [True] * len(self.blobs)
+        self.work = K.Workspace()
+        self._zeros = np.zeros(self.num_output, self.dtype)   # the bias when bias_term is false
+        self._col_cache = {}     # bottom index -> bottom data array whose columns are in "col<i>"
+
+    def reshape(self, bottom, top):
+        ax = self.channel_axis
+        shape0 = bottom[0].shape
+        if len(shape0) != ax + 3:
+            raise ConfigError(f"layer '{self.name}': bottom num_axes may not change "
+                              f"(now {bottom[0].shape_string()})")
+        if shape0[ax] != self.channels:
+            raise ConfigError(f"layer '{self.name}': input size incompatible with convolution kernel: bottom "
+                              f"has {shape0[ax]} channels, the weights expect {self.channels}")
+        for b in bottom[1:]:
+            if b.shape != shape0:
+                raise ConfigError(f"layer '{self.name}': all inputs must have the same shape "
+                                  f"({bottom[0].shape_string()} vs {b.shape_string()})")
+        self.num = int(np.prod(shape0[:ax], dtype=np.int64))
+        self.height, self.width = shape0[ax + 1], shape0[ax + 2]
+        kh, kw = self.kernel
+        self.out_h = K.conv_out_size(self.height, kh, self.pad[0], self.stride[0], self.dilation[0])
+        self.out_w = K.conv_out_size(self.width, kw, self.pad[1], self.stride[1], self.dilation[1])
+        if self.out_h <= 0 or self.out_w <= 0:
+            raise ConfigError(f"layer '{self.name}': the (dilated) kernel {kh}x{kw} does not fit the padded "
+                              f"input {self.height}x{self.width} (pad {self.pad}, dilation {self.dilation})")
+        for t in top:
+            t.reshape(shape0[:ax] + (self.num_output, self.out_h, self.out_w))
+        self.kernel_dim = (self.channels // self.group) * kh * kw
+        P = self.out_h * self.out_w
+        per_image = self.kernel_dim * self.group * P
+        self.chunk = max(1, min(self.num, COL_BUFFER_LIMIT // max(per_image, 1)))
+        # Large output planes: per-image GEMMs write the top directly (no layout
+        # move); small planes: one GEMM over the whole batch is much faster.
+        self.image_layout = P >= IMAGE_LAYOUT_MIN_PIXELS
+        self._col_cache.clear()
+
+    # --- helpers -------------------------------------------------------------
+    def _args(self):
+        return (self.kernel[0], self.kernel[1], self.pad[0], self.pad[1],
+                self.stride[0], self.stride[1], self.dilation[0], self.dilation[1])
+
+    def _images(self, array):
+        return array.reshape(self.num, self.channels, self.height, self.width)
+
+    def _outputs(self, array):
+        return array.reshape(self.num, self.num_output, self.out_h * self.out_w)
+
+    def _chunks(self):
+        for n0 in range(0, self.num, self.chunk):
+            yield n0, min(self.num, n0 + self.chunk)
+
+    def _columns(self, i, cnt):
+        """The column buffer for bottom i (one per bottom when the batch is one chunk)."""
+        P, rows = self.out_h * self.out_w, self.kernel_dim * self.group
+        name = f"col{i}" if self.chunk >= self.num else "col"
+        if self.image_layout:
+            col = self.work.get(name, (cnt, rows, P), self.dtype)
+            return col, (P, rows * P)
+        col = self.work.get(name, (rows, cnt * P), self.dtype)
+        return col, (cnt * P, P)
+
+    def _im2col(self, x, cnt, col, strides):
+        K.im2col(x.reshape(-1), cnt, self.channels, self.height, self.width, *self._args(), col.reshape(-1),
+                 *strides)
+
+    # --- forward / backward ----------------------------------------------------
+    def forward_cpu(self, bottom, top):
+        P = self.out_h * self.out_w
+        M, G = self.num_output, self.group
+        Mg, Kg = M // G, self.kernel_dim
+        weight = self.blobs[0].data.reshape(M, Kg)
+        single = self.chunk >= self.num
+        for i, (b, t) in enumerate(zip(bottom, top)):
+            x = self._images(b.data)
+            y = self._outputs(t.data)
+            for n0, n1 in self._chunks():
+                cnt = n1 - n0
+                col, strides = self._columns(i, cnt)
+                self._im2col(x[n0:n1], cnt, col, strides)
+                if self.image_layout:
+                    # One GEMM per image (NumPy's stacked matmul), straight into the top.
+                    for g in range(G):
+                        np.matmul(weight[g * Mg:(g + 1) * Mg], col[:, g * Kg:(g + 1) * Kg],
+                                  out=y[n0:n1, g * Mg:(g + 1) * Mg])
+                    if self.bias_term:
+                        K.add_channel_bias(y[n0:n1].reshape(-1), self.blobs[1].data, cnt, M, P)
+                else:
+                    # One GEMM per group for the whole chunk, then into (N, M, P) with the bias.
+                    out = self.work.get("out", (M, cnt * P), self.dtype)
+                    for g in range(G):
+                        K.gemm(weight[g * Mg:(g + 1) * Mg], col[g * Kg:(g + 1) * Kg], out[g * Mg:(g + 1) * Mg])
+                    bias = self.blobs[1].data if self.bias_term else self._zeros
+                    K.cnp_to_ncp(out.reshape(-1), bias, cnt, M, P, y[n0:n1].reshape(-1))
+            if single:
+                self._col_cache[i] = b.data
+
+    def backward_cpu(self, top, propagate_down, bottom):
+        P = self.out_h * self.out_w
+        M, G = self.num_output, self.group
+        Mg, Kg = M // G, self.kernel_dim
+        weight = self.blobs[0].data.reshape(M, Kg)
+        do_weight = self.param_propagate_down[0]
+        do_bias = self.bias_term and self.param_propagate_down[1]
+        bias_diff = self.blobs[1].diff if self.bias_term else self._zeros
+        weight_diff = self.blobs[0].diff.reshape(M, Kg)
+        single = self.chunk >= self.num
+        for i, (t, b) in enumerate(zip(top, bottom)):
+            down = i < len(propagate_down) and propagate_down[i]
+            if not (do_weight or do_bias or down):
+                continue
+            dy = self._outputs(t.diff)
+            x = self._images(b.data)
+            for n0, n1 in self._chunks():
+                cnt = n1 - n0
+                if self.image_layout:
+                    dyc = dy[n0:n1]                          # (cnt, M, P): already GEMM-ready
+                    if do_bias:
+                        K.channel_sum(dyc.reshape(-1), cnt, M, P, bias_diff)
+                else:
+                    dyc = self.work.get("dout", (M, cnt * P), self.dtype)
+                    K.ncp_to_cnp(dy[n0:n1].reshape(-1), cnt, M, P, dyc.reshape(-1), bias_diff, do_bias)
+                if not (do_weight or down):
+                    continue
+                col, strides = self._columns(i, cnt)
+                if do_weight:
+                    if not (single and self._col_cache.get(i) is b.data):
+                        self._im2col(x[n0:n1], cnt, col, strides)
+                    self._weight_gradient(dyc, col, weight_diff)
+                if down:
+                    # The column buffer is free now: reuse it for the column gradient.
+                    self._col_cache.pop(i, None)
+                    for g in range(G):
+                        if self.image_layout:
+                            np.matmul(weight[g * Mg:(g + 1) * Mg].T, dyc[:, g * Mg:(g + 1) * Mg],
+                                      out=col[:, g * Kg:(g + 1) * Kg])
+                        else:
+                            K.gemm(weight[g * Mg:(g + 1) * Mg].T, dyc[g * Mg:(g + 1) * Mg],
+                                   col[g * Kg:(g + 1) * Kg])
+                    K.col2im(col.reshape(-1), cnt, self.channels, self.height, self.width, *self._args(),
+                             self._images(b.diff)[n0:n1].reshape(-1), *strides)
+
+    def _weight_gradient(self, dyc, col, weight_diff):
+        M, G = self.num_output, self.group
+        Mg, Kg = M // G, self.kernel_dim
+        if self.image_layout:
+            cnt = col.shape[0]
+            per_image = self.work.get("wstack", (cnt, Mg, Kg), self.dtype)
+            for g in range(G):
+                np.matmul(dyc[:, g * Mg:(g + 1) * Mg], col[:, g * Kg:(g + 1) * Kg].transpose(0, 2, 1),
+                          out=per_image)
+                wd = weight_diff[g * Mg:(g + 1) * Mg]
+                np.add(wd, per_image.sum(axis=0), out=wd)
+        else:
+            wtmp = self.work.get("wtmp", (Mg, Kg), self.dtype)
+            for g in range(G):
+                K.gemm(dyc[g * Mg:(g + 1) * Mg], col[g * Kg:(g + 1) * Kg].T,
+                       weight_diff[g * Mg:(g + 1) * Mg], accumulate=True, work=wtmp)

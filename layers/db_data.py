@@ -1,0 +1,596 @@
+"""The Data layer: batches from an LMDB of Caffe ``Datum`` records, and the
+DataTransformer (scale, mean, crop, mirror) that every data layer shares.
+
+Caffe compatibility
+-------------------
+* Records are read in key order; after the last one the reader restarts at
+  the first (Caffe's DataLayer::Next).  ``rand_skip`` skips a random number
+  of records in ``[0, rand_skip)`` once, at setup.
+* A record is a serialized ``caffe_pb2.Datum``: raw ``data`` bytes (uint8,
+  C x H x W), or ``float_data`` when ``data`` is empty, or an encoded image
+  (``encoded: true``, PNG/JPEG/... decoded with Pillow).  Decoded colour
+  images are in BGR channel order, as OpenCV gives them to Caffe (so
+  Caffe's per-channel ``mean_value``s keep their meaning); ``force_color``
+  and ``force_gray`` select 3 or 1 channels for encoded records.
+* The transform per pixel is Caffe's DataTransformer::Transform exactly:
+  ``top = (pixel - mean) * scale``, where ``mean`` is the ``mean_file``
+  value at the pixel's position in the *uncropped* image, or the channel's
+  ``mean_value``.  ``crop_size`` takes a random crop in TRAIN and the
+  center crop (offsets ``(H - crop) // 2``) in TEST; ``mirror`` flips a
+  random half of the items horizontally (as in Caffe, in whichever phase
+  sets ``mirror: true``; nets normally set it in the TRAIN layer only).
+* Labels go to the second top, as floats, shape ``(batch_size,)``.
+* The random crops and flips come from a generator of the layer's own,
+  seeded at setup from dltrain's one RNG (as Caffe's DataTransformer seeds
+  its own from caffe_rng_rand()), so a run with ``random_seed`` set
+  repeats exactly, whatever the reader thread's timing.
+
+Reading ahead
+-------------
+A daemon thread reads and transforms up to ``data_param.prefetch`` batches
+(default 4) ahead of the net; ``forward`` only copies a finished batch into
+the tops.  The thread stops when the layer is garbage collected (the net
+deleted) or the process exits.  An error in the thread (a corrupt record, a
+record whose size does not match its shape, an image Pillow cannot decode)
+is raised by the next ``forward`` as a DLTrainError naming the layer, the
+source and the record's key.
+
+Only the LMDB backend exists; ``backend: LEVELDB`` is refused with a clear
+error.  (Caffe's default backend is LEVELDB: a layer that does not name its
+backend is read as LMDB when its source is an LMDB.)
+"""
+import io
+import os
+import queue
+import shutil
+import threading
+import weakref
+
+import numpy as np
+from numba import njit
+
+from dlcore import log
+from dlcore.errors import ConfigError, DLTrainError
+from dlcore.layer import TRAIN, Layer
+from dlcore.registry import register_layer
+from dlcore.rng import get_rng
+from proto import caffe_pb2
+
+__all__ = ["DataLayer", "DataTransformer", "transform_batch", "array_to_datum", "datum_to_array",
+           "decode_image", "image_to_chw", "open_lmdb", "write_lmdb", "count_lmdb"]
+
+
+# ---------------------------------------------------------------------------
+# The per-batch pixel kernel
+# ---------------------------------------------------------------------------
+
+@njit(cache=True, nogil=True)
+def transform_batch(src, mean, scale, h_off, w_off, mirror, out):
+    """Caffe's DataTransformer::Transform for a whole batch.
+
+    ``src (N, C, H, W)`` uint8 or float pixels; ``mean (C, H, W)`` in the
+    output's dtype (zeros when there is no mean; indexed at the source
+    pixel, i.e. before cropping); ``scale`` a scalar of the output's
+    dtype; ``h_off``, ``w_off``, ``mirror`` per item; ``out (N, C, h, w)``
+    with ``h``, ``w`` the crop size (or H, W).  ``out[n, c, y, x']`` with
+    ``x' = w-1-x`` when mirrored, else ``x``, gets
+    ``(src[n, c, ho+y, wo+x] - mean[c, ho+y, wo+x]) * scale``.
+    """
+    N, C, oh, ow = out.shape
+    for n in range(N):
+        ho = h_off[n]
+        wo = w_off[n]
+        flip = mirror[n] != 0
+        for c in range(C):
+            for y in range(oh):
+                for x in range(ow):
+                    value = (src[n, c, ho + y, wo + x] - mean[c, ho + y, wo + x]) * scale
+                    if flip:
+                        out[n, c, y, ow - 1 - x] = value
+                    else:
+                        out[n, c, y, x] = value
+
+
+# ---------------------------------------------------------------------------
+# Images and Datums
+# ---------------------------------------------------------------------------
+
+def _pillow():
+    try:
+        from PIL import Image
+    except ImportError:                                   # pragma: no cover - depends on the install
+        raise DLTrainError("encoded images need Pillow: pip install pillow (or dltrain[images])") from None
+    return Image
+
+
+def image_to_chw(image, color=None):
+    """A Pillow image as a ``(C, H, W)`` uint8 array, colour in BGR order.
+
+    ``color=None`` keeps the image's own kind (grayscale images give one
+    channel, everything else three: OpenCV's IMREAD_ANYCOLOR); ``True``
+    forces three channels, ``False`` one (OpenCV's IMREAD_COLOR /
+    IMREAD_GRAYSCALE).  Alpha is dropped, as OpenCV drops it.
+    """
+    mode = image.mode
+    if color is None:
+        color = mode not in ("1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "I;16N", "F")
+    if color:
+        array = np.asarray(image.convert("RGB"))[:, :, ::-1]          # RGB -> BGR
+        return np.ascontiguousarray(array.transpose(2, 0, 1))
+    if mode.startswith("I;16"):
+        array = (np.asarray(image).astype(np.uint16) >> 8).astype(np.uint8)   # 16 -> 8 bits, as OpenCV
+    else:
+        array = np.asarray(image.convert("L"))
+    return np.ascontiguousarray(array[None, :, :])
+
+
+def decode_image(data, color=None):
+    """Decode encoded image bytes (PNG, JPEG, ...) to ``(C, H, W)`` uint8 (BGR)."""
+    Image = _pillow()
+    with Image.open(io.BytesIO(data)) as image:
+        image.load()
+        return image_to_chw(image, color)
+
+
+def array_to_datum(array, label=0):
+    """A ``(C, H, W)`` (or ``(H, W)``) array as a raw Datum: uint8 arrays go to
+    ``data`` bytes, floating arrays to ``float_data``."""
+    array = np.asarray(array)
+    if array.ndim == 2:
+        array = array[None]
+    if array.ndim != 3:
+        raise DLTrainError(f"a Datum holds a C x H x W array, got shape {array.shape}")
+    datum = caffe_pb2.Datum(channels=array.shape[0], height=array.shape[1], width=array.shape[2],
+                            label=int(label))
+    if array.dtype == np.uint8:
+        datum.data = np.ascontiguousarray(array).tobytes()
+    elif np.issubdtype(array.dtype, np.floating):
+        datum.float_data.extend(np.asarray(array, np.float32).ravel().tolist())
+    else:
+        raise DLTrainError(f"a Datum holds uint8 or float pixels, got {array.dtype}")
+    return datum
+
+
+def datum_to_array(datum, color=None):
+    """The pixels of a Datum as ``(C, H, W)``: uint8 for ``data`` and encoded
+    images (decoded; ``color`` as in :func:`image_to_chw`), float32 for
+    ``float_data``.  Raises DLTrainError when the size does not match."""
+    if datum.encoded:
+        return decode_image(datum.data, color)
+    shape = (datum.channels, datum.height, datum.width)
+    size = shape[0] * shape[1] * shape[2]
+    if min(shape) <= 0:
+        raise DLTrainError(f"the record's shape is {shape[0]}x{shape[1]}x{shape[2]}: channels, height and "
+                           "width must be positive")
+    if datum.data:
+        if len(datum.data) != size:
+            raise DLTrainError(f"the record has {len(datum.data)} bytes of pixels, but its shape "
+                               f"{shape[0]}x{shape[1]}x{shape[2]} needs {size}")
+        return np.frombuffer(datum.data, np.uint8).reshape(shape)
+    if len(datum.float_data) != size:
+        raise DLTrainError(f"the record has {len(datum.float_data)} float values, but its shape "
+                           f"{shape[0]}x{shape[1]}x{shape[2]} needs {size}")
+    return np.asarray(datum.float_data, np.float32).reshape(shape)
+
+
+# ---------------------------------------------------------------------------
+# The transformer
+# ---------------------------------------------------------------------------
+
+class DataTransformer:
+    """Caffe's DataTransformer: ``transform_param`` applied to batches of pixels.
+
+    ``transform(batch)`` takes ``(N, C, H, W)`` pixels (uint8 or float; all
+    items of one size) and returns ``(N, C, h, w)`` in ``dtype``.  ``rng``
+    (a NumPy Generator) draws the crops and flips; by default one is
+    seeded from dltrain's RNG.  ``owner`` names the layer in errors.
+    """
+
+    def __init__(self, param, phase, dtype=np.float32, rng=None, owner="data layer"):
+        self.param = param
+        self.phase = phase
+        self.dtype = np.dtype(dtype)
+        self.owner = owner
+        self.crop_size = int(param.crop_size)
+        self.scale = float(param.scale)
+        self.mirror = bool(param.mirror)
+        if param.force_color and param.force_gray:
+            raise ConfigError(f"{owner}: cannot set both force_color and force_gray")
+        self.color = True if param.force_color else False if param.force_gray else None
+        if param.HasField("mean_file") and len(param.mean_value):
+            raise ConfigError(f"{owner}: cannot specify mean_file and mean_value at the same time")
+        self.mean_values = [float(v) for v in param.mean_value]
+        self.mean_file = None
+        if param.HasField("mean_file"):
+            self.mean_file = self._load_mean(param.mean_file)
+        if rng is None:
+            rng = np.random.default_rng(int(get_rng().integers(0, 2 ** 63 - 1)))
+        self.rng = rng
+        self._mean_cache = {}
+
+    def _load_mean(self, path):
+        from dlcore.blob import proto_shape
+        from dlcore.config import load_message
+        try:
+            proto = load_message(path, caffe_pb2.BlobProto)
+        except ConfigError as err:
+            raise ConfigError(f"{self.owner}: mean_file: {err}") from None
+        shape = proto_shape(proto)
+        values = np.asarray(proto.double_data or proto.data, np.float64)
+        if len(shape) == 4 and shape[0] == 1:
+            shape = shape[1:]
+        if len(shape) != 3 or values.size != int(np.prod(shape)):
+            raise ConfigError(f"{self.owner}: mean_file '{path}' must hold one C x H x W blob "
+                              f"(shape {shape}, {values.size} values)")
+        log.info(f"Loading mean file from: {path}")
+        return values.reshape(shape)
+
+    # --- shapes ------------------------------------------------------------
+    def output_shape(self, shape):
+        """(C, h, w) of the transformed image for an input of ``shape`` (C, H, W),
+        after checking the input against crop_size and the mean."""
+        c, h, w = (int(d) for d in shape)
+        crop = self.crop_size
+        if crop and (h < crop or w < crop):
+            raise DLTrainError(f"{self.owner}: crop_size {crop} is larger than the image ({h}x{w})")
+        if self.mean_file is not None and self.mean_file.shape != (c, h, w):
+            m = self.mean_file.shape
+            raise DLTrainError(f"{self.owner}: the mean_file blob is {m[0]}x{m[1]}x{m[2]} but the images are "
+                               f"{c}x{h}x{w} (channels x height x width)")
+        if self.mean_values and len(self.mean_values) not in (1, c):
+            raise DLTrainError(f"{self.owner}: specify either 1 mean_value or as many as channels ({c}); "
+                               f"{len(self.mean_values)} given")
+        return (c, crop, crop) if crop else (c, h, w)
+
+    def mean_array(self, shape):
+        """The mean to subtract, as a (C, H, W) array of the output dtype."""
+        key = tuple(shape)
+        mean = self._mean_cache.get(key)
+        if mean is None:
+            if self.mean_file is not None:
+                mean = self.mean_file.astype(self.dtype)
+            elif self.mean_values:
+                values = self.mean_values * (shape[0] if len(self.mean_values) == 1 else 1)
+                mean = np.empty(key, self.dtype)
+                mean[...] = np.asarray(values, np.float32).astype(self.dtype)[:, None, None]
+            else:
+                mean = np.zeros(key, self.dtype)
+            self._mean_cache[key] = mean
+        return mean
+
+    # --- the work ------------------------------------------------------------
+    def draw(self, n, height, width):
+        """Per-item crop offsets and mirror flags, as Caffe draws them."""
+        crop = self.crop_size
+        mirror = (self.rng.integers(0, 2, n) if self.mirror else np.zeros(n)).astype(np.int32)
+        if crop and self.phase == TRAIN:
+            h_off = self.rng.integers(0, height - crop + 1, n).astype(np.int64)
+            w_off = self.rng.integers(0, width - crop + 1, n).astype(np.int64)
+        else:
+            h_off = np.full(n, (height - crop) // 2 if crop else 0, np.int64)
+            w_off = np.full(n, (width - crop) // 2 if crop else 0, np.int64)
+        return h_off, w_off, mirror
+
+    def transform(self, batch, out=None):
+        batch = np.ascontiguousarray(batch)
+        if batch.ndim != 4:
+            raise DLTrainError(f"{self.owner}: the transformer takes N x C x H x W pixels, got {batch.shape}")
+        n, c, h, w = batch.shape
+        oc, oh, ow = self.output_shape((c, h, w))
+        if out is None:
+            out = np.empty((n, oc, oh, ow), self.dtype)
+        h_off, w_off, mirror = self.draw(n, h, w)
+        transform_batch(batch, self.mean_array((c, h, w)), self.dtype.type(self.scale), h_off, w_off, mirror, out)
+        return out
+
+    def decode(self, datum):
+        """A Datum's pixels (C, H, W), encoded images decoded with force_color/force_gray."""
+        return datum_to_array(datum, self.color)
+
+
+# ---------------------------------------------------------------------------
+# LMDB
+# ---------------------------------------------------------------------------
+
+_ENVS = weakref.WeakValueDictionary()   # one open Environment per database in this process
+_ENVS_LOCK = threading.Lock()
+LMDB_FILE = "data.mdb"
+
+
+def _lmdb():
+    try:
+        import lmdb
+    except ImportError:                                   # pragma: no cover - depends on the install
+        raise DLTrainError("reading and writing LMDB databases needs the lmdb package: pip install lmdb") from None
+    return lmdb
+
+
+def open_lmdb(source):
+    """Open an LMDB read-only, without a lock file (never written while read).
+
+    ``source`` is the database folder (Caffe's form) or its data file.  One
+    Environment per database is shared in the process (LMDB allows only
+    one); it closes when its last user drops it.  Raises ConfigError when
+    the database cannot be opened.
+    """
+    lmdb = _lmdb()
+    path = os.fspath(source)
+    if os.path.isdir(path):
+        subdir = True
+        if not os.path.isfile(os.path.join(path, LMDB_FILE)):
+            raise ConfigError(f"'{path}' is not an LMDB database (no {LMDB_FILE} in it)")
+    elif os.path.isfile(path):
+        subdir = False
+    else:
+        raise ConfigError(f"cannot open LMDB '{path}': no such file or directory")
+    key = os.path.realpath(path)
+    with _ENVS_LOCK:
+        env = _ENVS.get(key)
+        if env is None:
+            try:
+                env = lmdb.open(path, subdir=subdir, readonly=True, lock=False, readahead=False,
+                                max_readers=126)
+            except lmdb.Error as err:
+                raise ConfigError(f"cannot open LMDB '{path}': {err}") from None
+            _ENVS[key] = env
+    return env
+
+
+def count_lmdb(source):
+    """The number of records in an LMDB."""
+    return open_lmdb(source).stat()["entries"]
+
+
+def write_lmdb(path, records, map_size=1 << 20, commit_every=1000):
+    """Write ``(key, Datum)`` records (keys str or bytes) to a new LMDB at ``path``.
+
+    The database is written into a temporary folder beside ``path`` and
+    renamed into place at the end, so a failed conversion leaves nothing
+    behind; no lock file is left in it.  ``path`` must not exist yet (as
+    Caffe's converters insist).  The map starts at ``map_size`` bytes and
+    doubles whenever it fills, so the data file stays as small as the data.
+    Returns the number of records written.
+    """
+    lmdb = _lmdb()
+    path = os.fspath(path)
+    if os.path.exists(path):
+        raise DLTrainError(f"'{path}' already exists: remove it or choose another database name")
+    parent = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(parent):
+        raise DLTrainError(f"cannot create '{path}': folder '{parent}' does not exist")
+    tmp = f"{path}.tmp-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    env = lmdb.open(tmp, map_size=map_size, lock=False, subdir=True, meminit=True, sync=True)
+    count = 0
+    pending = []
+    try:
+        def commit():
+            while True:
+                try:
+                    with env.begin(write=True) as txn:
+                        for key, value in pending:
+                            if not txn.put(key, value, overwrite=False):
+                                raise DLTrainError(f"duplicate key '{key.decode(errors='replace')}'")
+                    break
+                except lmdb.MapFullError:
+                    env.set_mapsize(env.info()["map_size"] * 2)
+            pending.clear()
+
+        for key, datum in records:
+            key = key.encode() if isinstance(key, str) else bytes(key)
+            pending.append((key, datum.SerializeToString()))
+            count += 1
+            if len(pending) >= commit_every:
+                commit()
+                log.info(f"Processed {count} files.")
+        if pending:
+            commit()
+        if count % commit_every:
+            log.info(f"Processed {count} files.")
+        env.sync(True)
+        env.close()
+        os.rename(tmp, path)
+    except BaseException:
+        env.close()
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return count
+
+
+# ---------------------------------------------------------------------------
+# The reader thread
+# ---------------------------------------------------------------------------
+
+class _Failure:
+    def __init__(self, message):
+        self.message = message
+
+
+class _Prefetcher:
+    """Reads and transforms batches in a daemon thread into a bounded queue.
+
+    Holds no reference to the layer, so the layer can be collected; the
+    layer's finalizer calls ``stop``.
+    """
+
+    def __init__(self, name, env, start_key, batch_size, transformer, prefetch):
+        self.name = name
+        self.queue = queue.Queue(maxsize=max(1, prefetch))
+        self.stop_event = threading.Event()
+        self.thread = threading.Thread(
+            target=_read_loop, name=f"dltrain-data-{name}", daemon=True,
+            args=(self.queue, self.stop_event, env, start_key, batch_size, transformer))
+        self.thread.start()
+
+    def get(self):
+        while True:
+            try:
+                item = self.queue.get(timeout=0.1)
+                break
+            except queue.Empty:
+                if not self.thread.is_alive():
+                    try:
+                        item = self.queue.get_nowait()
+                        break
+                    except queue.Empty:
+                        raise DLTrainError(f"{self.name}: the reader thread has stopped") from None
+        if isinstance(item, _Failure):
+            self.stop_event.set()
+            raise DLTrainError(item.message)
+        return item
+
+    def stop(self, timeout=2.0):
+        self.stop_event.set()
+        thread = self.thread
+        if thread.is_alive() and thread is not threading.current_thread():
+            thread.join(timeout)
+
+
+def _put(q, stop, item):
+    while not stop.is_set():
+        try:
+            q.put(item, timeout=0.1)
+            return True
+        except queue.Full:
+            continue
+    return False
+
+
+def _read_loop(q, stop, env, start_key, batch_size, transformer):
+    owner = transformer.owner
+    key = b""
+    try:
+        with env.begin(buffers=False) as txn:
+            cursor = txn.cursor()
+            if not cursor.set_key(start_key):
+                cursor.first()
+            while not stop.is_set():
+                pixels, labels = [], np.empty(batch_size, transformer.dtype)
+                shape = None
+                for i in range(batch_size):
+                    key, value = cursor.item()
+                    try:
+                        datum = caffe_pb2.Datum.FromString(value)
+                    except Exception as err:   # google.protobuf.message.DecodeError
+                        raise DLTrainError(f"record is not a Datum ({err})") from None
+                    array = transformer.decode(datum)
+                    if shape is None:
+                        shape = array.shape       # the batch's shape comes from its first record
+                    elif array.shape != shape:
+                        raise DLTrainError(f"record is {'x'.join(map(str, array.shape))} but this batch's "
+                                           f"first record is {'x'.join(map(str, shape))}")
+                    pixels.append(array)
+                    labels[i] = datum.label
+                    if not cursor.next():
+                        cursor.first()            # Caffe restarts at the first record
+                key = b""
+                if all(p.dtype == np.uint8 for p in pixels):
+                    batch = np.stack(pixels)
+                else:
+                    batch = np.stack([p.astype(np.float32) for p in pixels])
+                data = transformer.transform(batch)
+                if not _put(q, stop, (data, labels)):
+                    break
+    except Exception as err:   # surfaced by the next forward in the main thread
+        where = f" (record '{key.decode(errors='replace')}')" if key else ""
+        message = str(err.message if isinstance(err, ConfigError) else err)
+        if not message.startswith(owner):
+            message = f"{owner}: {message}"
+        _put(q, stop, _Failure(f"{message}{where}"))
+
+
+# ---------------------------------------------------------------------------
+# The layer
+# ---------------------------------------------------------------------------
+
+@register_layer("Data")
+class DataLayer(Layer):
+    """Caffe's Data layer: tops ``data`` (N x C x H x W) and optionally ``label`` (N)."""
+
+    exact_num_bottom_blobs = 0
+    min_top_blobs = 1
+    max_top_blobs = 2
+
+    def setup(self, bottom, top):
+        dp = self.layer_param.data_param
+        owner = f"layer '{self.name}' (Data)"
+        self.source = dp.source
+        if not dp.source:
+            raise ConfigError(f"{owner}: data_param.source is not set", field="data_param.source")
+        if dp.HasField("backend") and dp.backend != caffe_pb2.DataParameter.LMDB:
+            raise ConfigError(f"{owner}: only LMDB is supported (data_param.backend is "
+                              f"{caffe_pb2.DataParameter.DB.Name(dp.backend)}); convert the data to LMDB "
+                              "and set backend: LMDB", field="data_param.backend")
+        if dp.batch_size <= 0:
+            raise ConfigError(f"{owner}: data_param.batch_size must be positive", field="data_param.batch_size")
+        self.batch_size = int(dp.batch_size)
+        try:
+            env = open_lmdb(dp.source)
+        except ConfigError as err:
+            hint = ""
+            if not dp.HasField("backend") and os.path.isdir(dp.source):
+                hint = (" (data_param.backend is not set, which means LEVELDB in Caffe; "
+                        "only LMDB is supported)")
+            raise ConfigError(f"{owner}: data_param.source: {err.message}{hint}",
+                              field="data_param.source") from None
+        self.transformer = DataTransformer(self.layer_param.transform_param, self.phase, self.dtype,
+                                           owner=owner)
+
+        with env.begin() as txn:
+            entries = txn.stat()["entries"]
+            if entries == 0:
+                raise ConfigError(f"{owner}: data_param.source: LMDB '{dp.source}' has no records",
+                                  field="data_param.source")
+            cursor = txn.cursor()
+            cursor.first()
+            if dp.rand_skip:
+                skip = int(get_rng().integers(0, dp.rand_skip))
+                log.info(f"Skipping first {skip} data points.")
+                for _ in range(skip % entries):
+                    if not cursor.next():
+                        cursor.first()
+            start_key, value = cursor.item()
+        try:
+            datum = caffe_pb2.Datum.FromString(value)
+            shape = self.transformer.output_shape(self.transformer.decode(datum).shape)
+        except Exception as err:
+            message = err.message if isinstance(err, ConfigError) else str(err)
+            if not message.startswith(owner):
+                message = f"{owner}: {message}"
+            raise ConfigError(f"{message} (source '{dp.source}', record "
+                              f"'{start_key.decode(errors='replace')}')") from None
+        log.info(f"Opened lmdb {dp.source}")
+        top[0].reshape((self.batch_size,) + shape)
+        log.info(f"output data size: {self.batch_size},{shape[0]},{shape[1]},{shape[2]}")
+        if len(top) > 1:
+            top[1].reshape(self.batch_size)
+        self.entries = entries
+        self._prefetcher = _Prefetcher(f"{owner} reading '{dp.source}'", env, start_key, self.batch_size,
+                                       self.transformer, dp.prefetch)
+        self._finalizer = weakref.finalize(self, self._prefetcher.stop)
+
+    def reshape(self, bottom, top):
+        pass   # the tops take each batch's shape in forward
+
+    def forward_cpu(self, bottom, top):
+        try:
+            data, labels = self._prefetcher.get()
+        except DLTrainError as err:
+            message = str(err)
+            if self.source not in message:
+                message = f"{message} (source '{self.source}')"
+            raise DLTrainError(message) from None
+        top[0].reshape(data.shape)
+        top[0].data[...] = data
+        if len(top) > 1:
+            top[1].reshape(labels.shape)
+            top[1].data[...] = labels
+
+    def backward_cpu(self, top, propagate_down, bottom):
+        pass
+
+    def close(self):
+        """Stop the reader thread now (it also stops when the layer is collected)."""
+        finalizer = getattr(self, "_finalizer", None)
+        if finalizer is not None:
+            finalizer()

@@ -1,0 +1,88 @@
+"""InnerProduct: Caffe's fully connected layer.
+
+The bottom is viewed as (M, K): M = product of the axes before ``axis``,
+K = product of the axes from ``axis`` on.  Weights are (N, K), or (K, N)
+with ``transpose: true``; the top is bottom.shape[:axis] + (N,).
+"""
+import numpy as np
+
+from dlcore.blob import Blob
+from dlcore.errors import ConfigError
+from dlcore.filler import fill
+from dlcore.layer import Layer
+from dlcore.registry import register_layer
+
+from . import kernels as K
+
+
+@register_layer("InnerProduct")
+class InnerProductLayer(Layer):
+    exact_num_bottom_blobs = 1
+    exact_num_top_blobs = 1
+
+    def setup(self, bottom, top):
+        ip = self.layer_param.inner_product_param
+        self.num_output = int(ip.num_output)
+        if self.num_output <= 0:
+            raise ConfigError(f"layer '{self.name}' (InnerProduct): inner_product_param.num_output must be > 0 "
+                              f"(got {self.num_output})")
+        self.bias_term = bool(ip.bias_term)
+        self.transpose = bool(ip.transpose)
+        self.axis = bottom[0].canonical_axis(ip.axis)
+        self.K = bottom[0].count_range(self.axis)
+        weight_shape = (self.K, self.num_output) if self.transpose else (self.num_output, self.K)
+        if self.blobs:
+            if len(self.blobs) != 1 + self.bias_term:
+                raise ConfigError(f"layer '{self.name}' (InnerProduct): incorrect number of weight blobs "
+                                  f"(expected {1 + self.bias_term}, got {len(self.blobs)})")
+            if self.blobs[0].shape != weight_shape:
+                raise ConfigError(f"layer '{self.name}' (InnerProduct): incorrect weight shape: expected "
+                                  f"{' '.join(map(str, weight_shape))}, got {self.blobs[0].shape_string()}")
+            if self.bias_term and self.blobs[1].shape != (self.num_output,):
+                raise ConfigError(f"layer '{self.name}' (InnerProduct): incorrect bias shape: expected "
+                                  f"{self.num_output}, got {self.blobs[1].shape_string()}")
+        else:
+            self.blobs = [Blob(*weight_shape, dtype=self.dtype)]
+            fill(self.blobs[0], ip.weight_filler)
+            if self.bias_term:
+                self.blobs.append(Blob(self.num_output, dtype=self.dtype))
+                fill(self.blobs[1], ip.bias_filler)
+        self.param_propagate_down = [True] * len(self.blobs)
+        self.work = K.Workspace()
+
+    def reshape(self, bottom, top):
+        b = bottom[0]
+        axis = b.canonical_axis(self.layer_param.inner_product_param.axis)
+        k = b.count_range(axis)
+        if k != self.K:
+            raise ConfigError(f"layer '{self.name}' (InnerProduct): input size incompatible with inner product "
+                              f"parameters: bottom {b.shape_string()} gives {k} inputs per row from axis {axis}, "
+                              f"the weights expect {self.K}")
+        self.M = b.count_range(0, axis)
+        top[0].reshape(b.shape[:axis] + (self.num_output,))
+
+    def forward_cpu(self, bottom, top):
+        x = bottom[0].data.reshape(self.M, self.K)
+        y = top[0].data.reshape(self.M, self.num_output)
+        w = self.blobs[0].data
+        K.gemm(x, w if self.transpose else w.T, y)
+        if self.bias_term:
+            np.add(y, self.blobs[1].data, out=y)
+
+    def backward_cpu(self, top, propagate_down, bottom):
+        dy = top[0].diff.reshape(self.M, self.num_output)
+        x = bottom[0].data.reshape(self.M, self.K)
+        w = self.blobs[0].data
+        if self.param_propagate_down[0]:
+            dw = self.blobs[0].diff
+            work = self.work.get("dw", dw.shape, self.dtype)
+            if self.transpose:
+                K.gemm(x.T, dy, dw, accumulate=True, work=work)        # (K, N) += x^T dy
+            else:
+                K.gemm(dy.T, x, dw, accumulate=True, work=work)        # (N, K) += dy^T x
+        if self.bias_term and self.param_propagate_down[1]:
+            db = self.blobs[1].diff
+            np.add(db, dy.sum(axis=0, dtype=self.dtype), out=db)
+        if propagate_down[0]:
+            dx = bottom[0].diff.reshape(self.M, self.K)
+            K.gemm(dy, w.T if self.transpose else w, dx)

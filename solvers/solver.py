@@ -1,0 +1,705 @@
+"""The training loop: Caffe's Solver (Init, Step, Solve, Test, Snapshot, Restore).
+
+A :class:`Solver` builds the TRAIN net and the TEST nets from a
+SolverParameter and runs Caffe's schedule:
+
+- each iteration: clear param diffs; test first when ``iter % test_interval
+  == 0`` (and ``iter > 0`` or ``test_initialization``); ``iter_size``
+  forward/backward passes accumulate gradients; the loss is averaged over
+  them and smoothed over ``average_loss`` iterations for display; the
+  update (see :mod:`solvers.updates`) is applied; ``iter`` is incremented;
+  a snapshot is written every ``snapshot`` iterations;
+- at the end: a snapshot (``snapshot_after_train``) unless one was just
+  written, then a last display forward and test where the schedule asks.
+
+Subclasses (:mod:`solvers.sgd_solvers`) implement the update rule.  The
+log lines are Caffe's, so tools/extra/parse_log.py reads them, and every
+display and test result also goes to ``<snapshot_prefix>_log.jsonl``.
+
+dltrain additions: a loss that turns NaN/inf stops the run with a
+DLTrainError naming the first non-finite layer output or gradient (nothing
+is snapshotted from the broken state); a stop request (Ctrl-C, see
+:mod:`solvers.signals`) snapshots before stopping; a live progress line
+on a terminal.
+"""
+import math
+import os
+import time
+
+import numpy as np
+
+from dlcore import Net, TEST, TRAIN
+from dlcore.config import load_message, load_net, load_solver, to_prototxt, write_binary
+from dlcore.errors import ConfigError, DLTrainError
+from dlcore.rng import set_random_seed
+from proto import caffe_pb2
+
+from . import diagnostics
+from .lr_policy import LearningRatePolicy
+from .training_log import JsonLog, Progress, fmt, info, warning
+
+__all__ = ["Solver", "SolverAction", "snapshot_filename", "upgrade_solver_param"]
+
+
+class SolverAction:
+    """What a stop/snapshot request asks for (Caffe's SolverAction::Enum)."""
+    NONE = "none"
+    STOP = "stop"
+    SNAPSHOT = "snapshot"
+
+
+# Caffe's legacy solver_type enum -> the type string (UpgradeSolverType).
+_LEGACY_TYPES = {0: "SGD", 1: "Nesterov", 2: "AdaGrad", 3: "RMSProp", 4: "AdaDelta", 5: "Adam"}
+
+
+def _field_line(path, field):
+    if not path:
+        return None
+    try:
+        from dlcore.config import _find_field_line
+        return _find_field_line(path, field)
+    except Exception:   # a best-effort location only
+        return None
+
+
+def upgrade_solver_param(param, path=None):
+    """Caffe's UpgradeSolverAsNeeded: the legacy ``solver_type`` enum becomes ``type``."""
+    if param.HasField("solver_type"):
+        if param.HasField("type"):
+            raise ConfigError("give the solver type as 'type' (a string) or the deprecated 'solver_type' (an "
+                              "enum), not both", path=path, line=_field_line(path, "solver_type"),
+                              field="solver_type")
+        param.type = _LEGACY_TYPES[param.solver_type]
+        param.ClearField("solver_type")
+    return param
+
+
+def snapshot_filename(prefix, iter, extension):
+    """Caffe's Solver::SnapshotFilename: ``<prefix>_iter_<N><extension>``."""
+    return f"{prefix}_iter_{int(iter)}{extension}"
+
+
+def _default_snapshot_prefix(param, solver_path):
+    """Caffe's UpgradeSnapshotPrefixProperty: no prefix -> the solver file's path
+    without its extension; a prefix naming a folder -> that folder / the
+    solver file's stem.  Relative prefixes are relative to the current
+    directory (as in Caffe); when the prefix's folder is missing there but
+    exists beside the solver file, the solver file's folder is used (as
+    for net files)."""
+    stem = os.path.splitext(os.path.basename(solver_path))[0] if solver_path else "solver"
+    if not param.HasField("snapshot_prefix"):
+        if not solver_path:
+            return ""
+        prefix = os.path.splitext(solver_path)[0]
+        info(f"snapshot_prefix was not specified and is set to {prefix}")
+        return prefix
+    prefix = param.snapshot_prefix
+    if prefix and not os.path.isabs(prefix) and solver_path:
+        folder = os.path.dirname(prefix)
+        beside = os.path.join(os.path.dirname(solver_path), prefix)
+        if folder and not os.path.isdir(folder) and os.path.isdir(os.path.dirname(beside)):
+            prefix = beside
+    if os.path.isdir(prefix) or prefix.endswith(("/", os.sep)):
+        prefix = os.path.join(prefix, stem)
+        info(f"snapshot_prefix is a directory and is set to {prefix}")
+    return prefix
+
+
+class Solver:
+    """Base of the solvers; ``SGDSolver`` and its relatives implement the update.
+
+    ``Solver(path_or_SolverParameter, dtype=np.float32)``.  A path is
+    loaded with its net paths resolved (current directory, then the solver
+    file's folder) and names the file in errors.  pycaffe's face:
+    ``net``, ``test_nets``, ``iter``, ``step(n)``, ``solve(resume_file)``,
+    ``snapshot()``, ``restore(state_file)``, ``apply_update()``.
+    """
+
+    type = None
+    history_sets = 1      # history blobs per learnable parameter (Adam, AdaDelta: 2)
+
+    def __init__(self, param, dtype=np.float32, solver_path=None):
+        if isinstance(param, caffe_pb2.SolverParameter):
+            copy = caffe_pb2.SolverParameter()
+            copy.CopyFrom(param)
+            param = copy
+        else:
+            solver_path = os.fspath(param)
+            param = load_solver(solver_path, resolve_paths=True)
+        self.source = solver_path
+        upgrade_solver_param(param, solver_path)
+        if self.type is not None and param.type != self.type:
+            # pycaffe's SGDSolver(file) etc. use their own rule whatever the file says.
+            if param.HasField("type"):
+                warning(f"solver type '{param.type}' ignored: this is a {self.type} solver "
+                        "(get_solver() picks the class from the type)")
+            param.type = self.type
+        self.param = param
+        self.dtype = np.dtype(dtype)
+        info("Initializing solver from parameters: \n" + to_prototxt(param).rstrip("\n"))
+        self._check_param()
+        self.lr_policy = LearningRatePolicy(param, self._where)
+        self.snapshot_prefix = _default_snapshot_prefix(param, solver_path)
+        self._check_snapshot_write_permissions()
+        if param.random_seed >= 0:
+            set_random_seed(param.random_seed)
+        self.net = self._init_train_net()
+        self.test_nets = self._init_test_nets()
+        self._load_weights()
+        info("Solver scaffolding done.")
+        self.iter = 0
+        self.history = []
+        self._pre_solve()
+        self.losses = []
+        self.smoothed_loss = 0.0
+        self.requested_early_exit = False
+        self.action_function = None       # callable -> SolverAction, polled at iteration boundaries
+        self.progress_enabled = None      # None: on a terminal only
+        self.log_path = (self.snapshot_prefix + "_log.jsonl") if self.snapshot_prefix else None
+        self._json = JsonLog(self.log_path)
+        self._last_snapshot_iter = None
+        self._last_rate = None
+        self._progress = None
+        self._loss_weights = [self._output_loss_weights(self.net)] + \
+            [self._output_loss_weights(n) for n in self.test_nets]
+
+    # --- setup -----------------------------------------------------------------
+    def _where(self, field):
+        if not self.source:
+            return {}
+        return {"path": self.source, "line": _field_line(self.source, field)}
+
+    def _fail(self, message, field):
+        raise ConfigError(message, field=field, **self._where(field))
+
+    @property
+    def current_step(self):
+        return self.lr_policy.current_step
+
+    @current_step.setter
+    def current_step(self, value):
+        self.lr_policy.current_step = int(value)
+
+    def _check_param(self):
+        p = self.param
+        if p.average_loss < 1:
+            self._fail(f"average_loss must be at least 1 (got {p.average_loss})", "average_loss")
+        if p.iter_size < 1:
+            self._fail(f"iter_size must be at least 1 (got {p.iter_size})", "iter_size")
+        for field in ("display", "max_iter", "snapshot", "test_interval"):
+            if getattr(p, field) < 0:
+                self._fail(f"{field} must not be negative (got {getattr(p, field)})", field)
+        for i, n in enumerate(p.test_iter):
+            if n < 0:
+                self._fail(f"test_iter[{i}] must not be negative (got {n})", "test_iter")
+        if p.regularization_type not in ("L1", "L2"):
+            self._fail(f"unknown regularization_type '{p.regularization_type}' (use L1 or L2)",
+                       "regularization_type")
+        if p.snapshot_format != caffe_pb2.SolverParameter.BINARYPROTO:
+            self._fail("snapshot_format HDF5 is not supported; use BINARYPROTO (the default)", "snapshot_format")
+        if not math.isfinite(p.base_lr):
+            self._fail(f"base_lr must be finite (got {p.base_lr})", "base_lr")
+        self.check_solver_param()
+
+    def check_solver_param(self):
+        """Rule-specific checks (a subclass's constructor_sanity_check)."""
+
+    def _check_snapshot_write_permissions(self):
+        """Caffe's CheckSnapshotWritePermissions: fail now, not after hours of training."""
+        if not self.snapshot_prefix or not (self.param.snapshot or self.param.snapshot_after_train):
+            return
+        folder = os.path.dirname(self.snapshot_prefix)
+        try:
+            if folder:
+                os.makedirs(folder, exist_ok=True)
+            probe = snapshot_filename(self.snapshot_prefix, 0, f".tempfile.{os.getpid()}")
+            with open(probe, "wb"):
+                pass
+            os.remove(probe)
+        except OSError as err:
+            raise ConfigError(f"cannot write to snapshot prefix '{self.snapshot_prefix}' ({err.strerror or err}); "
+                              "make sure its folder exists and is writable", field="snapshot_prefix",
+                              **self._where("snapshot_prefix")) from None
+
+    @staticmethod
+    def _merged_state(phase, net_state, solver_state=None):
+        """Caffe's NetState precedence: the phase default, then the net's own
+        ``state``, then the solver's train_state / test_state."""
+        state = caffe_pb2.NetState(phase=phase)
+        state.MergeFrom(net_state)
+        if solver_state is not None:
+            state.MergeFrom(solver_state)
+        return state
+
+    def _build_net(self, source, solver_state, phase):
+        """A Net from a file path or a NetParameter, in the merged state."""
+        if isinstance(source, caffe_pb2.NetParameter):
+            state = self._merged_state(phase, source.state, solver_state)
+            return Net(source, phase=state.phase, level=state.level, stages=list(state.stage), dtype=self.dtype)
+        state = self._merged_state(phase, load_net(source).state, solver_state)
+        return Net(source, phase=state.phase, level=state.level, stages=list(state.stage), dtype=self.dtype)
+
+    def _init_train_net(self):
+        p = self.param
+        fields = [f for f in ("net", "net_param", "train_net", "train_net_param") if p.HasField(f)]
+        if not fields:
+            self._fail("the solver names no train net: give one of net, net_param, train_net, train_net_param",
+                       "net")
+        if len(fields) > 1:
+            self._fail(f"the solver names the train net more than once ({', '.join(fields)}); give only one",
+                       fields[1])
+        field = fields[0]
+        if field == "train_net_param":
+            info("Creating training net specified in train_net_param.")
+            source = p.train_net_param
+        elif field == "train_net":
+            info(f"Creating training net from train_net file: {p.train_net}")
+            source = p.train_net
+        elif field == "net_param":
+            info("Creating training net specified in net_param.")
+            source = p.net_param
+        else:
+            info(f"Creating training net from net file: {p.net}")
+            source = p.net
+        return self._build_net(source, p.train_state, TRAIN)
+
+    def _init_test_nets(self):
+        p = self.param
+        generic = int(p.HasField("net")) + int(p.HasField("net_param"))
+        if generic > 1:
+            self._fail("give net or net_param, not both", "net_param")
+        specific = len(p.test_net_param) + len(p.test_net)
+        if (generic and len(p.test_iter) < specific) or (not generic and len(p.test_iter) != specific):
+            self._fail(f"test_iter must be given once per test net ({specific} test nets, "
+                       f"{len(p.test_iter)} test_iter values)", "test_iter")
+        instances = specific + (len(p.test_iter) - specific if generic else 0)
+        if p.test_state and len(p.test_state) != instances:
+            self._fail(f"test_state must be unspecified or given once per test net ({instances} test nets, "
+                       f"{len(p.test_state)} test_state values)", "test_state")
+        if instances and p.test_interval <= 0:
+            self._fail(f"test_interval must be positive when there are test nets (got {p.test_interval})",
+                       "test_interval")
+        sources = []
+        for param in p.test_net_param:
+            sources.append(("test_net_param", param))
+        for path in p.test_net:
+            sources.append((f"test_net file: {path}", path))
+        for _ in range(len(p.test_iter) - len(sources)):
+            if p.HasField("net_param"):
+                sources.append(("net_param", p.net_param))
+            else:
+                sources.append((f"net file: {p.net}", p.net))
+        nets = []
+        for i, (label, source) in enumerate(sources):
+            info(f"Creating test net (#{i}) specified by {label}")
+            state = p.test_state[i] if p.test_state else None
+            nets.append(self._build_net(source, state, TEST))
+        return nets
+
+    def _load_weights(self):
+        """Caffe's LoadNetWeights for each ``weights`` entry (comma-separated
+        lists allowed): into the train net and every test net."""
+        for entry in self.param.weights:
+            for path in (s.strip() for s in entry.split(",")):
+                if not path:
+                    continue
+                if not os.path.isfile(path) and self.source and not os.path.isabs(path):
+                    beside = os.path.join(os.path.dirname(self.source), path)
+                    if os.path.isfile(beside):
+                        path = beside
+                info(f"Finetuning from {path}")
+                self.net.copy_from(path)
+                for net in self.test_nets:
+                    net.copy_from(path)
+
+    def _pre_solve(self):
+        """Allocate the history: ``history_sets`` zero blobs per learnable
+        parameter, all of one set before the next (Caffe's layout)."""
+        from dlcore.blob import Blob
+        self.history = []
+        for _ in range(self.history_sets):
+            for blob in self.net.learnable_params:
+                self.history.append(Blob(blob.shape, dtype=self.dtype))
+
+    @staticmethod
+    def _output_loss_weights(net):
+        """Loss weight of each output blob (Caffe's blob_loss_weights_)."""
+        weights = {}
+        for name, layer in zip(net.layer_names, net.layers):
+            for top, weight in zip(net.top_names[name], layer.loss_weights):
+                weights[top] = weight
+        return [weights.get(name, 0.0) for name in net.outputs]
+
+    # --- running -----------------------------------------------------------------
+    def set_action_function(self, function):
+        """Poll ``function()`` -> SolverAction at every iteration boundary (Caffe's SetActionFunction)."""
+        self.action_function = function
+
+    def _requested_action(self):
+        if self.action_function is None:
+            return SolverAction.NONE
+        return self.action_function() or SolverAction.NONE
+
+    def solve(self, resume_file=None):
+        """Train to ``max_iter`` (from ``resume_file``, a .solverstate, if given)."""
+        try:
+            self._solve(resume_file)
+        finally:
+            self._json.close()
+
+    def _solve(self, resume_file):
+        info(f"Solving {self.net.name}")
+        info(f"Learning Rate Policy: {self.param.lr_policy}")
+        self.requested_early_exit = False
+        if resume_file:
+            info(f"Restoring previous solver status from {resume_file}")
+            self.restore(resume_file)
+        start_iter = self.iter
+        self.step(self.param.max_iter - self.iter)
+        if self.param.snapshot_after_train or self.requested_early_exit:
+            if self._last_snapshot_iter != self.iter:
+                self.snapshot()
+        if self.requested_early_exit:
+            info("Optimization stopped early.")
+            return
+        p = self.param
+        if p.display and self.iter % p.display == 0:
+            loss = self._forward(self.net, p.debug_info)
+            self._update_smoothed_loss(loss, start_iter, p.average_loss)
+            info(f"Iteration {self.iter}, loss = {fmt(self._cast(self.smoothed_loss))}")
+            self._json.write(self.iter, "train", loss=self._cast(self.smoothed_loss),
+                             lr=self._cast(self.lr_policy.peek(self.iter)), outputs=self._outputs(self.net))
+        if p.test_interval and self.iter % p.test_interval == 0:
+            self.test_all()
+        info("Optimization Done.")
+
+    def step(self, iters):
+        """Run ``iters`` iterations (Caffe's Solver::Step)."""
+        p = self.param
+        start_iter = self.iter
+        stop_iter = self.iter + int(iters)
+        self.losses = []
+        self.smoothed_loss = 0.0
+        net = self.net
+        progress = Progress(start_iter, max(stop_iter, start_iter), enabled=self.progress_enabled)
+        self._progress = progress
+        # Non-finite values are detected and reported by the solver itself;
+        # NumPy's floating-point warnings would only add noise to the log.
+        with progress, np.errstate(all="ignore"):
+            while self.iter < stop_iter:
+                net.clear_param_diffs()
+                if (p.test_interval and self.iter % p.test_interval == 0
+                        and (self.iter > 0 or p.test_initialization)):
+                    self.test_all()
+                    if self.requested_early_exit:
+                        break
+                display = bool(p.display) and self.iter % p.display == 0
+                debug = display and p.debug_info
+                loss = 0.0
+                for _ in range(p.iter_size):
+                    loss += self._forward_backward(debug)
+                loss /= p.iter_size
+                if not math.isfinite(loss):
+                    raise self._non_finite_error(f"loss is {loss}")
+                self._update_smoothed_loss(loss, start_iter, p.average_loss)
+                rate, message = self.lr_policy.rate(self.iter)
+                if display:
+                    self._display(rate)
+                self._apply_update(rate, message, display, debug)
+                self.iter += 1
+                request = self._requested_action()
+                if ((p.snapshot and self.iter % p.snapshot == 0) or request == SolverAction.SNAPSHOT):
+                    self.snapshot()
+                if request == SolverAction.STOP:
+                    self.requested_early_exit = True
+                    break
+                progress.update(self.iter, self.smoothed_loss, rate)
+        self._progress = None
+
+    def _forward(self, net, debug):
+        if debug:
+            return diagnostics.forward_debug(net)
+        loss = net.forward_from_to(0, len(net.layers) - 1)
+        net.loss = loss
+        return loss
+
+    def _forward_backward(self, debug):
+        if debug:
+            loss = diagnostics.forward_debug(self.net)
+            diagnostics.backward_debug(self.net)
+            return loss
+        return self.net.forward_backward()
+
+    def _update_smoothed_loss(self, loss, start_iter, average_loss):
+        """Caffe's UpdateSmoothedLoss: the mean of the last ``average_loss`` losses."""
+        if len(self.losses) < average_loss:
+            self.losses.append(loss)
+            size = len(self.losses)
+            self.smoothed_loss = (self.smoothed_loss * (size - 1) + loss) / size
+        else:
+            idx = (self.iter - start_iter) % average_loss
+            self.smoothed_loss += (loss - self.losses[idx]) / average_loss
+            self.losses[idx] = loss
+
+    def _cast(self, value):
+        return self.dtype.type(value)
+
+    def _outputs(self, net):
+        """{output name: value (or list of values)} of ``net``'s output blobs."""
+        out = {}
+        for name in net.outputs:
+            data = net.blobs[name].data
+            out[name] = data.flat[0] if data.size == 1 else list(data.ravel())
+        return out
+
+    def _output_lines(self, net, weights, label, values=None):
+        """Caffe's ``    Train net output #k: name = v (* w = w*v loss)`` lines."""
+        index = 0
+        for j, name in enumerate(net.outputs):
+            data = values[j] if values is not None else net.blobs[name].data.ravel()
+            weight = weights[j]
+            for v in np.asarray(data).ravel():
+                v = self._cast(v)
+                suffix = f" (* {fmt(weight)} = {fmt(self._cast(weight) * v)} loss)" if weight else ""
+                info(f"    {label} net output #{index}: {name} = {fmt(v)}{suffix}")
+                index += 1
+
+    def _display(self, rate):
+        info(f"Iteration {self.iter}, loss = {fmt(self._cast(self.smoothed_loss))}")
+        self._output_lines(self.net, self._loss_weights[0], "Train")
+        self._json.write(self.iter, "train", loss=self._cast(self.smoothed_loss), lr=self._cast(rate),
+                         outputs=self._outputs(self.net))
+
+    # --- the update ----------------------------------------------------------------
+    def apply_update(self):
+        """Compute the rate for the current iteration and apply one update
+        (pycaffe's ``solver.apply_update()``; ``iter`` is not incremented)."""
+        rate, message = self.lr_policy.rate(self.iter)
+        display = bool(self.param.display) and self.iter % self.param.display == 0
+        self._apply_update(rate, message, display, False)
+
+    def _apply_update(self, rate, message, display, debug):
+        """Caffe's SGDSolver::ApplyUpdate: clip, then per parameter normalize,
+        regularize and compute the update value, then Net::Update."""
+        if message:
+            info(message)
+        if display:
+            info(f"Iteration {self.iter}, lr = {fmt(self._cast(rate))}")
+        self._last_rate = rate
+        params = self.net.learnable_params
+        clip_scale = 1.0
+        clip = self.param.clip_gradients
+        if clip >= 0:
+            from .updates import sumsq
+            total = 0.0
+            for blob in params:
+                total += sumsq(blob.diff.reshape(-1))
+            l2norm = math.sqrt(total)
+            if l2norm > clip:
+                clip_scale = clip / l2norm
+                info(f"Gradient clipping: scaling down gradients (L2 norm {fmt(self._cast(l2norm))} > "
+                     f"{fmt(clip)}) by scale factor {fmt(self._cast(clip_scale))}")
+        # Normally each kernel applies its update in the same pass; with
+        # debug_info the [Update] lines come first (weights before the update).
+        fused = not debug
+        bad = [param_id for param_id in range(len(params))
+               if self.compute_update_value(param_id, rate, clip_scale, apply=fused)]
+        if bad:
+            raise self._non_finite_error("the update is not finite", bad_params=bad)
+        if not fused:
+            diagnostics.update_debug(self.net)
+            from .updates import apply_update
+            for blob in params:
+                apply_update(blob.data.reshape(-1), blob.diff.reshape(-1))
+
+    def _common_args(self, param_id, clip_scale, apply):
+        """The apply/clip/normalize/regularize arguments of the update kernels, in the param's dtype."""
+        dt = self.dtype.type
+        p = self.param
+        local_decay = dt(dt(p.weight_decay) * dt(self.net.params_weight_decay[param_id]))
+        reg = 0
+        if local_decay:
+            reg = 1 if p.regularization_type == "L2" else 2
+        iter_size = p.iter_size
+        norm = dt(dt(1) / dt(iter_size))
+        return (bool(apply), dt(clip_scale), clip_scale != 1.0, norm, iter_size != 1, local_decay, reg)
+
+    def compute_update_value(self, param_id, rate, clip_scale=1.0, apply=False):
+        """Write the update of learnable param ``param_id`` into its diff (and
+        with ``apply`` also subtract it from the weights); True if non-finite."""
+        raise NotImplementedError
+
+    # --- NaN / inf ---------------------------------------------------------------------
+    def _non_finite_error(self, what, bad_params=()):
+        where = None
+        try:
+            where = diagnostics.find_non_finite(self.net)
+        except Exception as err:          # the diagnosis must not hide the real problem
+            where = f"(could not re-run the iteration to find it: {err})"
+        if where is None and bad_params:
+            owners = self._param_owner_names()
+            where = "the update of " + ", ".join(owners[i] for i in bad_params[:3]) + \
+                    (" (the gradients were finite: lower base_lr or check the solver's settings)")
+        message = f"{what} at iteration {self.iter}"
+        if where:
+            message += f"; first non-finite value: {where}"
+        else:
+            message += "; no layer output or gradient was non-finite when the iteration was re-run"
+        if self._last_snapshot_iter is not None:
+            message += (f"; the last snapshot ({snapshot_filename(self.snapshot_prefix, self._last_snapshot_iter, '.solverstate')})"
+                        " is kept")
+        return DLTrainError(message)
+
+    def _param_owner_names(self):
+        """For each learnable param, 'parameter k of layer X'."""
+        names = {}
+        for name, layer in zip(self.net.layer_names, self.net.layers):
+            for k, blob in enumerate(layer.blobs):
+                for i, owned in enumerate(self.net.learnable_params):
+                    if owned is blob and i not in names:
+                        names[i] = f"parameter {k} of layer '{name}'"
+        return [names.get(i, f"learnable parameter {i}") for i in range(len(self.net.learnable_params))]
+
+    # --- testing -----------------------------------------------------------------------
+    def test_all(self):
+        for test_net_id in range(len(self.test_nets)):
+            if self.requested_early_exit:
+                break
+            self.test(test_net_id)
+
+    def test(self, test_net_id=0):
+        """Caffe's Solver::Test: ``test_iter`` forward passes, outputs averaged."""
+        info(f"Iteration {self.iter}, Testing net (#{test_net_id})")
+        with np.errstate(all="ignore"):
+            self._test(test_net_id)
+
+    def _test(self, test_net_id):
+        net = self.test_nets[test_net_id]
+        net.share_trained_layers_with(self.net)
+        p = self.param
+        iterations = p.test_iter[test_net_id]
+        scores = None
+        loss = 0.0
+        for i in range(iterations):
+            request = self._requested_action()
+            while request != SolverAction.NONE:
+                if request == SolverAction.SNAPSHOT:
+                    self.snapshot()
+                elif request == SolverAction.STOP:
+                    self.requested_early_exit = True
+                request = self._requested_action()
+            if self.requested_early_exit:
+                break
+            iter_loss = self._forward(net, p.debug_info)
+            if p.test_compute_loss:
+                loss += iter_loss
+            result = [net.blobs[name].data.astype(np.float64).ravel() for name in net.outputs]
+            if scores is None:
+                scores = [r.copy() for r in result]
+            else:
+                for s, r in zip(scores, result):
+                    s += r
+        if self.requested_early_exit:
+            info("Test interrupted.")
+            return
+        if p.test_compute_loss:
+            loss /= iterations
+            info(f"Test loss: {fmt(self._cast(loss))}")
+        if scores is None:
+            return
+        means = [s / iterations for s in scores]
+        weights = self._loss_weights[1 + test_net_id]
+        self._output_lines(net, weights, "Test", means)
+        outputs = {name: (self._cast(m[0]) if m.size == 1 else [self._cast(x) for x in m])
+                   for name, m in zip(net.outputs, means)}
+        if p.test_compute_loss:
+            total = loss
+        else:
+            total = sum(w * float(m.sum()) for w, m in zip(weights, means) if w) if any(weights) else None
+        self._json.write(self.iter, "test", loss=None if total is None else self._cast(total),
+                         lr=self._cast(self.lr_policy.peek(self.iter)), outputs=outputs,
+                         net=test_net_id)
+
+    # --- snapshots -----------------------------------------------------------------------
+    def snapshot_filename(self, extension):
+        return snapshot_filename(self.snapshot_prefix, self.iter, extension)
+
+    def snapshot(self):
+        """Write ``<prefix>_iter_<N>.caffemodel`` and ``.solverstate``, each atomically.
+
+        Nothing is written from a state with non-finite weights.  If the
+        solver state cannot be written, the model file of this snapshot is
+        removed again (unless it existed before), so a snapshot is whole
+        or absent.
+        """
+        for blob in self.net.learnable_params:
+            if not np.isfinite(blob.data).all():
+                raise DLTrainError(f"not writing a snapshot at iteration {self.iter}: the weights are not finite")
+        model_filename = self.snapshot_filename(".caffemodel")
+        state_filename = self.snapshot_filename(".solverstate")
+        folder = os.path.dirname(model_filename)
+        if folder:
+            os.makedirs(folder, exist_ok=True)
+        info(f"Snapshotting to binary proto file {model_filename}")
+        net_param = self.net.to_proto(write_diff=self.param.snapshot_diff)
+        state = self.solver_state(model_filename)
+        existed = os.path.exists(model_filename)
+        self._write(model_filename, net_param)
+        info(f"Snapshotting solver state to binary proto file {state_filename}")
+        try:
+            self._write(state_filename, state)
+        except BaseException:
+            if not existed:
+                try:
+                    os.remove(model_filename)
+                except OSError:
+                    pass
+            raise
+        self._last_snapshot_iter = self.iter
+        return model_filename, state_filename
+
+    @staticmethod
+    def _write(path, message):
+        try:
+            write_binary(path, message)
+        except OSError as err:
+            raise DLTrainError(f"cannot write snapshot '{path}': {err.strerror or err}") from None
+
+    def solver_state(self, model_filename=""):
+        """The SolverState message of the current state."""
+        state = caffe_pb2.SolverState(iter=self.iter, learned_net=model_filename, current_step=self.current_step)
+        for blob in self.history:
+            blob.to_proto(state.history.add())
+        return state
+
+    def restore(self, state_file):
+        """Caffe's Restore: iteration, schedule position, history, and the
+        weights of the ``learned_net`` the state names."""
+        state_file = os.fspath(state_file)
+        if state_file.endswith(".h5"):
+            raise ConfigError("HDF5 solver states are not supported; use a .solverstate", path=state_file)
+        state = load_message(state_file, caffe_pb2.SolverState)
+        if len(state.history) != len(self.history):
+            raise ConfigError(f"the solver state has {len(state.history)} history blobs; this {self.param.type} "
+                              f"solver on this net needs {len(self.history)} (a state from another solver type "
+                              "or net?)", path=state_file)
+        for i, (blob, stored) in enumerate(zip(self.history, state.history)):
+            if not blob.shape_equals(stored):
+                from dlcore.blob import proto_shape, shape_string
+                raise ConfigError(f"history blob {i} has shape {shape_string(proto_shape(stored))}; the net's "
+                                  f"parameter has {blob.shape_string()}", path=state_file)
+        if state.learned_net:
+            model = state.learned_net
+            if not os.path.isfile(model):
+                beside = os.path.join(os.path.dirname(state_file), os.path.basename(model))
+                if os.path.isfile(beside):
+                    model = beside
+            self.net.copy_from(model)
+        for blob, stored in zip(self.history, state.history):
+            blob.from_proto(stored, reshape=False)
+        self.iter = state.iter
+        self.current_step = state.current_step
+        self._last_snapshot_iter = None
+
+    def __repr__(self):
+        return f"<{type(self).__name__} iter {self.iter} of {self.param.max_iter}, net '{self.net.name}'>"
