@@ -6,8 +6,6 @@
 
 `dltrain solver.prototxt` is `dltrain train --solver solver.prototxt`.
 """
-import numpy as np
-
 from dlcore import TEST, DLTrainError
 
 SIGNAL_EFFECTS = ("stop", "snapshot", "none")

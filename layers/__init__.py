@@ -2,3 +2,5 @@
 from . import (accuracy, convolution, data, inner_product, losses, neurons,  # noqa: F401
                pooling, softmax, structural)
 from . import db_data  # noqa: F401  (Data: LMDB of Datum records)
+from . import embed, geoloc_loss  # noqa: F401  (Embed; GeolocLoss, a dltrain addition)
+from . import hdf5_data  # noqa: F401  (HDF5Data; h5py is imported only when one is set up)

@@ -92,7 +92,7 @@ class AccuracyLayer(Layer):
             self.top_k, self.has_ignore_label, self.ignore_label, correct_per_class, seen_per_class)
         if bad >= 0:
             value = bottom[1].data.reshape(-1)[bad]
-            raise DLTrainError(f"layer '{self.name}' (Accuracy): label {value!r} at position {bad} of bottom 1 "
+            raise DLTrainError(f"layer '{self.name}' (Accuracy): label {float(value):g} at position {bad} of bottom 1 "
                                f"is outside [0, {self.channels})"
                                + (f" and is not the ignore_label {self.ignore_label}"
                                   if self.has_ignore_label else ""))

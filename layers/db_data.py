@@ -203,7 +203,10 @@ class DataTransformer:
         self.mean_file = None
         if param.HasField("mean_file"):
             self.mean_file = self._load_mean(param.mean_file)
-        if rng is None:
+        # As Caffe's InitRand: a generator of its own, seeded from the global
+        # RNG only when the transform is random (so a net's other random
+        # draws do not depend on whether its data is transformed).
+        if rng is None and (self.mirror or (self.crop_size and phase == TRAIN)):
             rng = np.random.default_rng(int(get_rng().integers(0, 2 ** 63 - 1)))
         self.rng = rng
         self._mean_cache = {}
@@ -352,7 +355,7 @@ def write_lmdb(path, records, map_size=1 << 20, commit_every=1000):
     Returns the number of records written.
     """
     lmdb = _lmdb()
-    path = os.fspath(path)
+    path = os.path.normpath(os.fspath(path))
     if os.path.exists(path):
         raise DLTrainError(f"'{path}' already exists: remove it or choose another database name")
     parent = os.path.dirname(os.path.abspath(path))
@@ -524,6 +527,10 @@ class DataLayer(Layer):
         if dp.batch_size <= 0:
             raise ConfigError(f"{owner}: data_param.batch_size must be positive", field="data_param.batch_size")
         self.batch_size = int(dp.batch_size)
+        old_fields = [f for f in ("scale", "mean_file", "crop_size", "mirror") if dp.HasField(f)]
+        if old_fields:
+            log.warning(f"{owner}: data_param.{', data_param.'.join(old_fields)} are deprecated and ignored "
+                        "(as in Caffe's Data layer): set them in transform_param")
         try:
             env = open_lmdb(dp.source)
         except ConfigError as err:

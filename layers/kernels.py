@@ -25,7 +25,7 @@ from numba import njit, prange
 _PAR = os.environ.get("KPAR", "0") == "1"
 
 __all__ = ["conv_out_size", "im2col", "col2im", "cnp_to_ncp", "ncp_to_cnp", "add_channel_bias",
-           "channel_sum", "gemm", "Workspace", "max_pool_forward", "max_pool_backward",
+           "channel_sum", "gemm", "Workspace", "max_pool_forward", "max_pool_forward_2x2", "max_pool_backward",
            "ave_pool_forward", "ave_pool_backward"]
 
 
@@ -99,33 +99,60 @@ def im2col(data, N, C, H, W, kh, kw, ph, pw, sh, sw, dh, dw, col, row_stride, im
                     col[o + t] = 0
 
 
-@njit(cache=True, parallel=_PAR)
+@njit(cache=True)
 def col2im(col, N, C, H, W, kh, kw, ph, pw, sh, sw, dh, dw, data, row_stride, image_stride):
-    """Columns -> images ``data`` (flat N*C*H*W), overwritten with the sums (layouts as im2col)."""
+    """Columns -> images ``data`` (flat N*C*H*W), overwritten with the sums (layouts as im2col).
+
+    The loops follow the column buffer's memory order (rows outer in the batch
+    layout, images outer in the image layout): reading it sequentially is 2x
+    faster than visiting it plane by plane.
+    """
     oh = (H + 2 * ph - (dh * (kh - 1) + 1)) // sh + 1
     ow = (W + 2 * pw - (dw * (kw - 1) + 1)) // sw + 1
+    for t in range(np.uint64(N * C * H * W)):
+        data[t] = 0
+    khw = kh * kw
+    rows = C * khw
+    # Per column row: channel, valid output rows/columns and input offsets.
+    geo = np.empty((rows, 7), np.int64)
+    for r in range(rows):
+        ki = (r // kw) % kh
+        kj = r % kw
+        ylo, yhi, yoff = _valid_range(ki, ph, sh, dh, H, oh)
+        xlo, xhi, xoff = _valid_range(kj, pw, sw, dw, W, ow)
+        geo[r, 0] = r // khw
+        geo[r, 1] = ylo
+        geo[r, 2] = yhi
+        geo[r, 3] = yoff
+        geo[r, 4] = xlo
+        geo[r, 5] = xhi
+        geo[r, 6] = xoff
+    if row_stride >= image_stride:
+        for r in range(rows):
+            for n in range(N):
+                _col2im_block(col, data, geo, r, n, C, H, W, sh, sw, ow, row_stride, image_stride)
+    else:
+        for n in range(N):
+            for r in range(rows):
+                _col2im_block(col, data, geo, r, n, C, H, W, sh, sw, ow, row_stride, image_stride)
+
+
+@njit(cache=True, inline="always")
+def _col2im_block(col, data, geo, r, n, C, H, W, sh, sw, ow, row_stride, image_stride):
+    c = geo[r, 0]
+    xlo = geo[r, 4]
+    xoff = geo[r, 6]
+    nx = np.uint64(geo[r, 5] - xlo)
     usw = np.uint64(sw)
-    for nc in prange(N * C):
-        n = nc // C
-        c = nc - n * C
-        plane = np.uint64(nc * H * W)
-        for t in range(np.uint64(H * W)):
-            data[plane + t] = 0
-        for ki in range(kh):
-            ylo, yhi, yoff = _valid_range(ki, ph, sh, dh, H, oh)
-            for kj in range(kw):
-                xlo, xhi, xoff = _valid_range(kj, pw, sw, dw, W, ow)
-                nx = np.uint64(xhi - xlo)
-                r = (c * kh + ki) * kw + kj
-                for y in range(ylo, yhi):
-                    d = np.uint64(nc * H * W + (y * sh + yoff) * W + xlo * sw + xoff)
-                    o = np.uint64(r * row_stride + n * image_stride + y * ow + xlo)
-                    if sw == 1:
-                        for t in range(nx):
-                            data[d + t] += col[o + t]
-                    else:
-                        for t in range(nx):
-                            data[d + t * usw] += col[o + t]
+    for y in range(geo[r, 1], geo[r, 2]):
+        d = np.uint64(((n * C + c) * H + y * sh + geo[r, 3]) * W + xlo * sw + xoff)
+        o = np.uint64(r * row_stride + n * image_stride + y * ow + xlo)
+        if sw == 1:
+            for t in range(nx):
+                data[d + t] += col[o + t]
+        else:
+            for t in range(nx):
+                data[d + t * usw] += col[o + t]
 
 
 # ---------------------------------------------------------------------------
@@ -241,6 +268,27 @@ class Workspace:
 # image is ``planes`` planes of H*W (planes = N*C), the top planes of PH*PW.
 # ---------------------------------------------------------------------------
 
+@njit(cache=True, inline="always")
+def _window_max(data, ib, H, W, hs, ws, kh, kw):
+    """Max and argmax (index in the H*W plane) of the window clipped to the image; (-FLT_MAX, -1) if empty."""
+    he = min(hs + kh, H)
+    we = min(ws + kw, W)
+    hs = max(hs, 0)
+    ws = max(ws, 0)
+    if hs >= he or ws >= we:
+        return data[ib] * 0 - 3.4028234663852886e38, -1
+    idx = hs * W + ws
+    best = data[np.uint64(ib + idx)]
+    for h in range(hs, he):
+        for w in range(ws, we):
+            k = h * W + w
+            v = data[np.uint64(ib + k)]
+            if v > best:
+                best = v
+                idx = k
+    return best, idx
+
+
 @njit(cache=True, parallel=_PAR)
 def max_pool_forward(data, planes, H, W, PH, PW, kh, kw, ph, pw, sh, sw, top, mask):
     """MAX pooling.  ``mask`` (int32, top's size) gets the argmax as an index into the
@@ -248,35 +296,54 @@ def max_pool_forward(data, planes, H, W, PH, PW, kh, kw, ph, pw, sh, sw, top, ma
     window (only possible with Caffe's ceil rounding and stride > kernel) gives
     -FLT_MAX and index -1, as Caffe does.
     """
-    uW = np.uint64(W)
     for pl in prange(planes):
-        ib = np.uint64(pl * H * W)
+        ib = pl * H * W
+        ob = pl * PH * PW
+        for py in range(PH):
+            for px in range(PW):
+                best, idx = _window_max(data, ib, H, W, py * sh - ph, px * sw - pw, kh, kw)
+                o = np.uint64(ob + py * PW + px)
+                top[o] = best
+                mask[o] = idx
+
+
+@njit(cache=True, parallel=_PAR)
+def max_pool_forward_2x2(data, planes, H, W, PH, PW, ph, pw, sh, sw, top, mask):
+    """``max_pool_forward`` for 2x2 windows (the common case), unrolled: ~3.5x faster."""
+    uW = np.uint64(W)
+    one = np.uint64(1)
+    for pl in prange(planes):
+        ib = pl * H * W
+        ub = np.uint64(ib)
         ob = pl * PH * PW
         for py in range(PH):
             hs = py * sh - ph
-            he = min(hs + kh, H)
-            hs = max(hs, 0)
+            rows_inside = hs >= 0 and hs + 2 <= H
             for px in range(PW):
                 ws = px * sw - pw
-                we = min(ws + kw, W)
-                ws = max(ws, 0)
                 o = np.uint64(ob + py * PW + px)
-                if hs >= he or ws >= we:
-                    top[o] = -3.4028234663852886e38
-                    mask[o] = -1
-                    continue
-                uhs = np.uint64(hs)
-                uws = np.uint64(ws)
-                best = data[ib + uhs * uW + uws]
-                idx = uhs * uW + uws
-                for h in range(uhs, np.uint64(he)):
-                    for w in range(uws, np.uint64(we)):
-                        v = data[ib + h * uW + w]
-                        if v > best:
-                            best = v
-                            idx = h * uW + w
-                top[o] = best
-                mask[o] = idx
+                if rows_inside and ws >= 0 and ws + 2 <= W:
+                    k = np.uint64(hs * W + ws)
+                    best = data[ub + k]
+                    idx = k
+                    v = data[ub + k + one]
+                    if v > best:
+                        best = v
+                        idx = k + one
+                    v = data[ub + k + uW]
+                    if v > best:
+                        best = v
+                        idx = k + uW
+                    v = data[ub + k + uW + one]
+                    if v > best:
+                        best = v
+                        idx = k + uW + one
+                    top[o] = best
+                    mask[o] = idx
+                else:
+                    best, sidx = _window_max(data, ib, H, W, hs, ws, 2, 2)
+                    top[o] = best
+                    mask[o] = sidx
 
 
 @njit(cache=True, parallel=_PAR)

@@ -84,7 +84,7 @@ def softmax_loss_backward(prob, label, dx, outer, channels, inner, has_ignore, i
 def _bad_label_error(layer, labels, index, channels):
     value = labels.reshape(-1)[index]
     return DLTrainError(
-        f"layer '{layer.name}' ({layer.type}): label {value!r} at position {index} of bottom 1 "
+        f"layer '{layer.name}' ({layer.type}): label {float(value):g} at position {index} of bottom 1 "
         f"(shape {labels.shape}) is outside [0, {channels})"
         + (f" and is not the ignore_label {layer.ignore_label}" if layer.has_ignore_label else ""))
 

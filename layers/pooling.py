@@ -108,7 +108,10 @@ class PoolingLayer(Layer):
         x = bottom[0].data.reshape(-1)
         y = top[0].data.reshape(-1)
         if self.method == 0:   # MAX
-            K.max_pool_forward(x, *self._geometry(), *self._window(), y, self._mask)
+            if self.kernel_h == 2 and self.kernel_w == 2:
+                K.max_pool_forward_2x2(x, *self._geometry(), *self._window()[2:], y, self._mask)
+            else:
+                K.max_pool_forward(x, *self._geometry(), *self._window(), y, self._mask)
             if len(top) > 1:
                 top[1].data.reshape(-1)[:] = self._mask
         else:

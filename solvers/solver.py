@@ -24,7 +24,6 @@ on a terminal.
 """
 import math
 import os
-import time
 
 import numpy as np
 
@@ -140,12 +139,12 @@ class Solver:
         self._check_param()
         self.lr_policy = LearningRatePolicy(param, self._where)
         self.snapshot_prefix = _default_snapshot_prefix(param, solver_path)
-        self._check_snapshot_write_permissions()
         if param.random_seed >= 0:
             set_random_seed(param.random_seed)
         self.net = self._init_train_net()
         self.test_nets = self._init_test_nets()
         self._load_weights()
+        self._check_snapshot_write_permissions()
         info("Solver scaffolding done.")
         self.iter = 0
         self.history = []

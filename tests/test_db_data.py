@@ -16,7 +16,11 @@ from layers.db_data import array_to_datum, count_lmdb, open_lmdb, write_lmdb
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-Image = pytest.importorskip("PIL.Image")
+try:                      # Pillow: the optional image support (encoded Datums, convert_imageset)
+    from PIL import Image
+except ImportError:       # pragma: no cover - depends on the install
+    Image = None
+needs_pil = pytest.mark.skipif(Image is None, reason="Pillow is not installed")
 
 
 def data_net(source, phase=dlcore.TRAIN, batch=4, transform="", data_extra="", tops=("data", "label"),
@@ -437,6 +441,7 @@ def test_read_image_list(tmp_path):
     assert info.value.line == 1
 
 
+@needs_pil
 def test_convert_imageset_color_keys_and_bgr_order(tmp_path):
     listfile, rgbs = _write_pngs(tmp_path)
     db = str(tmp_path / "color_lmdb")
@@ -454,6 +459,7 @@ def test_convert_imageset_color_keys_and_bgr_order(tmp_path):
     assert np.array_equal(net.blobs["label"].data, f32([0, 1, 2, 0, 1, 2]))
 
 
+@needs_pil
 def test_convert_imageset_gray_and_resize(tmp_path):
     listfile, rgbs = _write_pngs(tmp_path)
     db = str(tmp_path / "gray_lmdb")
@@ -465,6 +471,7 @@ def test_convert_imageset_gray_and_resize(tmp_path):
     assert np.array_equal(net.blobs["data"].data[:, 0], np.stack(expected).astype(np.float32))
 
 
+@needs_pil
 def test_convert_imageset_gray_without_resize(tmp_path):
     listfile, rgbs = _write_pngs(tmp_path, n=2)
     db = str(tmp_path / "g_lmdb")
@@ -474,6 +481,7 @@ def test_convert_imageset_gray_without_resize(tmp_path):
     assert np.array_equal(net.blobs["data"].data[:, 0], np.stack([_gray(a) for a in rgbs]).astype(np.float32))
 
 
+@needs_pil
 def test_encoded_png_records_decode_to_the_raw_pixels(tmp_path):
     listfile, rgbs = _write_pngs(tmp_path)
     db = str(tmp_path / "enc_lmdb")
@@ -492,6 +500,7 @@ def test_encoded_png_records_decode_to_the_raw_pixels(tmp_path):
     assert np.array_equal(net.blobs["data"].data, expected)
 
 
+@needs_pil
 def test_encoded_gray_resize_and_force_color(tmp_path):
     listfile, rgbs = _write_pngs(tmp_path, n=3)
     db = str(tmp_path / "encg_lmdb")
@@ -509,6 +518,7 @@ def test_encoded_gray_resize_and_force_color(tmp_path):
         assert np.array_equal(net.blobs["data"].data[:, c], expected)
 
 
+@needs_pil
 def test_encoded_color_force_gray(tmp_path):
     listfile, rgbs = _write_pngs(tmp_path, n=2)
     db = str(tmp_path / "enc_lmdb")
@@ -520,6 +530,7 @@ def test_encoded_color_force_gray(tmp_path):
         data_net(db, transform="force_gray: true force_color: true")
 
 
+@needs_pil
 def test_encoded_jpg_from_png_decodes(tmp_path):
     listfile, _ = _write_pngs(tmp_path, n=2)
     db = str(tmp_path / "jpg_lmdb")
@@ -532,6 +543,7 @@ def test_encoded_jpg_from_png_decodes(tmp_path):
     assert net.blobs["data"].shape == (2, 3, 5, 7)
 
 
+@needs_pil
 def test_convert_imageset_shuffle_with_seed_and_skips_unreadable(tmp_path):
     listfile, rgbs = _write_pngs(tmp_path)
     with open(listfile, "a") as f:
@@ -553,6 +565,7 @@ def test_convert_refuses_an_existing_database(raw_db):
         convert_arrays(x, y, db)
 
 
+@needs_pil
 def test_converters_from_the_command_line(tmp_path, capsys):
     from cli.main import main
     listfile, rgbs = _write_pngs(tmp_path, n=3)
@@ -635,3 +648,32 @@ def test_digits_net_data_layers_in_both_phases(monkeypatch, phase, batch):
     assert data.shape == (batch, 1, 8, 8)
     assert data.min() >= 0 and data.max() <= 255 / 256 and data.max() > 0.9
     assert set(np.unique(net.blobs["label"].data)) <= set(range(10))
+
+
+def test_digits_yaml_files_match_the_prototxt_files():
+    from dlcore.config import load_net, load_solver
+    assert load_net(os.path.join(DIGITS, "lenet_digits_train_test.yaml")) == \
+        load_net(os.path.join(DIGITS, "lenet_digits_train_test.prototxt"))
+    solver_yaml = load_solver(os.path.join(DIGITS, "solver.yaml"))
+    solver_text = load_solver(os.path.join(DIGITS, "solver.prototxt"))
+    assert solver_yaml.net == "configs/digits/lenet_digits_train_test.yaml"
+    assert solver_text.net == "configs/digits/lenet_digits_train_test.prototxt"
+    solver_yaml.net = solver_text.net
+    assert solver_yaml == solver_text
+    # The test pass covers the 360 test images exactly once.
+    assert solver_text.test_iter[0] * 120 == 360
+
+
+def test_digits_example_trains_on_a_short_schedule(monkeypatch, tmp_path):
+    from cli.main import main
+    from dlcore.config import load_solver, to_prototxt
+    monkeypatch.chdir(REPO)
+    solver = load_solver(os.path.join(DIGITS, "solver.prototxt"))
+    solver.max_iter = 20
+    solver.test_interval = 20
+    solver.display = 10
+    solver.snapshot_prefix = str(tmp_path / "digits")
+    path = tmp_path / "solver.prototxt"
+    path.write_text(to_prototxt(solver))
+    assert main(["train", "--solver", str(path)]) == 0
+    assert (tmp_path / "digits_iter_20.caffemodel").exists()

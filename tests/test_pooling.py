@@ -197,6 +197,20 @@ def test_matches_reference_on_random_configs():
                                        rtol=1e-12, err_msg=params)
 
 
+@pytest.mark.parametrize("stride,pad,size", [(1, 0, (5, 4)), (2, 0, (5, 7)), (2, 1, (6, 5)), (3, 1, (7, 7)),
+                                             (1, 1, (3, 4)), (3, 0, (7, 5))])
+def test_2x2_max_matches_reference(stride, pad, size):
+    # 2x2 windows take an unrolled kernel; borders (padding, ceil overhang) the general one.
+    x = np.random.default_rng(7).normal(size=(2, 3) + size)
+    layer, bottom, top = run(f"pool: MAX kernel_size: 2 stride: {stride} pad: {pad}", x, ntop=2)
+    np.testing.assert_array_equal(top[0].data, reference_pool(x, 2, 2, stride, stride, pad, pad, "MAX"))
+    # The mask points at the maximum.
+    planes = x.reshape(6, -1)
+    mask = top[1].data.reshape(6, -1).astype(int)
+    np.testing.assert_array_equal(np.take_along_axis(planes, np.maximum(mask, 0), 1)[mask >= 0],
+                                  top[0].data.reshape(6, -1)[mask >= 0])
+
+
 @pytest.mark.parametrize("params,message", [
     ("pool: MAX kernel_size: 2 pad: 2", "smaller than the kernel"),
     ("pool: MAX global_pooling: true kernel_size: 2", "cannot be specified"),

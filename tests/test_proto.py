@@ -94,13 +94,25 @@ def test_blob_proto_round_trip():
     assert data.startswith(b"\x2a\x18")
 
 
-def test_dltrain_range_unused_by_caffe():
-    # dltrain's own fields go in 8000-8999; nothing from Caffe lives there
-    # yet (this test changes when the first addition lands).
+def test_dltrain_range_holds_only_dltrain_additions():
+    # dltrain's own fields go in 8000-8999; nothing from Caffe lives there.
+    # The only additions so far: LayerParameter.geoloc_loss_param = 8000.
+    allowed = {("caffe.LayerParameter", "geoloc_loss_param", 8000)}
+
     def walk(desc):
         for f in desc.fields:
-            yield f.number
+            yield desc.full_name, f.name, f.number
         for n in desc.nested_types:
             yield from walk(n)
+    found = set()
     for msg in caffe_pb2.DESCRIPTOR.message_types_by_name.values():
-        assert not any(8000 <= n <= 8999 for n in walk(msg)), msg.name
+        found |= {entry for entry in walk(msg) if 8000 <= entry[2] <= 8999}
+    assert found == allowed
+
+
+def test_geoloc_loss_param_defaults():
+    field = _field(caffe_pb2.LayerParameter, "geoloc_loss_param")
+    assert field.message_type.full_name == "caffe.GeolocLossParameter"
+    p = caffe_pb2.GeolocLossParameter()
+    assert p.unit == caffe_pb2.GeolocLossParameter.DEGREES
+    assert p.radius == 1.0
