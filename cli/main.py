@@ -12,9 +12,13 @@ import os
 import sys
 
 from dlcore import DLTrainError
+from dlcore.plugins import PluginError
 
 # Modules that add subcommands; a missing one (not yet written) is skipped.
-COMMAND_MODULES = ["cli.train", "cli.time_cmd", "cli.convert"]
+COMMAND_MODULES = ["cli.train", "cli.time_cmd", "cli.convert", "cli.predict", "cli.gradcheck", "cli.plugins_cmd"]
+
+# Global options that take a value (skipped when looking for the bare solver-file form).
+VALUE_OPTIONS = ("--plugin", "--config")
 
 
 def build_parser():
@@ -22,6 +26,10 @@ def build_parser():
         prog="dltrain",
         description="Train and run Caffe nets (prototxt/YAML/caffemodel) with Numba kernels.")
     parser.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
+    parser.add_argument("--plugin", action="append", default=[], metavar="MODULE",
+                        help="load a plugin module (or .py file) that registers layer types; repeatable")
+    parser.add_argument("--config", metavar="FILE",
+                        help="the project config (plugins, log_dir); default: ./dltrain.yaml if present")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMAND_MODULES:
         try:
@@ -34,6 +42,10 @@ def build_parser():
     for choice in sub.choices.values():
         choice.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
                             help="show full tracebacks on errors")
+        choice.add_argument("--plugin", action="append", dest="sub_plugin", default=argparse.SUPPRESS,
+                            metavar="MODULE", help="load a plugin module (or .py file); repeatable")
+        choice.add_argument("--config", dest="sub_config", default=argparse.SUPPRESS, metavar="FILE",
+                            help="the project config (default: ./dltrain.yaml if present)")
     return parser
 
 
@@ -45,10 +57,17 @@ def _normalize_argv(argv):
         if arg.startswith("-") and not arg.startswith("--") and len(arg) > 2 and arg[1].isalpha():
             arg = "-" + arg
         out.append(arg)
-    first = next((a for a in out if not a.startswith("-")), None)
+    i, first = 0, None
+    while i < len(out):
+        if out[i] in VALUE_OPTIONS:
+            i += 2
+            continue
+        if not out[i].startswith("-"):
+            first = out[i]
+            break
+        i += 1
     if first is not None and first not in _command_names() and (
             os.path.exists(first) or first.endswith((".prototxt", ".yaml", ".yml"))):
-        i = out.index(first)
         out[i:i + 1] = ["train", "--solver", first]
     return out
 
@@ -67,16 +86,95 @@ def main(argv=None):
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
+    log_file = None
     try:
+        log_file = _load_project(args)
         return args.func(args) or 0
     except DLTrainError as err:
         if args.debug:
             raise
         print(f"dltrain: error: {err}", file=sys.stderr)
+        if isinstance(err, PluginError):
+            print("dltrain: run with --debug to see the plugin's own traceback", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("dltrain: interrupted", file=sys.stderr)
         return 130
+    finally:
+        if log_file is not None:
+            log_file.close()
+
+
+def _load_project(args):
+    """The project config and the plugins (entry points, config, --plugin),
+    before the command runs; returns the log-file tee if log_dir is set."""
+    from dlcore.plugins import load_plugins, load_project_config
+    config_path = getattr(args, "sub_config", None) or args.config
+    plugins = list(args.plugin) + list(getattr(args, "sub_plugin", None) or [])
+    config = load_project_config(config_path)
+    log_file = _LogTee.start(config.log_dir, args.command) if config.log_dir else None
+    load_plugins(plugins, config)
+    return log_file
+
+
+class _LogTee:
+    """Copies stderr (the glog-format log) into a file in ``log_dir``, named as
+    glog names its files; the terminal's progress line is left out."""
+
+    def __init__(self, stream, file):
+        self.stream, self.file = stream, file
+
+    @classmethod
+    def start(cls, log_dir, command):
+        import getpass
+        import socket
+        import time
+        try:
+            os.makedirs(log_dir, exist_ok=True)
+            stamp = time.strftime("%Y%m%d-%H%M%S")
+            try:
+                user = getpass.getuser()
+            except Exception:
+                user = "unknown"
+            name = f"dltrain.{socket.gethostname()}.{user}.log.INFO.{stamp}.{os.getpid()}"
+            path = os.path.join(log_dir, name)
+            handle = open(path, "a", encoding="utf-8")
+        except OSError as err:
+            raise DLTrainError(f"cannot write a log file in log_dir '{log_dir}': {err.strerror or err}") from None
+        link = os.path.join(log_dir, "dltrain.INFO")
+        try:
+            if os.path.islink(link) or os.path.exists(link):
+                os.remove(link)
+            os.symlink(name, link)
+        except OSError:
+            pass
+        handle.write(f"Log file created at: {time.strftime('%Y/%m/%d %H:%M:%S')}\n"
+                     f"Running on machine: {socket.gethostname()}\n"
+                     f"Command line: dltrain {' '.join(sys.argv[1:]) or command or ''}\n")
+        tee = cls(sys.stderr, handle)
+        sys.stderr = tee
+        return tee
+
+    def write(self, text):
+        self.stream.write(text)
+        if not text.startswith("\r\x1b[K"):         # the progress line's redraws
+            self.file.write(text)
+        return len(text)
+
+    def flush(self):
+        self.stream.flush()
+        self.file.flush()
+
+    def isatty(self):
+        return self.stream.isatty()
+
+    def __getattr__(self, name):
+        return getattr(self.stream, name)
+
+    def close(self):
+        if sys.stderr is self:
+            sys.stderr = self.stream
+        self.file.close()
 
 
 if __name__ == "__main__":

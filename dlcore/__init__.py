@@ -8,6 +8,8 @@ from . import log
 from .errors import ConfigError, DLTrainError
 from .layer import TEST, TRAIN, Layer
 from .net import Net
+from .params import Param
+from .plugins import PluginError, load_plugins
 from .registry import create_layer, get_layer_class, layer_types, register_layer
 from .rng import set_random_seed
 
@@ -24,5 +26,6 @@ def get_mode():
     return _mode
 
 
-__all__ = ["Blob", "ConfigError", "DLTrainError", "Layer", "Net", "TEST", "TRAIN", "create_layer",
-           "get_layer_class", "get_mode", "layer_types", "register_layer", "set_mode_cpu", "set_random_seed"]
+__all__ = ["Blob", "ConfigError", "DLTrainError", "Layer", "Net", "Param", "PluginError", "TEST", "TRAIN",
+           "create_layer", "get_layer_class", "get_mode", "layer_types", "load_plugins", "register_layer",
+           "set_mode_cpu", "set_random_seed"]

@@ -2,7 +2,7 @@
 import numpy as np
 
 from .blob import Blob
-from .errors import ConfigError
+from .errors import ConfigError, DLTrainError
 
 TRAIN, TEST = 0, 1
 
@@ -17,6 +17,15 @@ class Layer:
     the bottom diffs where ``propagate_down[i]`` is true.
 
     Class attributes state how many bottoms/tops the layer takes (None: any).
+
+    Plugins: a layer outside dltrain's catalog (see :mod:`dlcore.plugins`)
+    may declare ``params = {"name": Param(type, default, ...)}``; the values
+    come from ``python_param { param_str: "<YAML mapping>" }`` and are set
+    as attributes (``self.name``) before ``setup``.  An exception a plugin
+    raises in setup, forward or backward becomes a
+    :class:`dlcore.plugins.PluginError` naming the layer, its type and the
+    plugin's module.  GPU kernels go in ``forward_gpu``/``backward_gpu``
+    (same signature as the CPU pair), which the GPU backend will call.
     """
 
     type = None                      # set by register_layer
@@ -29,6 +38,8 @@ class Layer:
     equal_num_bottom_top_blobs = False
     auto_top_blobs = False           # the net adds anonymous tops up to the minimum
     is_loss = False                  # the first top's loss_weight defaults to 1
+    params = None                    # a plugin's parameter schema: {name: dlcore.Param}
+    net_source = None                # the net file this layer was built from (set by Net), or None
 
     def __init__(self, layer_param, dtype=np.float32):
         self.layer_param = layer_param
@@ -57,24 +68,65 @@ class Layer:
     def backward_cpu(self, top, propagate_down, bottom):
         raise NotImplementedError(f"{type(self).__name__} has no CPU backward")
 
+    def forward_gpu(self, bottom, top):
+        """The GPU forward (a @cuda.jit kernel launch); unused until the GPU backend exists."""
+        raise NotImplementedError(f"{type(self).__name__} has no GPU forward")
+
+    def backward_gpu(self, top, propagate_down, bottom):
+        """The GPU backward; unused until the GPU backend exists."""
+        raise NotImplementedError(f"{type(self).__name__} has no GPU backward")
+
     def allow_force_backward(self, bottom_index):
         return True
 
     # --- what the net calls -------------------------------------------------
     def forward(self, bottom, top):
-        self.forward_cpu(bottom, top)
+        try:
+            self.forward_cpu(bottom, top)
+        except Exception as err:
+            if not _plugin_failure(self, err):
+                raise
+            raise _failure(self, "forward", err) from err
 
     def backward(self, top, propagate_down, bottom):
-        self.backward_cpu(top, propagate_down, bottom)
+        try:
+            self.backward_cpu(top, propagate_down, bottom)
+        except Exception as err:
+            if not _plugin_failure(self, err):
+                raise
+            raise _failure(self, "backward", err) from err
 
     def set_up(self, bottom, top):
         """Caffe's Layer::SetUp: check blob counts, setup, reshape, loss weights."""
         self.check_blob_counts(bottom, top)
-        self.setup(bottom, top)
-        self.reshape(bottom, top)
+        if self.params:
+            self.read_params()
+        try:
+            self.setup(bottom, top)
+            self.reshape(bottom, top)
+        except Exception as err:
+            if not _plugin_failure(self, err):
+                raise
+            raise _failure(self, "setup", err) from err
         self.set_loss_weights(top)
         if len(self.param_propagate_down) < len(self.blobs):
             self.param_propagate_down += [True] * (len(self.blobs) - len(self.param_propagate_down))
+
+    def read_params(self):
+        """Check ``python_param.param_str`` (YAML) against ``self.params`` and
+        set each value as an attribute; returns {name: value}."""
+        from .params import parse_params
+        values = parse_params(self.params, self.layer_param.python_param.param_str, self.name,
+                              self.type or type(self).__name__)
+        mine = self.__dict__.get("param_values") or {}
+        for key, value in values.items():
+            taken = hasattr(type(self), key) or (key in self.__dict__ and key not in mine)
+            if not key.isidentifier() or taken:
+                raise ConfigError(f"layer type '{self.type}': parameter name '{key}' clashes with a Layer "
+                                  "attribute or is not a Python name; rename it in the layer's params")
+            setattr(self, key, value)
+        self.param_values = values
+        return values
 
     def set_loss_weights(self, top):
         weights = list(self.layer_param.loss_weight)
@@ -107,3 +159,15 @@ class Layer:
 
     def __repr__(self):
         return f"<{type(self).__name__} '{self.name}'>"
+
+
+def _plugin_failure(layer, err):
+    """Should ``err`` from ``layer`` become a PluginError?  Only for plugin
+    layers, and never for dltrain's own errors (already clear)."""
+    from .plugins import is_plugin_class
+    return not isinstance(err, DLTrainError) and is_plugin_class(type(layer))
+
+
+def _failure(layer, stage, err):
+    from .plugins import layer_failure
+    return layer_failure(layer, stage, err)

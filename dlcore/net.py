@@ -220,6 +220,7 @@ class Net:
             except ConfigError as err:
                 raise ConfigError(f"layer '{layer_param.name}': {err.message}", **self._where(layer_param.name)) from None
             layer = cls(layer_param, dtype=self.dtype)
+            layer.net_source = self.source     # a Python layer's module may sit beside the net file
 
             bottom, bottom_need = [], []
             need_backward = False
@@ -515,6 +516,8 @@ class Net:
                     raise ConfigError(f"layer '{name}': cannot share parameters of shape "
                                       f"{b.shape_string()} with {a.shape_string()}")
                 a.share_data(b)
+
+    share_with = share_trained_layers_with      # pycaffe's name
 
     def to_proto(self, write_diff=False):
         from proto import caffe_pb2

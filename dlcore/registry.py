@@ -7,14 +7,27 @@ _LAYERS = {}
 _builtins_loaded = False
 
 
+def _describe(cls):
+    from .plugins import is_plugin_class
+    where = "plugin" if is_plugin_class(cls) else "built-in layer"
+    return f"{where} {cls.__module__}.{cls.__qualname__}"
+
+
 def register_layer(type_name):
-    """Class decorator: make ``type_name`` (as written in ``type:``) build this class."""
+    """Class decorator: make ``type_name`` (as written in ``type:``) build this class.
+
+    Built-in layers and plugins register through this one call.  A type
+    that is already registered to another class (a built-in, or another
+    plugin) is a ConfigError naming both.
+    """
     def decorate(cls):
+        if not _builtins_loaded and cls.__module__.split(".")[0] not in ("layers", "dlcore"):
+            _load_builtins()     # so that a plugin's clash with a built-in is seen here
         owner = _LAYERS.get(type_name)
         if owner is not None and owner is not cls:
             raise ConfigError(
-                f"layer type '{type_name}' is registered twice: by {owner.__module__}.{owner.__qualname__} "
-                f"and by {cls.__module__}.{cls.__qualname__}")
+                f"layer type '{type_name}' is registered twice: by {_describe(owner)} "
+                f"and by {_describe(cls)}")
         _LAYERS[type_name] = cls
         cls.type = type_name
         return cls
@@ -30,17 +43,31 @@ def _load_builtins():
         importlib.import_module("layers")
 
 
+def _load_installed_plugins():
+    # Plugins of installed packages (the dltrain.layers entry points), loaded
+    # once; a broken one is noted, not raised, here (the CLI loads them strictly).
+    from .plugins import load_entry_point_plugins
+    load_entry_point_plugins(strict=False)
+
+
 def layer_types():
     _load_builtins()
+    _load_installed_plugins()
     return sorted(_LAYERS)
 
 
 def get_layer_class(type_name):
     _load_builtins()
+    if type_name not in _LAYERS:
+        _load_installed_plugins()
     try:
         return _LAYERS[type_name]
     except KeyError:
-        raise ConfigError(f"unknown layer type '{type_name}' (known types: {', '.join(sorted(_LAYERS))})") from None
+        from .plugins import entry_point_failures
+        failed = entry_point_failures()
+        note = f"; plugins that failed to load: {'; '.join(failed)}" if failed else ""
+        raise ConfigError(f"unknown layer type '{type_name}' (known types: {', '.join(sorted(_LAYERS))}){note}") \
+            from None
 
 
 def create_layer(layer_param, phase=None, dtype=None):

@@ -36,6 +36,9 @@ the direction towards point 2, scaled by sin(theta),
 Every term is built from the *differences* lat2 - lat1 and dlon = lon2 -
 lon1 (reduced to one period in the input unit, which is exact in degrees),
 so S keeps its full relative precision as the points approach each other.
+In degrees, sines and cosines are taken after an exact reduction to
+[-45, 45] degrees plus whole quarter turns, so multiples of 90 degrees give
+exact 0 and +-1 (the poles have cos(lat) = 0 exactly).
 When the points are more than 90 degrees apart (C < 0), the same formulas
 are applied to point 1 and the antipode of point 2, (-lat2, lon2 + 180
 degrees), and theta = pi - theta'; so the distance *to the antipode* also
@@ -62,10 +65,11 @@ distance is pi - |d|, likewise without a derivative.  At both, this layer
 returns the gradient **0** for both points of that row (the minimum-norm
 element of the generalized gradient; the other rows are unaffected).
 "Exactly" means S is exactly zero in float64: identical coordinates (or
-longitudes a whole number of turns apart, e.g. 180 and -180 degrees), or in
+longitudes a whole number of turns apart, e.g. 180 and -180 degrees, or
+both points on the same pole in degrees, whatever their longitudes), or in
 the antipodal case, latitudes exactly opposite and longitudes exactly half
-a turn apart.  Points any representable distance apart get the unit-speed
-gradient above.
+a turn apart (or opposite poles in degrees).  Points any representable
+distance apart get the unit-speed gradient above.
 
 Both bottoms receive gradients (the label too, as Caffe's EuclideanLoss
 does), each scaled by the loss weight.

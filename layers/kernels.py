@@ -111,48 +111,63 @@ def col2im(col, N, C, H, W, kh, kw, ph, pw, sh, sw, dh, dw, data, row_stride, im
     ow = (W + 2 * pw - (dw * (kw - 1) + 1)) // sw + 1
     for t in range(np.uint64(N * C * H * W)):
         data[t] = 0
-    khw = kh * kw
-    rows = C * khw
-    # Per column row: channel, valid output rows/columns and input offsets.
-    geo = np.empty((rows, 7), np.int64)
-    for r in range(rows):
-        ki = (r // kw) % kh
-        kj = r % kw
-        ylo, yhi, yoff = _valid_range(ki, ph, sh, dh, H, oh)
-        xlo, xhi, xoff = _valid_range(kj, pw, sw, dw, W, ow)
-        geo[r, 0] = r // khw
-        geo[r, 1] = ylo
-        geo[r, 2] = yhi
-        geo[r, 3] = yoff
-        geo[r, 4] = xlo
-        geo[r, 5] = xhi
-        geo[r, 6] = xoff
     if row_stride >= image_stride:
-        for r in range(rows):
-            for n in range(N):
-                _col2im_block(col, data, geo, r, n, C, H, W, sh, sw, ow, row_stride, image_stride)
+        for r in range(C * kh * kw):
+            _col2im_row(col, data, r, 0, N, C, H, W, kh, kw, ph, pw, sh, sw, dh, dw, oh, ow,
+                        row_stride, image_stride)
     else:
+        # Image layout: per-row geometry computed once (integer divisions are slow).
+        rows = C * kh * kw
+        geo = np.empty((rows, 7), np.int64)
+        for r in range(rows):
+            ylo, yhi, yoff = _valid_range((r // kw) % kh, ph, sh, dh, H, oh)
+            xlo, xhi, xoff = _valid_range(r % kw, pw, sw, dw, W, ow)
+            geo[r, 0] = r // (kh * kw)
+            geo[r, 1] = ylo
+            geo[r, 2] = yhi
+            geo[r, 3] = yoff
+            geo[r, 4] = xlo
+            geo[r, 5] = xhi
+            geo[r, 6] = xoff
+        usw = np.uint64(sw)
         for n in range(N):
             for r in range(rows):
-                _col2im_block(col, data, geo, r, n, C, H, W, sh, sw, ow, row_stride, image_stride)
+                c = geo[r, 0]
+                yoff = geo[r, 3]
+                xlo = geo[r, 4]
+                xoff = geo[r, 6]
+                nx = np.uint64(geo[r, 5] - xlo)
+                for y in range(geo[r, 1], geo[r, 2]):
+                    d = np.uint64(((n * C + c) * H + y * sh + yoff) * W + xlo * sw + xoff)
+                    o = np.uint64(r * row_stride + n * image_stride + y * ow + xlo)
+                    if sw == 1:
+                        for t in range(nx):
+                            data[d + t] += col[o + t]
+                    else:
+                        for t in range(nx):
+                            data[d + t * usw] += col[o + t]
 
 
-@njit(cache=True, inline="always")
-def _col2im_block(col, data, geo, r, n, C, H, W, sh, sw, ow, row_stride, image_stride):
-    c = geo[r, 0]
-    xlo = geo[r, 4]
-    xoff = geo[r, 6]
-    nx = np.uint64(geo[r, 5] - xlo)
+@njit(cache=True)
+def _col2im_row(col, data, r, n0, n1, C, H, W, kh, kw, ph, pw, sh, sw, dh, dw, oh, ow, row_stride, image_stride):
+    """Add column row r (channel, ki, kj) of images n0..n1-1 into the images."""
+    c = r // (kh * kw)
+    ki = (r // kw) % kh
+    kj = r % kw
+    ylo, yhi, yoff = _valid_range(ki, ph, sh, dh, H, oh)
+    xlo, xhi, xoff = _valid_range(kj, pw, sw, dw, W, ow)
+    nx = np.uint64(xhi - xlo)
     usw = np.uint64(sw)
-    for y in range(geo[r, 1], geo[r, 2]):
-        d = np.uint64(((n * C + c) * H + y * sh + geo[r, 3]) * W + xlo * sw + xoff)
-        o = np.uint64(r * row_stride + n * image_stride + y * ow + xlo)
-        if sw == 1:
-            for t in range(nx):
-                data[d + t] += col[o + t]
-        else:
-            for t in range(nx):
-                data[d + t * usw] += col[o + t]
+    for n in range(n0, n1):
+        for y in range(ylo, yhi):
+            d = np.uint64(((n * C + c) * H + y * sh + yoff) * W + xlo * sw + xoff)
+            o = np.uint64(r * row_stride + n * image_stride + y * ow + xlo)
+            if sw == 1:
+                for t in range(nx):
+                    data[d + t] += col[o + t]
+            else:
+                for t in range(nx):
+                    data[d + t * usw] += col[o + t]
 
 
 # ---------------------------------------------------------------------------
@@ -233,6 +248,18 @@ def gemm(a, b, out, accumulate=False, work=None):
     """
     if not accumulate:
         np.matmul(a, b, out=out)
+        return out
+    if os.environ.get("SCIPY_ACC") == "1":
+        import scipy.linalg.blas as sb
+        f = sb.sgemm if out.dtype == np.float32 else sb.dgemm
+        za, zb = b.T, a.T
+        ta = 0 if za.flags.f_contiguous else 1
+        tb = 0 if zb.flags.f_contiguous else 1
+        za = za if ta == 0 else za.T
+        zb = zb if tb == 0 else zb.T
+        res = f(1.0, za, zb, 1.0, out.T, ta, tb, 1)
+        if not np.shares_memory(res, out):
+            raise RuntimeError("copy")
         return out
     if work is None:
         work = np.empty_like(out)

@@ -178,6 +178,12 @@ def test_coincident_across_the_date_line():
     assert np.all(dp == 0) and np.all(dl == 0)
 
 
+def test_same_pole_any_longitude_is_coincident():
+    loss, dp, dl = run(layer_of(), [[90.0, 0.0], [-90.0, 10.0]], [[90.0, 45.0], [-90.0, -120.0]])
+    assert loss == 0.0
+    assert np.all(dp == 0) and np.all(dl == 0)
+
+
 @pytest.mark.parametrize("a,b", [([0.0, 0.0], [0.0, 180.0]), ([30.0, 10.0], [-30.0, -170.0]),
                                  ([90.0, 0.0], [-90.0, 0.0]), ([-45.5, 100.25], [45.5, -79.75])])
 def test_exactly_antipodal(a, b):
