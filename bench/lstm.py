@@ -17,7 +17,9 @@ Compilation and warm-up are excluded; the rounds interleave the two sides
 so machine noise hits both alike; the figure is the median round.  The
 machine's load average is printed: on a shared machine, read the ratio,
 not the absolute numbers.  ``--threads K`` sets both sides' BLAS/OpenMP
-thread count (default: each library's own default).
+thread count (default: each library's own default; dltrain's recurrent
+layers then run BLAS single-threaded on two threads of their own, see
+layers/recurrent.py); ``--threads 1`` makes both sides single-threaded.
 Needs torch (``pip install torch==2.13.0``), used here as the reference only.
 """
 import argparse
@@ -70,7 +72,6 @@ def data():
 def dltrain_step():
     from google.protobuf import text_format
     from dlcore.config import solver_from_string
-    from proto import caffe_pb2
     from solvers import get_solver
     param = solver_from_string(SOLVER)
     text_format.Parse(NET, param.net_param)
@@ -124,6 +125,8 @@ def main():
     if args.threads:
         for var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "NUMBA_NUM_THREADS", "MKL_NUM_THREADS"):
             os.environ[var] = str(args.threads)
+        if args.threads == 1:
+            os.environ["DLTRAIN_RNN_OVERLAP"] = "0"     # the recurrent layers' second thread
     import torch
     if args.threads:
         torch.set_num_threads(args.threads)

@@ -1,11 +1,20 @@
 """Convolution: Caffe's ConvolutionLayer (2-D, with groups, pad, stride, dilation).
 
-The whole batch goes through ONE im2col into a column matrix
-``(C*kh*kw, N*oh*ow)`` and one BLAS GEMM per group (see layers/kernels.py);
-very large batches are cut into chunks so the column buffer stays bounded.
-The columns of the last forward are kept for the weight gradient, so
-backward does not redo im2col (backward gives the gradient of the forward
-that was last run, as a layer's backward is meant to).
+No Python loop over the batch: one im2col turns the whole batch into
+columns, then BLAS does the products (layers/kernels.py):
+
+* small output planes (< IMAGE_LAYOUT_MIN_PIXELS pixels, e.g. LeNet's conv2):
+  the batch layout, ONE GEMM per group for all images, then one pass that
+  moves the result into (N, M, H, W) and adds the bias;
+* large output planes (e.g. LeNet's conv1): the image layout, a stacked GEMM
+  (one per image, issued by NumPy in C) that writes each top image directly;
+  with one group the bias rides in the GEMM as a row of ones.
+
+Very large batches are cut into chunks so the column buffer stays under
+COL_BUFFER_LIMIT elements.  Buffers are kept on the layer between calls.
+The columns of the last forward are reused by backward for the weight
+gradient (no second im2col): backward differentiates the forward that was
+last run, so the bottom data must not be changed in between.
 """
 import numpy as np
 
@@ -112,10 +121,14 @@ class ConvolutionLayer(Layer):
             if self.bias_term:
                 self.blobs.append(Blob(*bias_shape, dtype=self.dtype))
                 fill(self.blobs[1], cp.bias_filler)
-        self.param_propagate_down = [True] * len(self.blobs)
         self.work = K.Workspace()
         self._zeros = np.zeros(self.num_output, self.dtype)   # the bias when bias_term is false
         self._col_cache = {}     # bottom index -> bottom data array whose columns are in "col<i>"
+
+    def _param_down(self, i):
+        # (the net may leave the list short: unset means True, as in Caffe)
+        ppd = self.param_propagate_down
+        return i >= len(ppd) or bool(ppd[i])
 
     def reshape(self, bottom, top):
         ax = self.channel_axis
@@ -147,6 +160,10 @@ class ConvolutionLayer(Layer):
         # Large output planes: per-image GEMMs write the top directly (no layout
         # move); small planes: one GEMM over the whole batch is much faster.
         self.image_layout = P >= IMAGE_LAYOUT_MIN_PIXELS
+        # Image layout, one group: the bias rides in the GEMM as an extra column
+        # row of ones (Caffe's bias_multiplier), saving a pass over the top in
+        # forward and one over its gradient in backward.
+        self.fold_bias = self.image_layout and self.group == 1 and self.bias_term
         self._col_cache.clear()
 
     # --- helpers -------------------------------------------------------------
@@ -165,10 +182,15 @@ class ConvolutionLayer(Layer):
             yield n0, min(self.num, n0 + self.chunk)
 
     def _columns(self, i, cnt):
-        """The column buffer for bottom i (one per bottom when the batch is one chunk)."""
+        """The column buffer for bottom i (one per bottom when the batch is one chunk), and its strides.
+
+        Image layout: (cnt, rows [+1 row of ones when folding the bias], P);
+        batch layout: (rows, cnt*P).
+        """
         P, rows = self.out_h * self.out_w, self.kernel_dim * self.group
         name = f"col{i}" if self.chunk >= self.num else "col"
         if self.image_layout:
+            rows += self.fold_bias
             col = self.work.get(name, (cnt, rows, P), self.dtype)
             return col, (P, rows * P)
         col = self.work.get(name, (rows, cnt * P), self.dtype)
@@ -177,6 +199,8 @@ class ConvolutionLayer(Layer):
     def _im2col(self, x, cnt, col, strides):
         K.im2col(x.reshape(-1), cnt, self.channels, self.height, self.width, *self._args(), col.reshape(-1),
                  *strides)
+        if self.fold_bias:
+            col[:, -1, :] = 1
 
     # --- forward / backward ----------------------------------------------------
     def forward_cpu(self, bottom, top):
@@ -192,7 +216,13 @@ class ConvolutionLayer(Layer):
                 cnt = n1 - n0
                 col, strides = self._columns(i, cnt)
                 self._im2col(x[n0:n1], cnt, col, strides)
-                if self.image_layout:
+                if self.fold_bias:
+                    # [W | b] @ [col; 1] per image, straight into the top.
+                    wb = self.work.get("wb", (M, Kg + 1), self.dtype)
+                    wb[:, :Kg] = weight
+                    wb[:, Kg] = self.blobs[1].data
+                    np.matmul(wb, col, out=y[n0:n1])
+                elif self.image_layout:
                     # One GEMM per image (NumPy's stacked matmul), straight into the top.
                     for g in range(G):
                         np.matmul(weight[g * Mg:(g + 1) * Mg], col[:, g * Kg:(g + 1) * Kg],
@@ -214,8 +244,8 @@ class ConvolutionLayer(Layer):
         M, G = self.num_output, self.group
         Mg, Kg = M // G, self.kernel_dim
         weight = self.blobs[0].data.reshape(M, Kg)
-        do_weight = self.param_propagate_down[0]
-        do_bias = self.bias_term and self.param_propagate_down[1]
+        do_weight = self._param_down(0)
+        do_bias = self.bias_term and self._param_down(1)
         bias_diff = self.blobs[1].diff if self.bias_term else self._zeros
         weight_diff = self.blobs[0].diff.reshape(M, Kg)
         single = self.chunk >= self.num
@@ -229,7 +259,7 @@ class ConvolutionLayer(Layer):
                 cnt = n1 - n0
                 if self.image_layout:
                     dyc = dy[n0:n1]                          # (cnt, M, P): already GEMM-ready
-                    if do_bias:
+                    if do_bias and not (self.fold_bias and do_weight):
                         K.channel_sum(dyc.reshape(-1), cnt, M, P, bias_diff)
                 else:
                     dyc = self.work.get("dout", (M, cnt * P), self.dtype)
@@ -240,12 +270,13 @@ class ConvolutionLayer(Layer):
                 if do_weight:
                     if not (single and self._col_cache.get(i) is b.data):
                         self._im2col(x[n0:n1], cnt, col, strides)
-                    self._weight_gradient(dyc, col, weight_diff)
+                    self._weight_gradient(dyc, col, weight_diff, bias_diff if do_bias else None)
                 if down:
                     # The column buffer is free now: reuse it for the column gradient.
                     self._col_cache.pop(i, None)
                     for g in range(G):
                         if self.image_layout:
+                            # (the ones row of a folded bias stays: rows Kg*G.. are not written)
                             np.matmul(weight[g * Mg:(g + 1) * Mg].T, dyc[:, g * Mg:(g + 1) * Mg],
                                       out=col[:, g * Kg:(g + 1) * Kg])
                         else:
@@ -254,10 +285,19 @@ class ConvolutionLayer(Layer):
                     K.col2im(col.reshape(-1), cnt, self.channels, self.height, self.width, *self._args(),
                              self._images(b.diff)[n0:n1].reshape(-1), *strides)
 
-    def _weight_gradient(self, dyc, col, weight_diff):
+    def _weight_gradient(self, dyc, col, weight_diff, bias_diff):
         M, G = self.num_output, self.group
         Mg, Kg = M // G, self.kernel_dim
-        if self.image_layout:
+        if self.fold_bias:
+            # dy @ [col; 1]^T per image: the last column is the bias gradient.
+            cnt = col.shape[0]
+            per_image = self.work.get("wstack", (cnt, M, Kg + 1), self.dtype)
+            np.matmul(dyc, col.transpose(0, 2, 1), out=per_image)
+            total = per_image.sum(axis=0)
+            np.add(weight_diff, total[:, :Kg], out=weight_diff)
+            if bias_diff is not None:
+                np.add(bias_diff, total[:, Kg], out=bias_diff)
+        elif self.image_layout:
             cnt = col.shape[0]
             per_image = self.work.get("wstack", (cnt, Mg, Kg), self.dtype)
             for g in range(G):

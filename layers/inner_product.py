@@ -47,8 +47,12 @@ class InnerProductLayer(Layer):
             if self.bias_term:
                 self.blobs.append(Blob(self.num_output, dtype=self.dtype))
                 fill(self.blobs[1], ip.bias_filler)
-        self.param_propagate_down = [True] * len(self.blobs)
         self.work = K.Workspace()
+
+    def _param_down(self, i):
+        # (the net may leave the list short: unset means True, as in Caffe)
+        ppd = self.param_propagate_down
+        return i >= len(ppd) or bool(ppd[i])
 
     def reshape(self, bottom, top):
         b = bottom[0]
@@ -73,14 +77,14 @@ class InnerProductLayer(Layer):
         dy = top[0].diff.reshape(self.M, self.num_output)
         x = bottom[0].data.reshape(self.M, self.K)
         w = self.blobs[0].data
-        if self.param_propagate_down[0]:
+        if self._param_down(0):
             dw = self.blobs[0].diff
             work = self.work.get("dw", dw.shape, self.dtype)
             if self.transpose:
                 K.gemm(x.T, dy, dw, accumulate=True, work=work)        # (K, N) += x^T dy
             else:
                 K.gemm(dy.T, x, dw, accumulate=True, work=work)        # (N, K) += dy^T x
-        if self.bias_term and self.param_propagate_down[1]:
+        if self.bias_term and self._param_down(1):
             db = self.blobs[1].diff
             np.add(db, dy.sum(axis=0, dtype=self.dtype), out=db)
         if propagate_down[0]:

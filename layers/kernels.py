@@ -1,28 +1,38 @@
 """Kernels that many layers share: im2col/col2im, GEMM, layout moves, pooling.
 
 Every kernel is ``@njit(cache=True)`` and dtype-generic: it works on float32
-and float64 arrays alike (no float literals that would widen or narrow the
-data), so one source serves training (float32) and gradient checks
-(float64).  To keep compilation short, each kernel takes a fixed set of
-argument ranks (4-D images, 2-D columns, 3-D channel-major outputs), so a
-kernel is compiled at most once per dtype, and cached on disk.
+and float64 arrays alike (no float literals that would narrow float64), so
+one source serves training (float32) and gradient checks (float64).  Kernels
+take FLAT (1-D, C-contiguous) arrays plus their dimensions, so each is
+compiled once per dtype and cached on disk.
 
-Layouts
--------
-* ``im2col`` turns a batch of images ``(N, C, H, W)`` into one column matrix
-  ``(C*kh*kw, N*oh*ow)``.  Rows are ordered (channel, kernel row, kernel
-  column), as Caffe's im2col; columns are (image, output row, output
-  column).  Each image's block of columns is exactly Caffe's per-image
-  column buffer, so a convolution of the whole batch is ONE GEMM per group:
-  ``W (M, C*kh*kw) @ col -> (M, N*oh*ow)``.
-* ``cnp_to_ncp`` moves that GEMM result ``(M, N*P)`` into the blob layout
-  ``(N, M, P)`` while adding a per-channel bias; ``ncp_to_cnp`` is the
-  reverse move for gradients, summing the bias gradient on the way.
+Column layouts (rows ordered (channel, kernel row, kernel column) as in
+Caffe's im2col; P = oh*ow output pixels per image):
+
+* batch layout ``(C*kh*kw, N*P)``: the whole batch side by side, so a
+  convolution is ONE GEMM per group, ``W (M, C*kh*kw) @ col -> (M, N*P)``;
+  ``cnp_to_ncp`` then moves the result into the blob layout ``(N, M, P)``
+  adding the bias, and ``ncp_to_cnp`` is the reverse move for gradients
+  (summing the bias gradient on the way).  Best for small output planes.
+* image layout ``(N, C*kh*kw, P)``: Caffe's per-image buffers stacked, so a
+  stacked GEMM ``W @ col[n]`` writes each image's top directly.  Best for
+  large output planes (no layout move).
+
+``im2col``/``col2im`` take ``row_stride`` and ``image_stride`` and so serve
+both layouts.
 """
 import numpy as np
-import os
 from numba import njit, prange
-_PAR = os.environ.get("KPAR", "0") == "1"
+
+# Kernels run on one thread; BLAS (NumPy's OpenBLAS) uses all cores for the
+# GEMMs.  Measured on the 2-core target: numba's parallel=True (OpenMP
+# layer) made whole layers 5-15x SLOWER, because its spinning worker threads
+# and OpenBLAS's fight for the two cores after every hand-over; with the
+# workqueue layer or OMP_WAIT_POLICY=PASSIVE it gained nothing overall.  The
+# loops are still written with prange where iterations are independent, so
+# flipping this is a one-line experiment (delete layers/__pycache__/kernels.*
+# first: numba's cache key does not include the parallel flag).
+_PAR = False
 
 __all__ = ["conv_out_size", "im2col", "col2im", "cnp_to_ncp", "ncp_to_cnp", "add_channel_bias",
            "channel_sum", "gemm", "Workspace", "max_pool_forward", "max_pool_forward_2x2", "max_pool_backward",
@@ -105,60 +115,58 @@ def col2im(col, N, C, H, W, kh, kw, ph, pw, sh, sw, dh, dw, data, row_stride, im
 
     The loops follow the column buffer's memory order (rows outer in the batch
     layout, images outer in the image layout): reading it sequentially is 2x
-    faster than visiting it plane by plane.
+    faster than visiting it plane by plane.  Integer divisions stay out of
+    the inner loops (they cost another 2x).
     """
     oh = (H + 2 * ph - (dh * (kh - 1) + 1)) // sh + 1
     ow = (W + 2 * pw - (dw * (kw - 1) + 1)) // sw + 1
     for t in range(np.uint64(N * C * H * W)):
         data[t] = 0
+    rows = C * kh * kw
     if row_stride >= image_stride:
-        for r in range(C * kh * kw):
-            _col2im_row(col, data, r, 0, N, C, H, W, kh, kw, ph, pw, sh, sw, dh, dw, oh, ow,
-                        row_stride, image_stride)
-    else:
-        # Image layout: per-row geometry computed once (integer divisions are slow).
-        rows = C * kh * kw
-        geo = np.empty((rows, 7), np.int64)
         for r in range(rows):
-            ylo, yhi, yoff = _valid_range((r // kw) % kh, ph, sh, dh, H, oh)
-            xlo, xhi, xoff = _valid_range(r % kw, pw, sw, dw, W, ow)
-            geo[r, 0] = r // (kh * kw)
-            geo[r, 1] = ylo
-            geo[r, 2] = yhi
-            geo[r, 3] = yoff
-            geo[r, 4] = xlo
-            geo[r, 5] = xhi
-            geo[r, 6] = xoff
-        usw = np.uint64(sw)
-        for n in range(N):
-            for r in range(rows):
-                c = geo[r, 0]
-                yoff = geo[r, 3]
-                xlo = geo[r, 4]
-                xoff = geo[r, 6]
-                nx = np.uint64(geo[r, 5] - xlo)
-                for y in range(geo[r, 1], geo[r, 2]):
-                    d = np.uint64(((n * C + c) * H + y * sh + yoff) * W + xlo * sw + xoff)
-                    o = np.uint64(r * row_stride + n * image_stride + y * ow + xlo)
-                    if sw == 1:
-                        for t in range(nx):
-                            data[d + t] += col[o + t]
-                    else:
-                        for t in range(nx):
-                            data[d + t * usw] += col[o + t]
+            _col2im_row(col, data, r, N, C, H, W, kh, kw, ph, pw, sh, sw, dh, dw, oh, ow, row_stride, image_stride)
+        return
+    # Image layout: per-row geometry computed once.
+    geo = np.empty((rows, 7), np.int64)
+    for r in range(rows):
+        ylo, yhi, yoff = _valid_range((r // kw) % kh, ph, sh, dh, H, oh)
+        xlo, xhi, xoff = _valid_range(r % kw, pw, sw, dw, W, ow)
+        geo[r, 0] = r // (kh * kw)
+        geo[r, 1] = ylo
+        geo[r, 2] = yhi
+        geo[r, 3] = yoff
+        geo[r, 4] = xlo
+        geo[r, 5] = xhi
+        geo[r, 6] = xoff
+    usw = np.uint64(sw)
+    for n in range(N):
+        for r in range(rows):
+            c = geo[r, 0]
+            yoff = geo[r, 3]
+            xlo = geo[r, 4]
+            xoff = geo[r, 6]
+            nx = np.uint64(geo[r, 5] - xlo)
+            for y in range(geo[r, 1], geo[r, 2]):
+                d = np.uint64(((n * C + c) * H + y * sh + yoff) * W + xlo * sw + xoff)
+                o = np.uint64(r * row_stride + n * image_stride + y * ow + xlo)
+                if sw == 1:
+                    for t in range(nx):
+                        data[d + t] += col[o + t]
+                else:
+                    for t in range(nx):
+                        data[d + t * usw] += col[o + t]
 
 
 @njit(cache=True)
-def _col2im_row(col, data, r, n0, n1, C, H, W, kh, kw, ph, pw, sh, sw, dh, dw, oh, ow, row_stride, image_stride):
-    """Add column row r (channel, ki, kj) of images n0..n1-1 into the images."""
+def _col2im_row(col, data, r, N, C, H, W, kh, kw, ph, pw, sh, sw, dh, dw, oh, ow, row_stride, image_stride):
+    """Batch layout: add column row r (channel, ki, kj) of every image into the images."""
     c = r // (kh * kw)
-    ki = (r // kw) % kh
-    kj = r % kw
-    ylo, yhi, yoff = _valid_range(ki, ph, sh, dh, H, oh)
-    xlo, xhi, xoff = _valid_range(kj, pw, sw, dw, W, ow)
+    ylo, yhi, yoff = _valid_range((r // kw) % kh, ph, sh, dh, H, oh)
+    xlo, xhi, xoff = _valid_range(r % kw, pw, sw, dw, W, ow)
     nx = np.uint64(xhi - xlo)
     usw = np.uint64(sw)
-    for n in range(n0, n1):
+    for n in range(N):
         for y in range(ylo, yhi):
             d = np.uint64(((n * C + c) * H + y * sh + yoff) * W + xlo * sw + xoff)
             o = np.uint64(r * row_stride + n * image_stride + y * ow + xlo)
@@ -243,23 +251,12 @@ def gemm(a, b, out, accumulate=False, work=None):
     BLAS with the transpose flag, without copies.  Accumulating computes into
     ``work`` (an array of ``out``'s shape; allocated if None) and adds.
     Measured on the LeNet shapes, NumPy's matmul with ``out=`` is as fast as
-    calling BLAS directly (scipy's ?gemm) and faster than np.dot inside
-    @njit, and it keeps one BLAS thread pool in the process.
+    calling BLAS directly (scipy's ?gemm with beta=1 saves only the small
+    add), and it keeps ONE BLAS thread pool in the process (scipy and numba's
+    np.dot use a second OpenBLAS whose spinning threads would compete).
     """
     if not accumulate:
         np.matmul(a, b, out=out)
-        return out
-    if os.environ.get("SCIPY_ACC") == "1":
-        import scipy.linalg.blas as sb
-        f = sb.sgemm if out.dtype == np.float32 else sb.dgemm
-        za, zb = b.T, a.T
-        ta = 0 if za.flags.f_contiguous else 1
-        tb = 0 if zb.flags.f_contiguous else 1
-        za = za if ta == 0 else za.T
-        zb = zb if tb == 0 else zb.T
-        res = f(1.0, za, zb, 1.0, out.T, ta, tb, 1)
-        if not np.shares_memory(res, out):
-            raise RuntimeError("copy")
         return out
     if work is None:
         work = np.empty_like(out)

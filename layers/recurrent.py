@@ -7,12 +7,13 @@ function directly:
 * the input projection of all T steps is ONE matrix product
   ``(T*N, D) x (D, G)`` (G = 4H for LSTM, H for RNN);
 * each step is one matrix product for the recurrent term
-  ``(cont_t * h_{t-1}) W_h^T`` followed by one fused Numba kernel (gate
-  activations, cell and hidden update, the next step's ``cont * h``);
+  ``W_h (cont_t * h_{t-1})`` followed by one fused Numba kernel (all gate
+  activations, the cell and hidden update);
 * backward through time is the mirror image: one fused kernel and one
-  matrix product per step, then the weight gradients of all steps at once
-  (``dW_h += dG^T (cont * h_prev)`` and ``dW_x += dG^T x`` are each ONE
-  product over the stored steps).
+  matrix product per step; the weight gradients are products over many
+  steps at once (``dW_h += dG (cont * h_prev)^T``, ``dW_x += dG x``), for
+  LSTM computed on a second thread, a few steps at a time, while the
+  recurrence goes on (see "Two streams of work" below).
 
 Blobs
 -----
@@ -56,10 +57,18 @@ than 0 or 1 (Caffe documents binary flags) the forget-gate gradient here is
 the exact derivative ``cont * s (1 - s)`` rather than Caffe's ``f (1 - f)``
 with ``f = cont * s``; for 0/1 flags the two are identical.
 
-Float32 kernels use a vectorizable rational approximation of tanh (max
-error about 4e-8 before rounding to float32, i.e. within an ulp or so of
-``np.tanh``); float64 (gradient checks) uses ``np.tanh``/``np.exp``.
+Float32 kernels use a vectorizable rational approximation of tanh and
+sigmoid (no libm call, so LLVM vectorizes the loops): absolute error below
+3e-7 (a few float32 ulps); on a whole LSTM (T=20, H=256) the output's error
+against a float64 reference is the same as with exact activations (~1e-7,
+set by float32 rounding in the matrix products).  Float64 (gradient checks)
+uses ``np.tanh``/``np.exp``.
 """
+import ctypes
+import os
+import queue
+import threading
+
 import numpy as np
 from numba import njit, types
 from numba.extending import overload
@@ -78,8 +87,9 @@ from . import kernels as K
 # ---------------------------------------------------------------------------
 
 # tanh(x) ~= x P(x^2) / Q(x^2) on |x| <= 9 (a relative-error fit made for
-# dltrain; max relative error 7e-9 in exact arithmetic, evaluated in float64).
-# Beyond 9, tanh rounds to +-1 in float32.
+# dltrain: max relative error 7e-9 in exact arithmetic, < 3e-7 absolute when
+# evaluated in float32 with FMA; evaluating in float64 costs twice the time
+# for no visible gain in a layer's output).  Beyond 9, tanh is +-1 in float32.
 _TANH_CLAMP = 9.0
 _P0, _P1, _P2, _P3 = 0.9999999934541551, 0.13084002612110607, 0.0031039475994803795, 1.1154212222105774e-05
 _P4, _P5, _P6 = -2.0224806960112562e-08, 5.2777348981573375e-11, -8.488142170273733e-14
@@ -88,14 +98,14 @@ _Q1, _Q2, _Q3 = 0.46417329729436335, 0.024495144756486578, 0.0002546132307916743
 
 @njit(cache=True, inline="always", error_model="numpy", fastmath={"contract"})
 def _rational_tanh(x):
-    """tanh of a float32 value, computed in float64 without libm (vectorizes)."""
-    v = np.float64(x)
-    v = min(max(v, -_TANH_CLAMP), _TANH_CLAMP)
+    """tanh of a float32 value without libm (vectorizes)."""
+    f = np.float32
+    v = min(max(x, f(-_TANH_CLAMP)), f(_TANH_CLAMP))
     u = v * v
-    p = _P0 + u * (_P1 + u * (_P2 + u * (_P3 + u * (_P4 + u * (_P5 + u * _P6)))))
-    q = 1.0 + u * (_Q1 + u * (_Q2 + u * _Q3))
+    p = f(_P0) + u * (f(_P1) + u * (f(_P2) + u * (f(_P3) + u * (f(_P4) + u * (f(_P5) + u * f(_P6))))))
+    q = f(1.0) + u * (f(_Q1) + u * (f(_Q2) + u * f(_Q3)))
     r = v * p / q
-    return np.float32(min(max(r, -1.0), 1.0))
+    return min(max(r, f(-1.0)), f(1.0))
 
 
 def act_tanh(x):
@@ -133,8 +143,8 @@ def _ov_act_sigmoid(x):
 # all steps (G, T*N), the gate gradients of all steps (G, T*N), and the
 # recurrent products' inputs ``hc`` (H, (T+1)*N), block t = cont_t * h_{t-1}.
 # Then each step's product is W (G, H) @ block (H, N), the fastest
-# orientation for BLAS on these shapes, and the weight gradients of all
-# steps are one product each.
+# orientation for BLAS on these shapes (1.7x faster than (N, H) @ (H, G)),
+# and a weight gradient over many steps is one product.
 #
 # The element-wise kernels want long contiguous loops instead: inner loops
 # of only N (strided rows) cost a vectorization set-up per row, 3-4x the
@@ -148,7 +158,7 @@ def _ov_act_sigmoid(x):
 # of the data's dtype).
 # ---------------------------------------------------------------------------
 
-@njit(cache=True, error_model="numpy", fastmath={"contract"})
+@njit(cache=True, nogil=True, error_model="numpy", fastmath={"contract"})
 def lstm_forward_step(pre, addend, cont, c_prev, acts, c, tanh_c, h):
     """One LSTM step over the M = H*N cells (flat 1-D arrays).
 
@@ -178,7 +188,7 @@ def lstm_forward_step(pre, addend, cont, c_prev, acts, c, tanh_c, h):
         h[k] = o * tc
 
 
-@njit(cache=True, error_model="numpy", fastmath={"contract"})
+@njit(cache=True, nogil=True, error_model="numpy", fastmath={"contract"})
 def lstm_backward_step(acts, c_prev, tanh_c, cont, dh, drec, cont_next, dc, dgates, one):
     """Backward of one LSTM step over the M = H*N cells (flat; layouts as the forward).
 
@@ -264,6 +274,139 @@ def tanh_grad(y, dy, dx, one):
 
 
 # ---------------------------------------------------------------------------
+# Two streams of work on two cores.
+#
+# A step's matrix product (G x H by H x N) is too small to split across BLAS
+# threads well, and a BLAS that spreads it over two threads waits for both at
+# every step: on a machine whose cores are busy with other jobs that wait
+# costs more than the product (measured: 3-4x slower than one thread).  So the
+# recurrent layers call BLAS single-threaded (OpenBLAS's per-thread setting,
+# other layers keep theirs) and use the second core for the work that does
+# not depend on the recurrence, on a worker thread: half of the input
+# projection in forward; in LSTM's backward, the weight, bias and input
+# gradients of the steps already done (dW_h, dW_x, db, dx in chunks of
+# steps) while the recurrence goes on.  numpy's BLAS and the LSTM kernels
+# (nogil) release the GIL.  DLTRAIN_RNN_OVERLAP=0 turns the worker off.
+# Without OpenBLAS's per-thread control, or on one core, everything runs in
+# order on the calling thread, with BLAS's own threading.
+# ---------------------------------------------------------------------------
+
+def _openblas_local_threads():
+    """OpenBLAS's ``openblas_set_num_threads_local`` of the BLAS numpy uses, or None."""
+    try:
+        with open("/proc/self/maps") as maps:
+            paths = {line.split()[-1] for line in maps if "openblas" in line.lower() and "/" in line}
+    except OSError:
+        return None
+    numpy_dir = os.path.dirname(os.path.dirname(np.__file__))
+    for path in sorted(paths, key=lambda p: not p.startswith(numpy_dir)):   # numpy's own first
+        try:
+            fn = ctypes.CDLL(path).openblas_set_num_threads_local
+        except (OSError, AttributeError):
+            continue
+        fn.restype = ctypes.c_int
+        fn.argtypes = [ctypes.c_int]
+        return fn
+    return None
+
+
+def _matmul_into(a, b, out):
+    np.matmul(a, b, out=out)
+
+
+class _Worker:
+    """One daemon thread running submitted callables in order (BLAS single-threaded there)."""
+
+    def __init__(self, set_local):
+        self._tasks = queue.SimpleQueue()
+        self._done = queue.SimpleQueue()
+        self._pending = 0
+        self._set_local = set_local
+        threading.Thread(target=self._run, name="dltrain-recurrent", daemon=True).start()
+
+    def _run(self):
+        self._set_local(1)
+        while True:
+            fn, args = self._tasks.get()
+            try:
+                fn(*args)
+                self._done.put(None)
+            except BaseException as err:            # handed to the caller in wait()
+                self._done.put(err)
+
+    def submit(self, fn, *args):
+        self._pending += 1
+        self._tasks.put((fn, args))
+
+    def wait(self):
+        error = None
+        while self._pending:
+            result = self._done.get()
+            self._pending -= 1
+            error = error or result
+        if error is not None:
+            raise error
+
+
+class _Streams:
+    """Context for one forward or backward: BLAS single-threaded here, a worker for side work.
+
+    ``run(fn, *args)`` runs ``fn`` on the worker (or at once, without one);
+    leaving the context waits for the worker and restores BLAS's threads.
+    Small layers (below ``min_work`` multiply-adds per pass) run everything
+    in order on the calling thread: handing work over costs tens of us.
+    """
+
+    _set_local = None
+    _worker = None
+    _busy = threading.Lock()          # one user of the worker at a time (other threads run in order)
+    enabled = os.environ.get("DLTRAIN_RNN_OVERLAP", "1") != "0"     # off: everything in order
+    min_work = 1 << 22
+
+    def __init__(self, work=None):
+        self.work = work
+
+    @classmethod
+    def _setup(cls):
+        if cls._set_local is None:
+            cls._set_local = _openblas_local_threads() or False
+            try:
+                cores = len(os.sched_getaffinity(0))
+            except AttributeError:
+                cores = os.cpu_count() or 1
+            if cls._set_local and cores > 1:
+                cls._worker = _Worker(cls._set_local)
+
+    def __enter__(self):
+        self._setup()
+        big = self.work is None or self.work >= self.min_work
+        self.worker = None
+        if self.enabled and big and self._worker is not None and self._busy.acquire(blocking=False):
+            self.worker = self._worker
+        self._previous = self._set_local(1) if self.worker is not None else None
+        return self
+
+    def run(self, fn, *args):
+        if self.worker is not None:
+            self.worker.submit(fn, *args)
+        else:
+            fn(*args)
+
+    def wait(self):
+        if self.worker is not None:
+            self.worker.wait()
+
+    def __exit__(self, *exc):
+        try:
+            self.wait()
+        finally:
+            if self.worker is not None:
+                self._set_local(self._previous)
+                self._busy.release()
+        return False
+
+
+# ---------------------------------------------------------------------------
 # the layers
 # ---------------------------------------------------------------------------
 
@@ -330,6 +473,11 @@ class RecurrentLayer(Layer):
         self.work = K.Workspace()
         self._state = None            # carried h_T (and c_T), each (N, H), when not expose_hidden
         self._rec_used = None
+
+    def _work_size(self):
+        """Multiply-adds of one pass's matrix products, roughly: T*N*G*(D + H)."""
+        G = self.blobs[0].shape[0]
+        return self.T * self.N * G * (self.D + self.H)
 
     def _recur_names(self, suffix):
         return ["h_" + suffix, "c_" + suffix][:self.num_recur]
@@ -403,15 +551,22 @@ class RecurrentLayer(Layer):
         else:
             self._state[k][...] = value_hn.T
 
-    def _forward_common(self, bottom, w_x, bias, w_static, G):
+    def _forward_common(self, bottom, w_x, bias, w_static, G, streams=None):
         """The input projection of all steps and the per-step addend.
 
         Returns (proj (G, T*N) = W_x x^T, addend (G, N) = bias [+ W_static x_static^T]).
+        With ``streams``, the worker computes half of the projection's rows.
         """
         T, N = self.T, self.N
         X = bottom[0].data.reshape(T * N, self.D)
         proj = self._buf("proj", G, T * N)
-        np.matmul(w_x, X.T, out=proj)
+        if streams is not None and streams.worker is not None:
+            half = G // 2
+            streams.run(_matmul_into, w_x[half:], X.T, proj[half:])
+            np.matmul(w_x[:half], X.T, out=proj[:half])
+            streams.wait()
+        else:
+            np.matmul(w_x, X.T, out=proj)
         addend = self._buf("addend", G, N)
         if self.static_input:
             np.matmul(w_static, bottom[2].data.reshape(N, self.Ds).T, out=addend)
@@ -461,40 +616,70 @@ class RecurrentLayer(Layer):
             d *= cont0
             bottom[first].diff.reshape(N, self.H)[...] = d.T
 
-    def _param_grads_common(self, bottom, propagate_down, dG, hc, ix, ib, istat, ih):
-        """Weight, bias and input gradients from the gate-input gradients of all steps.
+    def _grad_plan(self, bottom, propagate_down, dG, hc, ix, ib, ih):
+        """What the weight, bias and input gradients of a range of steps need.
 
         dG (G, T*N): gradients w.r.t. the pre-activations; hc (H, (T+1)*N):
         the recurrent products' inputs cont_t * h_{t-1} (block T unused).
+        Buffers are taken here, on the calling thread.
         """
-        T, N = self.T, self.N
-        TN = T * N
+        TN = self.T * self.N
+        G = dG.shape[0]
         ppd = self.param_propagate_down
-        X = bottom[0].data.reshape(TN, self.D)
-        if ppd[ix]:
-            dw = self.blobs[ix].diff
-            K.gemm(dG, X, dw, accumulate=True, work=self._buf("dwx", *dw.shape))
-        if ppd[ib]:
-            db = self.blobs[ib].diff
-            np.add(db, np.matmul(dG, self._ones(TN), out=self._buf("db", dG.shape[0])), out=db)
-        if ppd[ih]:
+        return dict(
+            dG=dG, hc=hc, X=bottom[0].data.reshape(TN, self.D), rec_used=self._rec_used, N=self.N,
+            dw_x=self.blobs[ix].diff if ppd[ix] else None, w_x=self.blobs[ix].data,
+            db=self.blobs[ib].diff if ppd[ib] else None,
+            dw_h=self.blobs[ih].diff if ppd[ih] else None,
+            dx=bottom[0].diff.reshape(TN, self.D) if propagate_down[0] else None,
+            ones=self._ones(TN),
+            work_x=self._buf("dwx", G, self.D), work_h=self._buf("dwh", G, self.H), work_b=self._buf("db", G))
+
+    @staticmethod
+    def _grads_of_steps(plan, a, b):
+        """Add steps [a, b)'s share of dW_x, db, dW_h to the parameter diffs; write their dx rows."""
+        N = plan["N"]
+        cols = slice(a * N, b * N)
+        dG = plan["dG"][:, cols]
+        if plan["dw_x"] is not None:
+            K.gemm(dG, plan["X"][cols], plan["dw_x"], accumulate=True, work=plan["work_x"])
+        if plan["db"] is not None:
+            np.add(plan["db"], np.matmul(dG, plan["ones"][cols], out=plan["work_b"]), out=plan["db"])
+        if plan["dw_h"] is not None:
             # steps before the first one with recurrence have hc == 0: leave them out
-            used = np.flatnonzero(self._rec_used)
+            used = np.flatnonzero(plan["rec_used"][a:b])
             if used.size:
-                a = int(used[0]) * N
-                dw = self.blobs[ih].diff
-                K.gemm(dG[:, a:], hc[:, a:TN].T, dw, accumulate=True, work=self._buf("dwh", *dw.shape))
-        if propagate_down[0]:
-            K.gemm(dG.T, self.blobs[ix].data, bottom[0].diff.reshape(TN, self.D))
-        if self.static_input and (ppd[istat] or propagate_down[2]):
-            G = dG.shape[0]
-            dGs = dG.reshape(G, T, N).sum(axis=1, dtype=self.dtype)       # (G, N)
-            xs = bottom[2].data.reshape(N, self.Ds)
-            if ppd[istat]:
-                dw = self.blobs[istat].diff
-                K.gemm(dGs, xs, dw, accumulate=True, work=self._buf("dws", *dw.shape))
-            if propagate_down[2]:
-                K.gemm(dGs.T, self.blobs[istat].data, bottom[2].diff.reshape(N, self.Ds))
+                u = (a + int(used[0])) * N
+                K.gemm(plan["dG"][:, u:b * N], plan["hc"][:, u:b * N].T, plan["dw_h"], accumulate=True,
+                       work=plan["work_h"])
+        if plan["dx"] is not None:
+            K.gemm(dG.T, plan["w_x"], plan["dx"][cols])
+
+    def _static_grads(self, bottom, propagate_down, dG, istat):
+        """Gradients of W_static and x_static: the static term enters every step."""
+        if not self.static_input or not (self.param_propagate_down[istat] or propagate_down[2]):
+            return
+        T, N = self.T, self.N
+        G = dG.shape[0]
+        dGs = dG.reshape(G, T, N).sum(axis=1, dtype=self.dtype)       # (G, N)
+        xs = bottom[2].data.reshape(N, self.Ds)
+        if self.param_propagate_down[istat]:
+            dw = self.blobs[istat].diff
+            K.gemm(dGs, xs, dw, accumulate=True, work=self._buf("dws", *dw.shape))
+        if propagate_down[2]:
+            K.gemm(dGs.T, self.blobs[istat].data, bottom[2].diff.reshape(N, self.Ds))
+
+    @staticmethod
+    def _chunk_starts(T):
+        """Steps at which backward hands the steps done so far to the worker: chunks of
+        about T/5 steps from the end, halving near t = 0 so that little is left after the loop."""
+        size = max(1, T // 5)
+        starts, top = [], T
+        while top > 0:
+            step = size if top > 2 * size else max(1, (top + 1) // 2)
+            top -= step
+            starts.append(top)
+        return starts
 
     def _ones(self, n):
         ones = self._buf("ones%d" % n, n)
@@ -528,12 +713,16 @@ class LSTMLayer(RecurrentLayer):
         return [False, True] + [False] * (1 + int(self.static_input))
 
     def forward_cpu(self, bottom, top):
+        with _Streams(self._work_size()) as streams:
+            self._forward(bottom, top, streams)
+
+    def _forward(self, bottom, top, streams):
         T, N, H = self.T, self.N, self.H
         G, TN = 4 * H, T * N
         w_h = self.blobs[-1].data
         cont = bottom[1].data.reshape(T, N)
         proj, addend = self._forward_common(bottom, self.blobs[0].data, self.blobs[1].data,
-                                            self.blobs[2].data if self.static_input else None, G)
+                                            self.blobs[2].data if self.static_input else None, G, streams)
         acts = self._buf("acts", T, G, N)
         c = self._buf("c", T + 1, H, N)          # c[0] = c_0, c[t+1] = c_t
         tanh_c = self._buf("tanh_c", T, H, N)
@@ -561,8 +750,13 @@ class LSTMLayer(RecurrentLayer):
 
     def backward_cpu(self, top, propagate_down, bottom):
         self._check_propagate_down(propagate_down)
+        with _Streams(self._work_size()) as streams:
+            self._backward(top, propagate_down, bottom, streams)
+
+    def _backward(self, top, propagate_down, bottom, streams):
         T, N, H = self.T, self.N, self.H
         G, TN = 4 * H, T * N
+        nst = int(self.static_input)
         w_h = self.blobs[-1].data
         acts = self._buf("acts", T, G, N)
         c = self._buf("c", T + 1, H, N)
@@ -583,18 +777,25 @@ class LSTMLayer(RecurrentLayer):
         else:
             dc[...] = 0
         dc_flat, drec_flat, dgs_flat = dc.reshape(-1), drec.reshape(-1), dgs.reshape(-1)
+        plan = self._grad_plan(bottom, propagate_down, dG, hc, 0, 1, 2 + nst)
+        # with a worker: hand over chunks of finished steps; alone: all steps at the end
+        starts, end = (self._chunk_starts(T) if streams.worker is not None else [0]), T
         for t in range(T - 1, -1, -1):
             lstm_backward_step(acts[t].reshape(-1), c[t].reshape(-1), tanh_c[t].reshape(-1), contx[t].reshape(-1),
                                dh[t].reshape(-1), drec_flat, contx[t + 1].reshape(-1), dc_flat, dgs_flat, one)
             np.copyto(dG[:, t * N:(t + 1) * N], dgs)
+            if t == starts[0]:                   # steps [t, end) are done: their weight gradients, meanwhile
+                streams.run(self._grads_of_steps, plan, t, end)
+                starts.pop(0)
+                end = t
             if t > 0:
                 self._recurrent_grad(dgs, w_h, drec, t)
         self._h0_grad(bottom, propagate_down, dG, w_h)
         first = self._first_state_bottom()
         if self.expose_hidden and propagate_down[first + 1]:
             bottom[first + 1].diff.reshape(N, H)[...] = dc.T
-        nst = int(self.static_input)
-        self._param_grads_common(bottom, propagate_down, dG, hc, 0, 1, 2 if nst else -1, 2 + nst)
+        self._static_grads(bottom, propagate_down, dG, 2 if nst else -1)
+        streams.wait()
 
 
 @register_layer("RNN")
@@ -617,13 +818,17 @@ class RNNLayer(RecurrentLayer):
         return [False, True] + [False] * int(self.static_input) + [False, False, True]
 
     def forward_cpu(self, bottom, top):
+        with _Streams(self._work_size()) as streams:
+            self._forward(bottom, top, streams)
+
+    def _forward(self, bottom, top, streams):
         T, N, H = self.T, self.N, self.H
         TN = T * N
         nst = int(self.static_input)
         w_hh, w_ho, b_o = (blob.data for blob in self.blobs[2 + nst:])
         cont = bottom[1].data.reshape(T, N)
         z, addend = self._forward_common(bottom, self.blobs[0].data, self.blobs[1].data,
-                                         self.blobs[2].data if nst else None, H)
+                                         self.blobs[2].data if nst else None, H, streams)
         h = self._buf("h", H, TN)
         hc = self._buf("hc", H, TN + N)
         rec = self._buf("rec", H, N)
@@ -640,6 +845,10 @@ class RNNLayer(RecurrentLayer):
 
     def backward_cpu(self, top, propagate_down, bottom):
         self._check_propagate_down(propagate_down)
+        with _Streams(self._work_size()):       # BLAS single-threaded here, as for LSTM
+            self._backward(top, propagate_down, bottom)
+
+    def _backward(self, top, propagate_down, bottom):
         T, N, H = self.T, self.N, self.H
         TN = T * N
         nst = int(self.static_input)
@@ -673,4 +882,5 @@ class RNNLayer(RecurrentLayer):
                 self._recurrent_grad(dz[:, t * N:(t + 1) * N], w_hh, drec, t)
                 cont_next = cont[t]
         self._h0_grad(bottom, propagate_down, dz, w_hh)
-        self._param_grads_common(bottom, propagate_down, dz, hc, 0, 1, 2 if nst else -1, i_hh)
+        self._grads_of_steps(self._grad_plan(bottom, propagate_down, dz, hc, 0, 1, i_hh), 0, T)
+        self._static_grads(bottom, propagate_down, dz, 2 if nst else -1)

@@ -14,7 +14,7 @@
 import numpy as np
 import pytest
 
-from dlcore import Blob, ConfigError, Net, create_layer
+from dlcore import Blob, ConfigError, Net, create_layer, set_random_seed
 from dlcore.gradcheck import GradientChecker
 from proto import caffe_pb2
 from google.protobuf import text_format
@@ -627,3 +627,58 @@ def test_net_learns_with_sgd():
         for p in net.learnable_params:
             p.data[...] -= 0.5 * p.diff
     assert losses[-1] < 0.7 * losses[0]
+
+
+def test_blobs_in_the_definition_are_used_legacy_shapes_included():
+    # a definition carrying its parameters (old Caffe files store 4-D num/channels/height/width)
+    rng = np.random.default_rng(16)
+    param = caffe_pb2.LayerParameter()
+    text_format.Parse('name: "l" type: "LSTM" recurrent_param { num_output: 2 }', param)
+    values = [rng.uniform(-1, 1, s) for s in [(8, 3), (8,), (8, 2)]]
+    for v in values:
+        b = param.blobs.add()
+        shape = (1, 1) + v.shape if v.ndim == 2 else (1, 1, 1) + v.shape
+        b.num, b.channels, b.height, b.width = shape
+        b.data.extend(v.ravel().tolist())
+    layer = create_layer(param, dtype=F64)
+    bottom = random_inputs(rng)
+    top = run(layer, bottom, 1)
+    assert [b.shape for b in layer.blobs] == [(8, 3), (8,), (8, 2)]
+    for b, v in zip(layer.blobs, values):
+        np.testing.assert_allclose(b.data, v, rtol=1e-6)
+    np.testing.assert_allclose(top[0].data, lstm_reference(values, bottom[0].data, CONT)[0], rtol=1e-5)
+    bad = caffe_pb2.LayerParameter()
+    bad.CopyFrom(param)
+    del bad.blobs[2]
+    with pytest.raises(ConfigError, match="'l'.*parameter blobs"):
+        run(create_layer(bad, dtype=F64), random_inputs(rng), 1)
+
+
+@pytest.mark.parametrize("kind", ["LSTM", "RNN"])
+def test_worker_thread_gives_the_same_results(kind, monkeypatch):
+    # big layers hand part of the work to a second thread (layers/recurrent.py,
+    # "Two streams of work"); forced here on a small one, it must change nothing
+    from layers import recurrent
+    recurrent._Streams._setup()
+    if recurrent._Streams._worker is None:
+        pytest.skip("no second core or no per-thread BLAS control: everything runs in order anyway")
+    rng = np.random.default_rng(17)
+    t, n, d, h = 7, 3, 4, 5
+    cont = (rng.random((t, n)) > 0.3).astype(float)
+    nrec = 2 if kind == "LSTM" else 1
+    bottom = random_inputs(rng, t, n, d, static=True, hidden=nrec, h=h, cont=cont)
+    diffs = [rng.uniform(-1, 1, s) for s in [(t, n, h)] + [(1, n, h)] * nrec]
+    results = []
+    for forced in (False, True):
+        monkeypatch.setattr(recurrent._Streams, "enabled", forced)
+        monkeypatch.setattr(recurrent._Streams, "min_work", 0)
+        set_random_seed(1)                   # the same weights both times
+        layer = make_layer(kind, num_output=h, expose_hidden=True, low=-1, high=1)
+        top = run(layer, bottom, 1 + nrec)
+        for b, dd in zip(top, diffs):
+            b.diff[...] = dd
+        layer.backward(top, [True, False, True] + [True] * nrec, bottom)
+        results.append([b.data.copy() for b in top] + [p.diff.copy() for p in layer.blobs] +
+                       [b.diff.copy() for b in bottom if b is not bottom[1]])
+    for a, b in zip(*results):
+        np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-14)
