@@ -57,7 +57,13 @@ def _phase(text):
 
 
 def cmd_gradcheck(args):
+    from dlcore import backend
     from dlcore.gradcheck import GradientCheckError, check_layer
+    if args.gpu is not None:
+        from cli.train import _gpu_id
+        backend.set_mode_gpu(_gpu_id(args.gpu))     # the layer's forward_gpu/backward_gpu are checked
+    else:
+        backend.set_mode_cpu()
     labels = dict(args.labels)
     try:
         report = check_layer(args.layer_file, args.bottom, stepsize=args.stepsize, threshold=args.threshold,
@@ -70,8 +76,9 @@ def cmd_gradcheck(args):
     layer = report.layer
     blobs = ", ".join(f"{name}: {n}" for name, n in report.per_blob.items())
     mode = "exhaustive, " if args.exhaustive else ""
+    where = " on the GPU" if layer.gpu and layer.has_gpu_backward() else ""
     print(f"gradcheck passed: layer '{layer.name}' ({layer.type}), {report.checked} gradient elements checked "
-          f"in float64 ({mode}{blobs})")
+          f"in float64{where} ({mode}{blobs})")
     if report.worst is not None:
         err, name, index, analytic, numeric = report.worst
         print(f"  worst: {name} at {index}: analytic {analytic:.6g}, numeric {numeric:.6g}, relative error "
@@ -101,4 +108,5 @@ def register(sub):
                    help="range of the uniform random bottom values (default -1,1)")
     p.add_argument("--phase", type=_phase, default=TRAIN, help="TRAIN (default) or TEST")
     p.add_argument("--layer", help="the layer to check, when the file holds several")
+    p.add_argument("--gpu", help="check the layer's GPU code (forward_gpu/backward_gpu) on this GPU (a device id)")
     p.set_defaults(func=cmd_gradcheck)

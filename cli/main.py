@@ -15,7 +15,8 @@ from dlcore import DLTrainError
 from dlcore.plugins import PluginError
 
 # Modules that add subcommands; a missing one (not yet written) is skipped.
-COMMAND_MODULES = ["cli.train", "cli.time_cmd", "cli.convert", "cli.predict", "cli.gradcheck", "cli.plugins_cmd"]
+COMMAND_MODULES = ["cli.train", "cli.time_cmd", "cli.convert", "cli.predict", "cli.gradcheck", "cli.plugins_cmd",
+                   "cli.upgrade", "cli.tools"]
 
 # Global options that take a value (skipped when looking for the bare solver-file form).
 VALUE_OPTIONS = ("--plugin", "--config")

@@ -20,7 +20,16 @@ def _stages(text):
 
 def cmd_time(args):
     """Average forward/backward time per layer and in total, as `caffe time`."""
-    from dlcore import Net
+    from dlcore import Net, backend
+    sync = lambda: None       # noqa: E731
+    if args.gpu is not None:
+        from cli.train import _gpu_id
+        device = _gpu_id(args.gpu)
+        backend.set_mode_gpu(device)
+        log.info(f"Use GPU with device ID {device} ({backend.device_name(device)})")
+        from layers.kernels_cuda import synchronize as sync     # time the kernels, not their launches
+    else:
+        backend.set_mode_cpu()
     net = Net(args.model, args.phase, level=args.level, stages=args.stage)
     layers, names = net.layers, net.layer_names
     n = len(layers)
@@ -30,6 +39,7 @@ def cmd_time(args):
     log.info(f"Initial loss: {loss:g}")
     log.info("Performing Backward")
     net.backward_from_to(n - 1, 0)
+    sync()
     log.info("*** Benchmark begins ***")
     log.info(f"Testing for {args.iterations} iterations.")
     fwd = np.zeros(n)
@@ -43,12 +53,14 @@ def cmd_time(args):
             t = clock()
             layer.reshape(net._bottom_vecs[i], net._top_vecs[i])
             layer.forward(net._bottom_vecs[i], net._top_vecs[i])
+            sync()
             fwd[i] += clock() - t
         t_fwd_done = clock()
         for i in range(n - 1, -1, -1):
             if net.layer_need_backward[i]:
                 t = clock()
                 layers[i].backward(net._top_vecs[i], net.bottom_need_backward[i], net._bottom_vecs[i])
+                sync()
                 bwd[i] += clock() - t
         t_end = clock()
         total_fwd += t_fwd_done - t_iter
@@ -75,4 +87,5 @@ def register(sub):
     p.add_argument("--phase", type=_phase, default=TRAIN, help="TRAIN (default) or TEST")
     p.add_argument("--level", type=int, default=0, help="the net state's level")
     p.add_argument("--stage", type=_stages, default=[], help="comma-separated net state stages")
+    p.add_argument("--gpu", help="run on this GPU (a device id); an error if it cannot be used")
     p.set_defaults(func=cmd_time)

@@ -15,24 +15,24 @@ def _stages(text):
     return [s for s in text.split(",") if s]
 
 
-def _gpu_error(flag):
-    return DLTrainError(f"--gpu {flag}: no GPU backend is available in this build of dltrain; "
-                        "leave --gpu out to run on the CPU")
+def _gpu_id(flag):
+    """The device id of --gpu (one id; 'all' means 0), checked: a clear error if that GPU cannot be used."""
+    from solvers import device_for_solver
+    from proto import caffe_pb2
+    return device_for_solver(caffe_pb2.SolverParameter(), flag)[1]
 
 
 def cmd_train(args):
     """Train a net from a solver file (Caffe's `caffe train`)."""
+    from dlcore import backend
     from dlcore.config import load_solver
-    from proto import caffe_pb2
-    from solvers import get_solver
+    from solvers import device_for_solver, get_solver
     from solvers.signals import SignalHandler
     from solvers.solver import upgrade_solver_param
     from solvers.training_log import info
 
     if args.snapshot and args.weights:
         raise DLTrainError("give --snapshot to resume training or --weights to fine-tune, not both")
-    if args.gpu is not None:
-        raise _gpu_error(args.gpu)
     if args.iterations is not None and args.iterations < 0:
         raise DLTrainError(f"--iterations must not be negative (got {args.iterations})")
     param = load_solver(args.solver, resolve_paths=True)
@@ -41,10 +41,13 @@ def cmd_train(args):
     param.train_state.stage.extend(args.stage)
     if args.iterations is not None:
         param.max_iter = args.iterations
-    if param.solver_mode == caffe_pb2.SolverParameter.GPU:
-        info("no GPU backend available; training on the CPU")
+    use_gpu, device, notice = device_for_solver(param, args.gpu)
+    if use_gpu:
+        backend.set_mode_gpu(device)
+        info(f"Use GPU with device ID {device} ({backend.device_name(device)})")
     else:
-        info("Use CPU.")
+        backend.set_mode_cpu()
+        info(notice or "Use CPU.")
     if args.snapshot:
         param.ClearField("weights")
     elif args.weights:
@@ -63,14 +66,18 @@ def cmd_train(args):
 
 def cmd_test(args):
     """Score a trained model (Caffe's `caffe test`): per-batch outputs and their means."""
-    from dlcore import Net
+    from dlcore import Net, backend
     from solvers.training_log import fmt, info
 
-    if args.gpu is not None:
-        raise _gpu_error(args.gpu)
     if args.iterations < 1:
         raise DLTrainError(f"--iterations must be at least 1 (got {args.iterations})")
-    info("Use CPU.")
+    if args.gpu is not None:
+        device = _gpu_id(args.gpu)
+        backend.set_mode_gpu(device)
+        info(f"Use GPU with device ID {device} ({backend.device_name(device)})")
+    else:
+        backend.set_mode_cpu()
+        info("Use CPU.")
     net = Net(args.model, TEST, level=args.level, stages=args.stage)
     for path in (s.strip() for s in args.weights.split(",")):
         if path:
@@ -88,7 +95,7 @@ def cmd_test(args):
         loss += net.forward_from_to(0, n - 1)
         idx = 0
         for name in net.outputs:
-            for value in net.blobs[name].data.ravel():
+            for value in net.blobs[name].cpu_data().ravel():
                 value = dtype(value)
                 if i == 0:
                     scores.append(float(value))
@@ -116,7 +123,8 @@ def register(sub):
                                      "(copied into the train and test nets by layer name)")
     p.add_argument("--snapshot", help="a .solverstate to resume training from")
     p.add_argument("--iterations", type=int, help="train to this many iterations (overrides max_iter)")
-    p.add_argument("--gpu", help="GPU device id(s) (no GPU backend is available yet: an error)")
+    p.add_argument("--gpu", help="train on this GPU (a device id; overrides solver_mode and device_id); "
+                                 "an error if it cannot be used")
     p.add_argument("--level", type=int, default=0, help="the train net state's level (default 0)")
     p.add_argument("--stage", type=_stages, default=[], help="comma-separated train net state stages")
     p.add_argument("--sigint_effect", choices=SIGNAL_EFFECTS, default="stop",
@@ -129,7 +137,7 @@ def register(sub):
     t.add_argument("--model", required=True, help="the net definition (.prototxt or .yaml)")
     t.add_argument("--weights", required=True, help="the trained .caffemodel (comma-separated list allowed)")
     t.add_argument("--iterations", type=int, default=50, help="batches to score (default 50)")
-    t.add_argument("--gpu", help="GPU device id (no GPU backend is available yet: an error)")
+    t.add_argument("--gpu", help="run on this GPU (a device id); an error if it cannot be used")
     t.add_argument("--level", type=int, default=0, help="the net state's level")
     t.add_argument("--stage", type=_stages, default=[], help="comma-separated net state stages")
     t.set_defaults(func=cmd_test)

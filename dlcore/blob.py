@@ -22,6 +22,46 @@ def shape_string(shape):
     return " ".join(str(d) for d in shape) + f" ({count})"
 
 
+HOST, DEVICE, SYNCED = 0, 1, 2     # SyncedMemory.head: which side holds the newest values
+
+
+class SyncedMemory:
+    """One array's memory on the host and (lazily) on the GPU: Caffe's SyncedMemory.
+
+    ``host`` is a flat NumPy array (always there); ``device`` a flat numba
+    device array, created the first time the GPU side is asked for (a CPU
+    run never creates one).  ``head`` says which side is newer: HOST,
+    DEVICE, or SYNCED (both equal).  Reading a side copies from the other
+    only when the other is newer; asking for a side to write marks it the
+    head.  Blobs that share data (shared parameters, Flatten, Reshape,
+    Split) share one SyncedMemory, so both sides stay shared.
+    """
+
+    __slots__ = ("host", "device", "head")
+
+    def __init__(self, count, dtype):
+        self.host = np.zeros(count, dtype)
+        self.device = None
+        self.head = HOST
+
+    def to_host(self):
+        """Make the host side current (a device-to-host copy if the device is newer)."""
+        if self.head == DEVICE:
+            self.device.copy_to_host(self.host)
+            self.head = SYNCED
+
+    def to_device(self):
+        """Make the device side current; returns the flat device array."""
+        if self.device is None:
+            from .backend import cuda_module
+            self.device = cuda_module().to_device(self.host)
+            self.head = SYNCED
+        elif self.head == HOST:
+            self.device.copy_to_device(self.host)
+            self.head = SYNCED
+        return self.device
+
+
 class Blob:
     """Holds ``data`` and ``diff``: C-contiguous NumPy arrays of one shape.
 
@@ -29,13 +69,23 @@ class Blob:
     copies ``x`` in.  ``share_data``/``share_diff`` make two blobs use one
     array (Caffe's ShareData/ShareDiff), as shared weights and in-place
     reshaping layers need.
+
+    GPU memory (Caffe's SyncedMemory): when a net runs on the GPU, each of
+    data and diff also lives on the device.  ``.data``/``.diff`` (pycaffe's
+    host view) copy from the device first if it is newer, and mark the host
+    as newer (the caller may write).  ``cpu_data()``/``cpu_diff()`` read
+    without that mark; ``gpu_data()``/``gpu_diff()`` return the flat device
+    array for reading, ``mutable_gpu_data()``/``mutable_gpu_diff()`` for
+    writing.  Copies happen only when the other side is newer.
     """
 
     def __init__(self, *shape, dtype=np.float32):
         self.dtype = np.dtype(dtype)
         self._shape = None
-        self._data = np.zeros(0, self.dtype)
-        self._diff = np.zeros(0, self.dtype)
+        self._data_mem = SyncedMemory(0, self.dtype)
+        self._diff_mem = SyncedMemory(0, self.dtype)
+        self._data = self._data_mem.host
+        self._diff = self._diff_mem.host
         self.reshape(*(shape or ((),)))
 
     # --- shape -----------------------------------------------------------
@@ -44,13 +94,13 @@ class Blob:
         if shape == self._shape:
             return
         count = int(np.prod(shape, dtype=np.int64))
-        if count == self._data.size:
-            # Same size: keep the memory (and its values), as Caffe does.
-            self._data = self._data.reshape(shape)
-            self._diff = self._diff.reshape(shape)
-        else:
-            self._data = np.zeros(shape, self.dtype)
-            self._diff = np.zeros(shape, self.dtype)
+        if count != self._data_mem.host.size:
+            # New memory on both sides (the device side is made when asked for).
+            self._data_mem = SyncedMemory(count, self.dtype)
+            self._diff_mem = SyncedMemory(count, self.dtype)
+        # Same size: keep the memory (and its values), as Caffe does.
+        self._data = self._data_mem.host.reshape(shape)
+        self._diff = self._diff_mem.host.reshape(shape)
         self._shape = shape
 
     def reshape_like(self, other):
@@ -93,33 +143,97 @@ class Blob:
     def shape_string(self):
         return shape_string(self._shape)
 
-    # --- memory ----------------------------------------------------------
+    # --- memory: the host side (pycaffe's .data / .diff) -------------------
     @property
     def data(self):
+        mem = self._data_mem
+        if mem.head != HOST:
+            mem.to_host()
+            mem.head = HOST
         return self._data
 
     @data.setter
     def data(self, value):
-        self._data[...] = value
+        self.data[...] = value
 
     @property
     def diff(self):
+        mem = self._diff_mem
+        if mem.head != HOST:
+            mem.to_host()
+            mem.head = HOST
         return self._diff
 
     @diff.setter
     def diff(self, value):
-        self._diff[...] = value
+        self.diff[...] = value
+
+    def cpu_data(self):
+        """The data on the host, for reading (no copy back to the device is implied)."""
+        self._data_mem.to_host()
+        return self._data
+
+    def cpu_diff(self):
+        self._diff_mem.to_host()
+        return self._diff
+
+    def mutable_cpu_data(self):
+        return self.data
+
+    def mutable_cpu_diff(self):
+        return self.diff
+
+    # --- memory: the device side -------------------------------------------
+    def gpu_data(self):
+        """The data as a flat device array, for reading."""
+        return self._data_mem.to_device()
+
+    def gpu_diff(self):
+        return self._diff_mem.to_device()
+
+    def mutable_gpu_data(self):
+        """The data as a flat device array, for writing (the device becomes the newer side)."""
+        mem = self._data_mem
+        device = mem.to_device()
+        mem.head = DEVICE
+        return device
+
+    def mutable_gpu_diff(self):
+        mem = self._diff_mem
+        device = mem.to_device()
+        mem.head = DEVICE
+        return device
+
+    @property
+    def data_head(self):
+        """Which side holds the newest data: 'host', 'device' or 'synced'."""
+        return _HEAD_NAMES[self._data_mem.head]
+
+    @property
+    def diff_head(self):
+        return _HEAD_NAMES[self._diff_mem.head]
+
+    def has_device_memory(self):
+        return self._data_mem.device is not None or self._diff_mem.device is not None
 
     def share_data(self, other):
-        """Use ``other``'s data array (viewed in this blob's shape)."""
+        """Use ``other``'s data memory (viewed in this blob's shape), host and device alike."""
         if other.count != self.count:
             raise ValueError(f"share_data: count mismatch {self.shape_string()} vs {other.shape_string()}")
-        self._data = other._data.reshape(self._shape)
+        self._data_mem = other._data_mem
+        self._data = other._data_mem.host.reshape(self._shape)
 
     def share_diff(self, other):
         if other.count != self.count:
             raise ValueError(f"share_diff: count mismatch {self.shape_string()} vs {other.shape_string()}")
-        self._diff = other._diff.reshape(self._shape)
+        self._diff_mem = other._diff_mem
+        self._diff = other._diff_mem.host.reshape(self._shape)
+
+    def shares_data_with(self, other):
+        return self._data_mem is other._data_mem
+
+    def shares_diff_with(self, other):
+        return self._diff_mem is other._diff_mem
 
     # --- protobuf --------------------------------------------------------
     def shape_equals(self, proto):
@@ -134,7 +248,7 @@ class Blob:
             self.reshape(shape)
         elif not self.shape_equals(proto):
             raise ValueError(f"shape mismatch: stored {shape_string(shape)}, blob {self.shape_string()}")
-        for name, target in (("data", self._data), ("diff", self._diff)):
+        for name, target in (("data", self.data), ("diff", self.diff)):
             values = getattr(proto, "double_" + name) or getattr(proto, name)
             if len(values):
                 if len(values) != self.count:
@@ -149,13 +263,16 @@ class Blob:
         proto.Clear()
         proto.shape.dim.extend(self._shape)
         prefix = "double_" if self.dtype == np.float64 else ""
-        getattr(proto, prefix + "data").extend(self._data.ravel().tolist())
+        getattr(proto, prefix + "data").extend(self.cpu_data().ravel().tolist())
         if write_diff:
-            getattr(proto, prefix + "diff").extend(self._diff.ravel().tolist())
+            getattr(proto, prefix + "diff").extend(self.cpu_diff().ravel().tolist())
         return proto
 
     def __repr__(self):
         return f"Blob({self.shape_string()}, {self.dtype})"
+
+
+_HEAD_NAMES = {HOST: "host", DEVICE: "device", SYNCED: "synced"}
 
 
 def proto_shape(proto):

@@ -105,20 +105,21 @@ class GradientChecker:
 
         failures = []
         for blob, name, computed in zip(to_check, names, analytic):
-            flat = blob.data.reshape(-1)
+            # blob.data is fetched again for every write: on the GPU a forward
+            # makes the device side current, and a held host view would go stale.
             for k in range(blob.count):
                 estimated = 0.0
                 if not element_wise or k == top_data_id:
-                    original = flat[k]
-                    flat[k] = original + self.stepsize
+                    original = blob.data.reshape(-1)[k]
+                    blob.data.reshape(-1)[k] = original + self.stepsize
                     self._forward(layer, bottom, top)
                     plus = self._objective(top, top_id, top_data_id)
-                    flat[k] = original - self.stepsize
+                    blob.data.reshape(-1)[k] = original - self.stepsize
                     self._forward(layer, bottom, top)
                     minus = self._objective(top, top_id, top_data_id)
-                    flat[k] = original
+                    blob.data.reshape(-1)[k] = original
                     estimated = (plus - minus) / self.stepsize / 2.0
-                feature = abs(float(flat[k]))
+                feature = abs(float(blob.cpu_data().reshape(-1)[k]))
                 if self.kink - self.kink_range <= feature <= self.kink + self.kink_range:
                     continue
                 got = float(computed[k])

@@ -1,6 +1,7 @@
 """Layer: the base class of every layer, built-in or plugin."""
 import numpy as np
 
+from . import backend as _backend
 from .blob import Blob
 from .errors import ConfigError, DLTrainError
 
@@ -24,8 +25,15 @@ class Layer:
     as attributes (``self.name``) before ``setup``.  An exception a plugin
     raises in setup, forward or backward becomes a
     :class:`dlcore.plugins.PluginError` naming the layer, its type and the
-    plugin's module.  GPU kernels go in ``forward_gpu``/``backward_gpu``
-    (same signature as the CPU pair), which the GPU backend will call.
+    plugin's module.
+
+    GPU: ``forward_gpu``/``backward_gpu`` (same signature as the CPU pair)
+    launch CUDA kernels on the blobs' device arrays (``blob.gpu_data()``,
+    ``blob.mutable_gpu_diff()``...).  When the layer runs on the GPU
+    (``self.gpu``, set by the Net from the backend's mode) and its class
+    defines them, ``forward``/``backward`` call them; otherwise they call
+    the CPU pair, which works on host copies (the blobs copy between host
+    and device as needed), so every layer runs in a GPU net.
     """
 
     type = None                      # set by register_layer
@@ -40,6 +48,7 @@ class Layer:
     is_loss = False                  # the first top's loss_weight defaults to 1
     params = None                    # a plugin's parameter schema: {name: dlcore.Param}
     net_source = None                # the net file this layer was built from (set by Net), or None
+    gpu_capable = True               # False: always the CPU pair, even in a GPU net (Python layers)
 
     def __init__(self, layer_param, dtype=np.float32):
         self.layer_param = layer_param
@@ -50,6 +59,8 @@ class Layer:
         self.blobs = [Blob(dtype=self.dtype).from_proto(b) for b in layer_param.blobs]
         self.param_propagate_down = []
         self.loss_weights = []
+        # Run forward_gpu/backward_gpu?  The backend's mode at construction; a Net sets its own.
+        self.gpu = _backend.is_gpu()
 
     @property
     def name(self):
@@ -69,12 +80,23 @@ class Layer:
         raise NotImplementedError(f"{type(self).__name__} has no CPU backward")
 
     def forward_gpu(self, bottom, top):
-        """The GPU forward (a @cuda.jit kernel launch); unused until the GPU backend exists."""
-        raise NotImplementedError(f"{type(self).__name__} has no GPU forward")
+        """The GPU forward (CUDA kernel launches on the blobs' device arrays).
+
+        A subclass that does not override it runs ``forward_cpu`` on host copies.
+        """
+        self.forward_cpu(bottom, top)
 
     def backward_gpu(self, top, propagate_down, bottom):
-        """The GPU backward; unused until the GPU backend exists."""
-        raise NotImplementedError(f"{type(self).__name__} has no GPU backward")
+        """The GPU backward; a subclass that does not override it runs ``backward_cpu``."""
+        self.backward_cpu(top, propagate_down, bottom)
+
+    @classmethod
+    def has_gpu_forward(cls):
+        return cls.gpu_capable and cls.forward_gpu is not Layer.forward_gpu
+
+    @classmethod
+    def has_gpu_backward(cls):
+        return cls.gpu_capable and cls.backward_gpu is not Layer.backward_gpu
 
     def allow_force_backward(self, bottom_index):
         return True
@@ -82,7 +104,10 @@ class Layer:
     # --- what the net calls -------------------------------------------------
     def forward(self, bottom, top):
         try:
-            self.forward_cpu(bottom, top)
+            if self.gpu and self.has_gpu_forward():
+                self.forward_gpu(bottom, top)
+            else:
+                self.forward_cpu(bottom, top)
         except Exception as err:
             if not _plugin_failure(self, err):
                 raise
@@ -90,7 +115,10 @@ class Layer:
 
     def backward(self, top, propagate_down, bottom):
         try:
-            self.backward_cpu(top, propagate_down, bottom)
+            if self.gpu and self.has_gpu_backward():
+                self.backward_gpu(top, propagate_down, bottom)
+            else:
+                self.backward_cpu(top, propagate_down, bottom)
         except Exception as err:
             if not _plugin_failure(self, err):
                 raise

@@ -10,6 +10,7 @@ from collections import OrderedDict
 
 import numpy as np
 
+from . import backend as _backend
 from .blob import Blob, proto_shape, shape_string
 from .errors import ConfigError, DLTrainError
 from .layer import TEST, TRAIN
@@ -53,32 +54,8 @@ def filter_net(param, where=None):
     return filtered
 
 
-def upgrade_input_fields(param):
-    """Turn the legacy top-level ``input:``/``input_shape``/``input_dim`` into an Input layer."""
-    if not param.input:
-        return param
-    from proto import caffe_pb2
-    if param.input_shape and param.input_dim:
-        raise ConfigError("give input_shape or input_dim, not both")
-    if param.input_dim and len(param.input_dim) != 4 * len(param.input):
-        raise ConfigError(f"input_dim needs 4 values per input ({len(param.input)} inputs, "
-                          f"{len(param.input_dim)} values)")
-    if param.input_shape and len(param.input_shape) not in (1, len(param.input)):
-        raise ConfigError("input_shape must be given once, or once per input")
-    upgraded = caffe_pb2.NetParameter()
-    upgraded.CopyFrom(param)
-    del upgraded.layer[:]
-    layer = upgraded.layer.add(name="input", type="Input")
-    for i, name in enumerate(param.input):
-        layer.top.append(name)
-        shape = layer.input_param.shape.add()
-        if param.input_shape:
-            shape.CopyFrom(param.input_shape[i if len(param.input_shape) > 1 else 0])
-        elif param.input_dim:
-            shape.dim.extend(param.input_dim[4 * i:4 * i + 4])
-    upgraded.layer.extend(param.layer)
-    del upgraded.input[:], upgraded.input_shape[:], upgraded.input_dim[:]
-    return upgraded
+# Old formats (V0/V1 layers, input fields, ...): Caffe's upgrade_proto, in dlcore/upgrade.py.
+from .upgrade import upgrade_input_fields, upgraded_net  # noqa: E402,F401
 
 
 # --- split insertion --------------------------------------------------------------
@@ -152,7 +129,7 @@ class Net:
     binary) or a NetParameter.
     """
 
-    def __init__(self, model, *args, phase=None, weights=None, level=0, stages=(), dtype=np.float32):
+    def __init__(self, model, *args, phase=None, weights=None, level=0, stages=(), dtype=np.float32, gpu=None):
         for arg in args:  # pycaffe's positional forms
             if isinstance(arg, (int, np.integer)):
                 phase = int(arg)
@@ -175,6 +152,13 @@ class Net:
             del param.state.stage[:]
             param.state.stage.extend(stages)
         self.dtype = np.dtype(dtype)
+        # The device: the backend's mode when the net is built (dlcore.set_mode_gpu), unless given.
+        if gpu is None:
+            gpu = _backend.is_gpu()
+        elif gpu:
+            _backend.require_gpu(what="a GPU net")
+            _backend.select_device()
+        self.gpu = bool(gpu)
         self._init(param)
         if weights:
             self.copy_from(weights)
@@ -195,7 +179,7 @@ class Net:
         self.name = param.name
         self.phase = param.state.phase
         self.force_backward = param.force_backward
-        param = filter_net(upgrade_input_fields(param), self._where)
+        param = filter_net(upgraded_net(param, self.source), self._where)
         self.param = param
         param = insert_splits(param, self._where)
 
@@ -220,6 +204,7 @@ class Net:
             except ConfigError as err:
                 raise ConfigError(f"layer '{layer_param.name}': {err.message}", **self._where(layer_param.name)) from None
             layer = cls(layer_param, dtype=self.dtype)
+            layer.gpu = self.gpu
             layer.net_source = self.source     # a Python layer's module may sit beside the net file
 
             bottom, bottom_need = [], []
@@ -419,8 +404,12 @@ class Net:
             layer.forward(bottom, top)
             for blob, weight in zip(top, layer.loss_weights):
                 if weight:
-                    blob.diff[...] = weight          # the gradient seed for backward
-                    loss += weight * float(blob.data.sum())
+                    # The gradient seed for backward (written only when it changed: on
+                    # the GPU the seed then stays on the device).
+                    seed = blob.cpu_diff()
+                    if seed.size and not (seed == weight).all():
+                        blob.diff[...] = weight
+                    loss += weight * float(blob.cpu_data().sum())
         return loss
 
     def backward_from_to(self, start, end):
@@ -458,6 +447,15 @@ class Net:
         names = (list(self.bottom_names[end]) if end is not None else self._input_names) + list(diffs or [])
         return {name: self.blobs[name].diff for name in dict.fromkeys(names) if name in self.blobs}
 
+    def set_input_arrays(self, data, labels):
+        """pycaffe's Net.set_input_arrays: feed ``data`` (n x C x H x W) and ``labels`` (n, or n x 1 x 1 x 1)
+        to the net's first MemoryData layer (its ``reset``); n must be a multiple of its batch_size."""
+        for layer in self.layers:
+            if layer.type == "MemoryData":
+                return layer.reset(data, labels)
+        raise DLTrainError(f"set_input_arrays may only be called if the net has a MemoryData layer "
+                           f"(net '{self.name}' has none)")
+
     def forward_backward(self):
         """One forward and backward pass; returns the loss (what the solver calls)."""
         loss = self.forward_from_to(0, len(self.layers) - 1)
@@ -470,8 +468,31 @@ class Net:
             layer.reshape(bottom, top)
 
     def clear_param_diffs(self):
+        if self.gpu:
+            from layers import kernels_cuda
+            for blob in self.learnable_params:
+                kernels_cuda.fill(blob.mutable_gpu_diff(), 0)
+            return
         for blob in self.learnable_params:
             blob.diff[...] = 0
+
+    # --- the device ----------------------------------------------------------------------
+    def to_gpu(self):
+        """Run this net's layers on the GPU from now on (blobs copy over as they are used)."""
+        _backend.require_gpu(what="Net.to_gpu()")
+        _backend.select_device()
+        self._set_gpu(True)
+        return self
+
+    def to_cpu(self):
+        """Run this net's layers on the CPU from now on."""
+        self._set_gpu(False)
+        return self
+
+    def _set_gpu(self, gpu):
+        self.gpu = bool(gpu)
+        for layer in self.layers:
+            layer.gpu = self.gpu
 
     # --- weights -----------------------------------------------------------------------
     def copy_from(self, source):
@@ -486,7 +507,7 @@ class Net:
             from .config import load_message
             path = str(source)
             source = load_message(path, caffe_pb2.NetParameter)
-        source_layers = list(source.layer) or list(getattr(source, "layers", []))
+        source_layers = list(upgraded_net(source, path).layer)     # V0/V1 weight files too
         for src in source_layers:
             layer = self.layer_dict.get(src.name)
             if layer is None:

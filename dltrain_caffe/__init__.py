@@ -35,20 +35,14 @@ def set_mode_cpu():
 
 
 def set_mode_gpu():
-    """Use the GPU backend where dltrain has one; otherwise say so and stay on the CPU."""
-    gpu = getattr(_dlcore, "set_mode_gpu", None)
-    if gpu is not None:
-        return gpu()
-    _dlcore.log.warning("caffe.set_mode_gpu(): no GPU backend is available in this build of dltrain; "
-                        "running on the CPU")
+    """Run nets built from now on on the GPU (set_device picks which); a clear error if none is usable."""
+    _dlcore.set_mode_gpu()
 
 
 def set_device(device_id):
     global _device_id
     _device_id = int(device_id)
-    setter = getattr(_dlcore, "set_device", None)
-    if setter is not None:
-        setter(device_id)
+    _dlcore.set_device(device_id)
 
 
 def layer_type_list():

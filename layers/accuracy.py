@@ -90,8 +90,18 @@ class AccuracyLayer(Layer):
         correct, counted, bad = accuracy_count(
             bottom[0].data.reshape(-1), bottom[1].data.reshape(-1), self.outer, self.channels, self.inner,
             self.top_k, self.has_ignore_label, self.ignore_label, correct_per_class, seen_per_class)
+        self._write_tops(bottom, top, correct, counted, bad, correct_per_class, seen_per_class)
+
+    def forward_gpu(self, bottom, top):
+        from . import accuracy_cuda as C
+        correct, counted, bad, correct_per_class, seen_per_class = C.accuracy_counts(
+            bottom[0].gpu_data(), bottom[1].gpu_data(), self.outer, self.channels, self.inner, self.top_k,
+            self.has_ignore_label, self.ignore_label)
+        self._write_tops(bottom, top, correct, counted, bad, correct_per_class, seen_per_class)
+
+    def _write_tops(self, bottom, top, correct, counted, bad, correct_per_class, seen_per_class):
         if bad >= 0:
-            value = bottom[1].data.reshape(-1)[bad]
+            value = bottom[1].cpu_data().reshape(-1)[bad]
             raise DLTrainError(f"layer '{self.name}' (Accuracy): label {float(value):g} at position {bad} of bottom 1 "
                                f"is outside [0, {self.channels})"
                                + (f" and is not the ignore_label {self.ignore_label}"

@@ -173,6 +173,36 @@ class SoftmaxWithLossLayer(LossLayer):
     def allow_force_backward(self, bottom_index):
         return bottom_index != 1
 
+    def forward_gpu(self, bottom, top):
+        from . import kernels_cuda as K
+        from . import losses_cuda as C
+        from . import softmax_cuda as S
+        count = bottom[0].count
+        if getattr(self, "_gpu_prob", None) is None or self._gpu_prob.size != max(count, 1):
+            self._gpu_prob = K.device_array(count, self.dtype)
+            self._gpu_stats = C.stats_array()
+        S.softmax_forward(bottom[0].gpu_data(), self._gpu_prob, self.outer, self.channels, self.inner)
+        loss, valid, bad = C.softmax_loss_forward(self._gpu_prob, bottom[1].gpu_data(), self.outer, self.channels,
+                                                  self.inner, self.has_ignore_label, self.ignore_label,
+                                                  self._gpu_stats)
+        if bad >= 0:
+            raise _bad_label_error(self, bottom[1].cpu_data(), bad, self.channels)
+        self.valid_count = valid
+        top[0].data[...] = loss / loss_normalizer(self.normalization, self.outer, self.inner, valid)
+        if len(top) == 2:
+            K.copy(self._gpu_prob, top[1].mutable_gpu_data(), count)
+
+    def backward_gpu(self, top, propagate_down, bottom):
+        if len(propagate_down) > 1 and propagate_down[1]:
+            raise DLTrainError(f"layer '{self.name}' (SoftmaxWithLoss) cannot backpropagate to label inputs")
+        if propagate_down[0]:
+            from . import losses_cuda as C
+            weight = float(top[0].cpu_diff().flat[0])
+            scale = weight / loss_normalizer(self.normalization, self.outer, self.inner, self.valid_count)
+            C.softmax_loss_backward(self._gpu_prob, bottom[1].gpu_data(), bottom[0].mutable_gpu_diff(),
+                                    self.outer, self.channels, self.inner, self.has_ignore_label,
+                                    self.ignore_label, scale)
+
 
 # --- EuclideanLoss ----------------------------------------------------------
 
@@ -218,3 +248,22 @@ class EuclideanLossLayer(LossLayer):
             if propagate_down[i]:
                 alpha = sign * weight / bottom[i].shape[0]
                 scaled_copy(self.diff.reshape(-1), bottom[i].diff.reshape(-1), alpha)
+
+    def forward_gpu(self, bottom, top):
+        from . import kernels_cuda as K
+        from . import losses_cuda as C
+        count = bottom[0].count
+        if getattr(self, "_gpu_diff", None) is None or self._gpu_diff.size != max(count, 1):
+            self._gpu_diff = K.device_array(count, self.dtype)
+            self._gpu_stats = C.stats_array(1)
+        dot = C.euclidean_forward(bottom[0].gpu_data(), bottom[1].gpu_data(), self._gpu_diff, count,
+                                  self._gpu_stats)
+        top[0].data[...] = dot / bottom[0].shape[0] / 2.0
+
+    def backward_gpu(self, top, propagate_down, bottom):
+        from . import kernels_cuda as K
+        weight = float(top[0].cpu_diff().flat[0])
+        for i, sign in ((0, 1.0), (1, -1.0)):
+            if propagate_down[i]:
+                alpha = sign * weight / bottom[i].shape[0]
+                K.scale(self._gpu_diff, bottom[i].mutable_gpu_diff(), alpha, bottom[i].count)

@@ -70,6 +70,16 @@ class ReLULayer(NeuronLayer):
         if propagate_down[0]:
             relu_backward(flat(bottom[0].data), flat(top[0].diff), flat(bottom[0].diff), self.negative_slope)
 
+    def forward_gpu(self, bottom, top):
+        from . import neurons_cuda as C
+        C.relu_forward(bottom[0].gpu_data(), top[0].mutable_gpu_data(), top[0].count, self.negative_slope)
+
+    def backward_gpu(self, top, propagate_down, bottom):
+        if propagate_down[0]:
+            from . import neurons_cuda as C
+            C.relu_backward(bottom[0].gpu_data(), top[0].gpu_diff(), bottom[0].mutable_gpu_diff(), bottom[0].count,
+                            self.negative_slope)
+
 
 # --- Sigmoid ------------------------------------------------------------------
 
@@ -98,6 +108,15 @@ class SigmoidLayer(NeuronLayer):
         if propagate_down[0]:
             sigmoid_backward(flat(top[0].data), flat(top[0].diff), flat(bottom[0].diff))
 
+    def forward_gpu(self, bottom, top):
+        from . import neurons_cuda as C
+        C.sigmoid_forward(bottom[0].gpu_data(), top[0].mutable_gpu_data(), top[0].count)
+
+    def backward_gpu(self, top, propagate_down, bottom):
+        if propagate_down[0]:
+            from . import neurons_cuda as C
+            C.sigmoid_backward(top[0].gpu_data(), top[0].gpu_diff(), bottom[0].mutable_gpu_diff(), bottom[0].count)
+
 
 # --- TanH ---------------------------------------------------------------------
 
@@ -124,6 +143,15 @@ class TanHLayer(NeuronLayer):
     def backward_cpu(self, top, propagate_down, bottom):
         if propagate_down[0]:
             tanh_backward(flat(top[0].data), flat(top[0].diff), flat(bottom[0].diff))
+
+    def forward_gpu(self, bottom, top):
+        from . import neurons_cuda as C
+        C.tanh_forward(bottom[0].gpu_data(), top[0].mutable_gpu_data(), top[0].count)
+
+    def backward_gpu(self, top, propagate_down, bottom):
+        if propagate_down[0]:
+            from . import neurons_cuda as C
+            C.tanh_backward(top[0].gpu_data(), top[0].gpu_diff(), bottom[0].mutable_gpu_diff(), bottom[0].count)
 
 
 # --- Dropout ------------------------------------------------------------------
@@ -194,3 +222,37 @@ class DropoutLayer(NeuronLayer):
                 dx[...] = dy
         else:
             scale_copy(dy, dx, 1.0 / self.scale)
+
+    # GPU: the mask is drawn on the host from the same RNG (see layers/neurons_cuda.py) and copied over.
+    def forward_gpu(self, bottom, top):
+        from . import kernels_cuda as K
+        from . import neurons_cuda as C
+        n = bottom[0].count
+        if self.phase == TRAIN:
+            self.mask[...] = get_rng().random(n) < (1.0 - self.threshold)
+            if getattr(self, "_gpu_mask", None) is None or self._gpu_mask.size != max(n, 1):
+                self._gpu_mask = K.device_array(n, np.uint8)
+            if n:
+                self._gpu_mask.copy_to_device(self.mask)
+            C.masked_scale(bottom[0].gpu_data(), self._gpu_mask, top[0].mutable_gpu_data(), n,
+                           self.scale if self.scale_train else 1.0)
+        elif self.scale_train:
+            if top[0] is not bottom[0]:
+                K.copy(bottom[0].gpu_data(), top[0].mutable_gpu_data(), n)
+        else:
+            K.scale(bottom[0].gpu_data(), top[0].mutable_gpu_data(), 1.0 / self.scale, n)
+
+    def backward_gpu(self, top, propagate_down, bottom):
+        if not propagate_down[0]:
+            return
+        from . import kernels_cuda as K
+        from . import neurons_cuda as C
+        n = bottom[0].count
+        if self.phase == TRAIN:
+            C.masked_scale(top[0].gpu_diff(), self._gpu_mask, bottom[0].mutable_gpu_diff(), n,
+                           self.scale if self.scale_train else 1.0)
+        elif self.scale_train:
+            if top[0] is not bottom[0]:
+                K.copy(top[0].gpu_diff(), bottom[0].mutable_gpu_diff(), n)
+        else:
+            K.scale(top[0].gpu_diff(), bottom[0].mutable_gpu_diff(), 1.0 / self.scale, n)

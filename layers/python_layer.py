@@ -142,6 +142,8 @@ def _instantiate(cls, layer_param):
 class PythonLayer(Layer):
     """Runs a user's pycaffe-style layer object (see the module docstring)."""
 
+    gpu_capable = False     # pycaffe's interface is host arrays: always the CPU path (as in Caffe)
+
     def __init__(self, layer_param, dtype=np.float32):
         super().__init__(layer_param, dtype=dtype)
         param = layer_param.python_param

@@ -88,3 +88,13 @@ class SoftmaxLayer(Layer):
         if propagate_down[0]:
             softmax_backward(top[0].data.reshape(-1), top[0].diff.reshape(-1), bottom[0].diff.reshape(-1),
                              self.outer, self.channels, self.inner)
+
+    def forward_gpu(self, bottom, top):
+        from . import softmax_cuda as C
+        C.softmax_forward(bottom[0].gpu_data(), top[0].mutable_gpu_data(), self.outer, self.channels, self.inner)
+
+    def backward_gpu(self, top, propagate_down, bottom):
+        if propagate_down[0]:
+            from . import softmax_cuda as C
+            C.softmax_backward(top[0].gpu_data(), top[0].gpu_diff(), bottom[0].mutable_gpu_diff(),
+                               self.outer, self.channels, self.inner)

@@ -47,6 +47,15 @@ class _ViewLayer(Layer):
         if propagate_down[0] and not _shares(top[0].diff, bottom[0].diff):
             bottom[0].diff[...] = top[0].diff.reshape(bottom[0].shape)
 
+    def forward_gpu(self, bottom, top):
+        if not top[0].shares_data_with(bottom[0]):
+            top[0].share_data(bottom[0])
+
+    def backward_gpu(self, top, propagate_down, bottom):
+        if propagate_down[0] and not top[0].shares_diff_with(bottom[0]):
+            from . import kernels_cuda as K
+            K.copy(top[0].gpu_diff(), bottom[0].mutable_gpu_diff(), bottom[0].count)
+
 
 @register_layer("Flatten")
 class FlattenLayer(_ViewLayer):
@@ -160,6 +169,21 @@ class SplitLayer(Layer):
         for blob in top[1:]:
             add_into(dst, blob.diff.reshape(-1))
 
+    def forward_gpu(self, bottom, top):
+        for blob in top:
+            if not blob.shares_data_with(bottom[0]):
+                blob.share_data(bottom[0])
+
+    def backward_gpu(self, top, propagate_down, bottom):
+        if not propagate_down[0]:
+            return
+        from . import kernels_cuda as K
+        n = bottom[0].count
+        dst = bottom[0].mutable_gpu_diff()
+        K.copy(top[0].gpu_diff(), dst, n)
+        for blob in top[1:]:
+            K.add_into(dst, blob.gpu_diff(), n)
+
 
 # --- Concat ---------------------------------------------------------------
 
@@ -250,6 +274,36 @@ class ConcatLayer(Layer):
                 copy_block_back(src, blob.diff.reshape(-1), self.outer, src_axis, dst_axis, offset, self.inner)
             offset += dst_axis
 
+    def forward_gpu(self, bottom, top):
+        if len(bottom) == 1:
+            if not top[0].shares_data_with(bottom[0]):
+                top[0].share_data(bottom[0])
+            return
+        from . import structural_cuda as C
+        dst = top[0].mutable_gpu_data()
+        dst_axis = top[0].shape[self.axis]
+        offset = 0
+        for blob in bottom:
+            src_axis = blob.shape[self.axis]
+            C.concat_forward(blob.gpu_data(), dst, self.outer, src_axis, dst_axis, offset, self.inner)
+            offset += src_axis
+
+    def backward_gpu(self, top, propagate_down, bottom):
+        from . import kernels_cuda as K
+        if len(bottom) == 1:
+            if propagate_down[0] and not top[0].shares_diff_with(bottom[0]):
+                K.copy(top[0].gpu_diff(), bottom[0].mutable_gpu_diff(), bottom[0].count)
+            return
+        from . import structural_cuda as C
+        src = top[0].gpu_diff()
+        src_axis = top[0].shape[self.axis]
+        offset = 0
+        for blob, down in zip(bottom, propagate_down):
+            dst_axis = blob.shape[self.axis]
+            if down:
+                C.concat_backward(src, blob.mutable_gpu_diff(), self.outer, src_axis, dst_axis, offset, self.inner)
+            offset += dst_axis
+
 
 # --- Silence --------------------------------------------------------------
 
@@ -270,3 +324,12 @@ class SilenceLayer(Layer):
         for blob, down in zip(bottom, propagate_down):
             if down:
                 blob.diff[...] = 0
+
+    def forward_gpu(self, bottom, top):
+        pass
+
+    def backward_gpu(self, top, propagate_down, bottom):
+        from . import kernels_cuda as K
+        for blob, down in zip(bottom, propagate_down):
+            if down:
+                K.fill(blob.mutable_gpu_diff(), 0, blob.count)

@@ -11,11 +11,11 @@ from dlcore.errors import ConfigError
 from .lr_policy import POLICIES, LearningRatePolicy, learning_rate
 from .sgd_solvers import (SOLVERS, AdaDeltaSolver, AdaGradSolver, AdamSolver, NesterovSolver, RMSPropSolver,
                           SGDSolver)
-from .solver import Solver, SolverAction, snapshot_filename, upgrade_solver_param
+from .solver import Solver, SolverAction, device_for_solver, snapshot_filename, upgrade_solver_param
 
 __all__ = ["get_solver", "solver_types", "Solver", "SolverAction", "SGDSolver", "NesterovSolver", "AdaGradSolver",
            "RMSPropSolver", "AdaDeltaSolver", "AdamSolver", "SOLVERS", "POLICIES", "LearningRatePolicy",
-           "learning_rate", "snapshot_filename"]
+           "learning_rate", "snapshot_filename", "device_for_solver"]
 
 
 def solver_types():
@@ -23,11 +23,12 @@ def solver_types():
     return sorted(SOLVERS)
 
 
-def get_solver(solver, dtype=np.float32, solver_path=None):
+def get_solver(solver, dtype=np.float32, solver_path=None, gpu=None):
     """The solver a SolverParameter or a solver file describes, of the class its type names.
 
     ``solver_path`` names the file a SolverParameter came from (for error
-    locations and the default snapshot_prefix).
+    locations and the default snapshot_prefix).  ``gpu``: run on the GPU (True),
+    the CPU (False), or as the backend's mode says (None, pycaffe's way).
     """
     import os
     from proto import caffe_pb2
@@ -45,4 +46,4 @@ def get_solver(solver, dtype=np.float32, solver_path=None):
         from .solver import _field_line
         raise ConfigError(f"unknown solver type '{param.type}' (known types: {', '.join(solver_types())})",
                           path=path, line=_field_line(path, "type"), field="type")
-    return cls(param, dtype=dtype, solver_path=path)
+    return cls(param, dtype=dtype, solver_path=path, gpu=gpu)

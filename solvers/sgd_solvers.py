@@ -8,15 +8,10 @@ averages), so ``.solverstate`` files are interchangeable with Caffe's.
 """
 import math
 
-from . import updates
 from .solver import Solver
 
 __all__ = ["SGDSolver", "NesterovSolver", "AdaGradSolver", "RMSPropSolver", "AdaDeltaSolver", "AdamSolver",
            "SOLVERS"]
-
-
-def _flat(blob):
-    return blob.diff.reshape(-1)
 
 
 class SGDSolver(Solver):
@@ -29,11 +24,9 @@ class SGDSolver(Solver):
         return dt(dt(rate) * dt(self.net.params_lr[param_id]))
 
     def compute_update_value(self, param_id, rate, clip_scale=1.0, apply=False):
-        blob = self.net.learnable_params[param_id]
         dt = self.dtype.type
-        return updates.sgd_update(blob.data.reshape(-1), _flat(blob), self.history[param_id].data.reshape(-1),
-                                  *self._common_args(param_id, clip_scale, apply), self._local_rate(param_id, rate),
-                                  dt(self.param.momentum))
+        return self._run_update("sgd", param_id, clip_scale, apply, [self.history[param_id]],
+                                (self._local_rate(param_id, rate), dt(self.param.momentum)))
 
 
 class NesterovSolver(SGDSolver):
@@ -42,12 +35,10 @@ class NesterovSolver(SGDSolver):
     type = "Nesterov"
 
     def compute_update_value(self, param_id, rate, clip_scale=1.0, apply=False):
-        blob = self.net.learnable_params[param_id]
         dt = self.dtype.type
         momentum = dt(self.param.momentum)
-        return updates.nesterov_update(blob.data.reshape(-1), _flat(blob), self.history[param_id].data.reshape(-1),
-                                       *self._common_args(param_id, clip_scale, apply), self._local_rate(param_id, rate),
-                                       momentum, dt(dt(1) + momentum))
+        return self._run_update("nesterov", param_id, clip_scale, apply, [self.history[param_id]],
+                                (self._local_rate(param_id, rate), momentum, dt(dt(1) + momentum)))
 
 
 class AdaGradSolver(SGDSolver):
@@ -60,11 +51,9 @@ class AdaGradSolver(SGDSolver):
             self._fail("momentum cannot be used with AdaGrad (set it to 0 or leave it out)", "momentum")
 
     def compute_update_value(self, param_id, rate, clip_scale=1.0, apply=False):
-        blob = self.net.learnable_params[param_id]
         dt = self.dtype.type
-        return updates.adagrad_update(blob.data.reshape(-1), _flat(blob), self.history[param_id].data.reshape(-1),
-                                      *self._common_args(param_id, clip_scale, apply), self._local_rate(param_id, rate),
-                                      dt(self.param.delta))
+        return self._run_update("adagrad", param_id, clip_scale, apply, [self.history[param_id]],
+                                (self._local_rate(param_id, rate), dt(self.param.delta)))
 
 
 class RMSPropSolver(SGDSolver):
@@ -79,12 +68,10 @@ class RMSPropSolver(SGDSolver):
             self._fail(f"rms_decay must lie between 0 and 1 (got {self.param.rms_decay:g})", "rms_decay")
 
     def compute_update_value(self, param_id, rate, clip_scale=1.0, apply=False):
-        blob = self.net.learnable_params[param_id]
         dt = self.dtype.type
         decay = dt(self.param.rms_decay)
-        return updates.rmsprop_update(blob.data.reshape(-1), _flat(blob), self.history[param_id].data.reshape(-1),
-                                      *self._common_args(param_id, clip_scale, apply), self._local_rate(param_id, rate),
-                                      decay, dt(dt(1) - decay), dt(self.param.delta))
+        return self._run_update("rmsprop", param_id, clip_scale, apply, [self.history[param_id]],
+                                (self._local_rate(param_id, rate), decay, dt(dt(1) - decay), dt(self.param.delta)))
 
 
 class AdaDeltaSolver(SGDSolver):
@@ -94,14 +81,13 @@ class AdaDeltaSolver(SGDSolver):
     history_sets = 2
 
     def compute_update_value(self, param_id, rate, clip_scale=1.0, apply=False):
-        blob = self.net.learnable_params[param_id]
         dt = self.dtype.type
         n = len(self.net.learnable_params)
         momentum = dt(self.param.momentum)
-        return updates.adadelta_update(blob.data.reshape(-1), _flat(blob), self.history[param_id].data.reshape(-1),
-                                       self.history[n + param_id].data.reshape(-1),
-                                       *self._common_args(param_id, clip_scale, apply), self._local_rate(param_id, rate),
-                                       momentum, dt(dt(1) - momentum), dt(self.param.delta))
+        return self._run_update("adadelta", param_id, clip_scale, apply,
+                                [self.history[param_id], self.history[n + param_id]],
+                                (self._local_rate(param_id, rate), momentum, dt(dt(1) - momentum),
+                                 dt(self.param.delta)))
 
 
 class AdamSolver(SGDSolver):
@@ -111,7 +97,6 @@ class AdamSolver(SGDSolver):
     history_sets = 2
 
     def compute_update_value(self, param_id, rate, clip_scale=1.0, apply=False):
-        blob = self.net.learnable_params[param_id]
         dt = self.dtype.type
         n = len(self.net.learnable_params)
         beta1, beta2 = dt(self.param.momentum), dt(self.param.momentum2)
@@ -119,11 +104,10 @@ class AdamSolver(SGDSolver):
         denominator = 1.0 - math.pow(float(beta1), t)
         numerator = math.sqrt(max(1.0 - math.pow(float(beta2), t), 0.0))
         correction = dt(numerator / denominator if denominator else math.inf)
-        return updates.adam_update(blob.data.reshape(-1), _flat(blob), self.history[param_id].data.reshape(-1),
-                                   self.history[n + param_id].data.reshape(-1),
-                                   *self._common_args(param_id, clip_scale, apply),
-                                   dt(self._local_rate(param_id, rate) * correction),
-                                   beta1, dt(dt(1) - beta1), beta2, dt(dt(1) - beta2), dt(self.param.delta))
+        return self._run_update("adam", param_id, clip_scale, apply,
+                                [self.history[param_id], self.history[n + param_id]],
+                                (dt(self._local_rate(param_id, rate) * correction), beta1, dt(dt(1) - beta1), beta2,
+                                 dt(dt(1) - beta2), dt(self.param.delta)))
 
 
 SOLVERS = {cls.type: cls for cls in (SGDSolver, NesterovSolver, AdaGradSolver, RMSPropSolver, AdaDeltaSolver,

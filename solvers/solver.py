@@ -27,7 +27,7 @@ import os
 
 import numpy as np
 
-from dlcore import Net, TEST, TRAIN
+from dlcore import Net, TEST, TRAIN, backend
 from dlcore.config import load_message, load_net, load_solver, to_prototxt, write_binary
 from dlcore.errors import ConfigError, DLTrainError
 from dlcore.rng import set_random_seed
@@ -37,7 +37,7 @@ from . import diagnostics
 from .lr_policy import LearningRatePolicy
 from .training_log import JsonLog, Progress, fmt, info, warning
 
-__all__ = ["Solver", "SolverAction", "snapshot_filename", "upgrade_solver_param"]
+__all__ = ["Solver", "SolverAction", "device_for_solver", "snapshot_filename", "upgrade_solver_param"]
 
 
 class SolverAction:
@@ -45,10 +45,6 @@ class SolverAction:
     NONE = "none"
     STOP = "stop"
     SNAPSHOT = "snapshot"
-
-
-# Caffe's legacy solver_type enum -> the type string (UpgradeSolverType).
-_LEGACY_TYPES = {0: "SGD", 1: "Nesterov", 2: "AdaGrad", 3: "RMSProp", 4: "AdaDelta", 5: "Adam"}
 
 
 def _field_line(path, field):
@@ -61,16 +57,40 @@ def _field_line(path, field):
         return None
 
 
-def upgrade_solver_param(param, path=None):
-    """Caffe's UpgradeSolverAsNeeded: the legacy ``solver_type`` enum becomes ``type``."""
-    if param.HasField("solver_type"):
-        if param.HasField("type"):
-            raise ConfigError("give the solver type as 'type' (a string) or the deprecated 'solver_type' (an "
-                              "enum), not both", path=path, line=_field_line(path, "solver_type"),
-                              field="solver_type")
-        param.type = _LEGACY_TYPES[param.solver_type]
-        param.ClearField("solver_type")
-    return param
+# Caffe's UpgradeSolverAsNeeded (the legacy solver_type enum -> type) lives with the
+# other format upgrades in dlcore/upgrade.py; re-exported here for the solvers' callers.
+from dlcore.upgrade import upgrade_solver_param  # noqa: E402
+
+
+def device_for_solver(param, gpu_flag=None):
+    """Where `dltrain train` runs a solver: (use_gpu, device_id, notice).
+
+    ``gpu_flag`` (--gpu ID) demands the GPU: a DLTrainError naming what is
+    missing if it cannot be used.  Otherwise ``solver_mode: GPU`` (Caffe's
+    default) with ``device_id`` uses the GPU when one is usable and falls back
+    to the CPU with a one-line notice when not; ``solver_mode: CPU`` is the CPU.
+    """
+    if gpu_flag is not None:
+        text = str(gpu_flag).strip()
+        if text == "all":
+            device = 0
+        else:
+            ids = [s for s in text.split(",") if s.strip()]
+            try:
+                device = int(ids[0])
+            except (IndexError, ValueError):
+                raise DLTrainError(f"--gpu {gpu_flag}: give a GPU device id (a number, e.g. --gpu 0)") from None
+            if len(ids) > 1:
+                raise DLTrainError(f"--gpu {gpu_flag}: dltrain trains on one GPU; give one device id")
+        backend.require_gpu(device, what=f"--gpu {gpu_flag}")
+        return True, device, None
+    if param.solver_mode == caffe_pb2.SolverParameter.GPU:
+        device = int(param.device_id)
+        ok, reason = backend.gpu_available(device)
+        if ok:
+            return True, device, None
+        return False, None, f"solver_mode is GPU but no GPU can be used ({reason}); training on the CPU"
+    return False, None, None
 
 
 def snapshot_filename(prefix, iter, extension):
@@ -117,7 +137,7 @@ class Solver:
     type = None
     history_sets = 1      # history blobs per learnable parameter (Adam, AdaDelta: 2)
 
-    def __init__(self, param, dtype=np.float32, solver_path=None):
+    def __init__(self, param, dtype=np.float32, solver_path=None, gpu=None):
         if isinstance(param, caffe_pb2.SolverParameter):
             copy = caffe_pb2.SolverParameter()
             copy.CopyFrom(param)
@@ -135,6 +155,14 @@ class Solver:
             param.type = self.type
         self.param = param
         self.dtype = np.dtype(dtype)
+        # The device, as pycaffe's: the backend's mode (dlcore.set_mode_gpu / caffe.set_mode_gpu) unless
+        # given; `dltrain train` decides it from --gpu and solver_mode (see device_for_solver).
+        if gpu is None:
+            gpu = backend.is_gpu()
+        elif gpu:
+            backend.require_gpu(what="a GPU solver")
+            backend.select_device()
+        self.gpu = bool(gpu)
         info("Initializing solver from parameters: \n" + to_prototxt(param).rstrip("\n"))
         self._check_param()
         self.lr_policy = LearningRatePolicy(param, self._where)
@@ -234,9 +262,11 @@ class Solver:
         """A Net from a file path or a NetParameter, in the merged state."""
         if isinstance(source, caffe_pb2.NetParameter):
             state = self._merged_state(phase, source.state, solver_state)
-            return Net(source, phase=state.phase, level=state.level, stages=list(state.stage), dtype=self.dtype)
+            return Net(source, phase=state.phase, level=state.level, stages=list(state.stage), dtype=self.dtype,
+                       gpu=self.gpu)
         state = self._merged_state(phase, load_net(source).state, solver_state)
-        return Net(source, phase=state.phase, level=state.level, stages=list(state.stage), dtype=self.dtype)
+        return Net(source, phase=state.phase, level=state.level, stages=list(state.stage), dtype=self.dtype,
+                   gpu=self.gpu)
 
     def _init_train_net(self):
         p = self.param
@@ -447,7 +477,7 @@ class Solver:
         """{output name: value (or list of values)} of ``net``'s output blobs."""
         out = {}
         for name in net.outputs:
-            data = net.blobs[name].data
+            data = net.blobs[name].cpu_data()
             out[name] = data.flat[0] if data.size == 1 else list(data.ravel())
         return out
 
@@ -455,7 +485,7 @@ class Solver:
         """Caffe's ``    Train net output #k: name = v (* w = w*v loss)`` lines."""
         index = 0
         for j, name in enumerate(net.outputs):
-            data = values[j] if values is not None else net.blobs[name].data.ravel()
+            data = values[j] if values is not None else net.blobs[name].cpu_data().ravel()
             weight = weights[j]
             for v in np.asarray(data).ravel():
                 v = self._cast(v)
@@ -486,13 +516,18 @@ class Solver:
             info(f"Iteration {self.iter}, lr = {fmt(self._cast(rate))}")
         self._last_rate = rate
         params = self.net.learnable_params
+        gpu = self.net.gpu
         clip_scale = 1.0
         clip = self.param.clip_gradients
         if clip >= 0:
-            from .updates import sumsq
-            total = 0.0
-            for blob in params:
-                total += sumsq(blob.diff.reshape(-1))
+            if gpu:
+                from .updates_cuda import sumsq_total
+                total = sumsq_total([(blob.gpu_diff(), blob.count) for blob in params])
+            else:
+                from .updates import sumsq
+                total = 0.0
+                for blob in params:
+                    total += sumsq(blob.diff.reshape(-1))
             l2norm = math.sqrt(total)
             if l2norm > clip:
                 clip_scale = clip / l2norm
@@ -501,15 +536,28 @@ class Solver:
         # Normally each kernel applies its update in the same pass; with
         # debug_info the [Update] lines come first (weights before the update).
         fused = not debug
-        bad = [param_id for param_id in range(len(params))
-               if self.compute_update_value(param_id, rate, clip_scale, apply=fused)]
+        if gpu:
+            from . import updates_cuda
+            flags = self._gpu_update_flags(len(params))
+            updates_cuda.reset_flags(flags)
+            for param_id in range(len(params)):
+                self.compute_update_value(param_id, rate, clip_scale, apply=fused)
+            bad = updates_cuda.bad_params(flags, len(params))      # one small copy back per iteration
+        else:
+            bad = [param_id for param_id in range(len(params))
+                   if self.compute_update_value(param_id, rate, clip_scale, apply=fused)]
         if bad:
             raise self._non_finite_error("the update is not finite", bad_params=bad)
         if not fused:
             diagnostics.update_debug(self.net)
-            from .updates import apply_update
-            for blob in params:
-                apply_update(blob.data.reshape(-1), blob.diff.reshape(-1))
+            if gpu:
+                from .updates_cuda import apply_update
+                for blob in params:
+                    apply_update(blob.mutable_gpu_data(), blob.gpu_diff(), blob.count)
+            else:
+                from .updates import apply_update
+                for blob in params:
+                    apply_update(blob.data.reshape(-1), blob.diff.reshape(-1))
 
     def _common_args(self, param_id, clip_scale, apply):
         """The apply/clip/normalize/regularize arguments of the update kernels, in the param's dtype."""
@@ -525,8 +573,31 @@ class Solver:
 
     def compute_update_value(self, param_id, rate, clip_scale=1.0, apply=False):
         """Write the update of learnable param ``param_id`` into its diff (and
-        with ``apply`` also subtract it from the weights); True if non-finite."""
+        with ``apply`` also subtract it from the weights); True if non-finite
+        (on the GPU the answer comes from the device flags, read once per iteration)."""
         raise NotImplementedError
+
+    def _run_update(self, rule, param_id, clip_scale, apply, histories, extra):
+        """Run update ``rule`` (solvers.updates / solvers.updates_cuda) on learnable param ``param_id``."""
+        blob = self.net.learnable_params[param_id]
+        common = self._common_args(param_id, clip_scale, apply)
+        if self.net.gpu:
+            from . import updates_cuda
+            updates_cuda.update(rule, blob.mutable_gpu_data(), blob.mutable_gpu_diff(),
+                                [h.mutable_gpu_data() for h in histories], blob.count,
+                                self._gpu_update_flags(len(self.net.learnable_params)), param_id, common, extra)
+            return False
+        from . import updates
+        kernel = getattr(updates, rule + "_update")
+        return kernel(blob.data.reshape(-1), blob.diff.reshape(-1), *[h.data.reshape(-1) for h in histories],
+                      *common, *extra)
+
+    def _gpu_update_flags(self, count):
+        flags = getattr(self, "_update_flags", None)
+        if flags is None or flags.size < max(count, 1):
+            from . import updates_cuda
+            flags = self._update_flags = updates_cuda.new_flags(count)
+        return flags
 
     # --- NaN / inf ---------------------------------------------------------------------
     def _non_finite_error(self, what, bad_params=()):
@@ -592,7 +663,7 @@ class Solver:
             iter_loss = self._forward(net, p.debug_info)
             if p.test_compute_loss:
                 loss += iter_loss
-            result = [net.blobs[name].data.astype(np.float64).ravel() for name in net.outputs]
+            result = [net.blobs[name].cpu_data().astype(np.float64).ravel() for name in net.outputs]
             if scores is None:
                 scores = [r.copy() for r in result]
             else:
@@ -632,7 +703,7 @@ class Solver:
         or absent.
         """
         for blob in self.net.learnable_params:
-            if not np.isfinite(blob.data).all():
+            if not np.isfinite(blob.cpu_data()).all():
                 raise DLTrainError(f"not writing a snapshot at iteration {self.iter}: the weights are not finite")
         model_filename = self.snapshot_filename(".caffemodel")
         state_filename = self.snapshot_filename(".solverstate")

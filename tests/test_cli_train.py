@@ -142,12 +142,20 @@ def test_train_end_to_end(tmp_path, capsys, monkeypatch):
     assert re.search(r"\] loss = \S+ \(\* 1 = \S+ loss\)", err)
 
 
+def _no_gpu(monkeypatch):
+    """Make the backend find no GPU (as on CI), whatever this machine has."""
+    from dlcore import backend
+    monkeypatch.setattr(backend, "gpu_available", lambda device_id=None: (False, "no NVIDIA driver found (test)"))
+
+
 def test_bare_solver_argument_and_caffe_flags(tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)
+    _no_gpu(monkeypatch)
     setup_files(tmp_path, SOLVER.replace("max_iter: 10", "max_iter: 3").replace("solver_mode: CPU\n", ""))
     code, err = run(["solver.prototxt"], capsys)
     assert code == 0, err
-    assert "no GPU backend available; training on the CPU" in err      # solver_mode GPU is Caffe's default
+    # solver_mode GPU is Caffe's default: without a GPU, a one-line notice and the CPU
+    assert "solver_mode is GPU but no GPU can be used (no NVIDIA driver found (test)); training on the CPU" in err
     assert (tmp_path / "snapshots" / "tiny_iter_3.solverstate").exists()
     # Resume with Caffe's single-dash flags and a raised iteration count.
     code, err = run(["train", "-solver", "solver.prototxt", "-snapshot", "snapshots/tiny_iter_3.solverstate",
@@ -273,8 +281,12 @@ def test_flag_errors(tmp_path, capsys, monkeypatch):
     code, err = run(["train", "--solver", "solver.prototxt", "--snapshot", "a.solverstate", "--weights",
                      "b.caffemodel"], capsys)
     assert code == 1 and "not both" in one_line_error(err)
+    _no_gpu(monkeypatch)
     code, err = run(["train", "--solver", "solver.prototxt", "--gpu", "0"], capsys)
-    assert code == 1 and "no GPU backend" in one_line_error(err)
+    assert code == 1 and "--gpu 0 was asked for but cannot be used: no NVIDIA driver found (test)" in \
+        one_line_error(err)
+    code, err = run(["train", "--solver", "solver.prototxt", "--gpu", "x"], capsys)
+    assert code == 1 and "--gpu x: give a GPU device id" in one_line_error(err)
     code, err = run(["train", "--solver", "nothing.prototxt"], capsys)
     assert code == 1 and "nothing.prototxt" in one_line_error(err)
     assert_no_snapshot(tmp_path)

@@ -108,7 +108,8 @@ def test_in_a_net_trains_only_the_used_rows():
     from dlcore.config import parse_text
     from proto import caffe_pb2
     text = f"""
-    layer {{ name: "in" type: "Input" top: "x" top: "y" input_param {{ shape {{ dim: 3 }} shape {{ dim: 3 dim: 2 }} }} }}
+    layer {{ name: "in" type: "Input" top: "x" top: "y"
+             input_param {{ shape {{ dim: 3 }} shape {{ dim: 3 dim: 2 }} }} }}
     layer {{ name: "emb" type: "Embed" bottom: "x" top: "e" embed_param {{ num_output: 2 input_dim: 4 {FILLERS} }} }}
     layer {{ name: "loss" type: "EuclideanLoss" bottom: "e" bottom: "y" top: "loss" }}
     """

@@ -107,7 +107,8 @@ def test_in_a_net(tmp_path):
     files = make_files(tmp_path, (6,))
     source = write_list(tmp_path / "list.txt", files)
     text = f"""
-    layer {{ name: "h5" type: "HDF5Data" top: "data" top: "label" hdf5_data_param {{ source: "{source}" batch_size: 3 }} }}
+    layer {{ name: "h5" type: "HDF5Data" top: "data" top: "label"
+             hdf5_data_param {{ source: "{source}" batch_size: 3 }} }}
     layer {{ name: "r" type: "Reshape" bottom: "data" top: "flat" reshape_param {{ shape {{ dim: 3 dim: -1 }} }} }}
     layer {{ name: "s" type: "Silence" bottom: "flat" bottom: "label" }}
     """

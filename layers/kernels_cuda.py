@@ -1,0 +1,723 @@
+"""CUDA kernels that many layers share: the matrix product, reductions, col2im, element-wise helpers.
+
+The GPU counterpart of :mod:`layers.kernels`.  Imported only by the layers'
+``forward_gpu``/``backward_gpu`` (and the solver's GPU update), so a CPU run
+never imports ``numba.cuda``.
+
+Conventions
+-----------
+* Device arrays are FLAT (1-D, what ``Blob.gpu_data()`` returns); kernels
+  take element offsets and leading dimensions instead of sliced views
+  (slicing a device array costs host time at every launch).
+* Kernels are dtype-generic: compiled per dtype on first use (float32 for
+  training, float64 for gradient checks).  Scalars are passed in the
+  arrays' dtype (:func:`scalar`), so float32 work stays float32 on the
+  device.
+* Element-wise kernels use grid-stride loops, so any launch shape is
+  correct; :func:`grid` picks one (small under the simulator, which runs
+  one OS thread per CUDA thread).
+
+The matrix product
+------------------
+:func:`gemm` computes, for each batch index z,
+``C[z] = alpha * op(A[z]) op(B[z]) (+ beta * C[z]) (+ bias)``, or adds the
+product atomically into C (``atomic=True``: a split reduction, or many
+products summed into one).  It is a tiled shared-memory product written
+for dltrain: each block computes a BM x BN tile of C, staging BK-deep
+slices of A and B in shared memory; each thread keeps a TM x TN
+sub-tile in registers (interleaved across the block so that shared-memory
+reads are conflict-free and global stores coalesce).  Besides dense
+operands (with transposes, leading dimensions, offsets and batch strides)
+it reads the convolution's operands in place ("implicit GEMM"):
+
+* ``bmode=IM2COL``: B[k, n] is the im2col matrix of a batch of images, read
+  straight from the images (k = channel, kernel row, kernel column; n =
+  image, output pixel), so the forward convolution needs no column buffer;
+* ``bmode=IM2COL_T``: B[k, n] = im2col[n, k] (the weight gradient);
+* ``amode=NCP`` / ``bmode=NCP``: an operand stored as (image, channel,
+  pixel) read as the matrix (channel, image*pixel) (the top gradient);
+* ``cmode=NCHW``: C[m, n = (image, pixel)] is written to (image, m, pixel),
+  plus a per-channel bias (the forward convolution's output).
+"""
+import math
+
+import numba
+import numpy as np
+from numba import cuda
+
+SIM = bool(numba.config.ENABLE_CUDASIM)
+
+# launch shapes: threads per block, and the most blocks a grid-stride kernel gets
+TPB = 16 if SIM else 256
+MAX_BLOCKS = 2 if SIM else 2048
+
+_jit = cuda.jit(cache=not SIM)
+
+
+def jit(fn=None, **options):
+    """``cuda.jit`` with dltrain's defaults (on-disk cache on a real GPU)."""
+    options.setdefault("cache", not SIM)
+    if fn is None:
+        return cuda.jit(**options)
+    return cuda.jit(**options)(fn)
+
+
+def grid(n, tpb=None):
+    """(blocks, threads) for a grid-stride kernel over ``n`` items."""
+    tpb = tpb or TPB
+    return max(1, min((int(n) + tpb - 1) // tpb, MAX_BLOCKS)), tpb
+
+
+def scalar(value, dtype):
+    """``value`` as a NumPy scalar of ``dtype`` (so kernels compute in the data's precision)."""
+    return np.dtype(dtype).type(value)
+
+
+def device_zeros(count, dtype):
+    """A zero-filled flat device array."""
+    out = cuda.device_array(max(int(count), 0), np.dtype(dtype))
+    if count:
+        fill(out, 0)
+    return out
+
+
+def device_array(count, dtype):
+    return cuda.device_array(max(int(count), 0), np.dtype(dtype))
+
+
+def to_device(array):
+    return cuda.to_device(np.ascontiguousarray(array))
+
+
+def synchronize():
+    cuda.synchronize()
+
+
+class DeviceWorkspace:
+    """Scratch device arrays a layer keeps between calls, re-allocated only when they must grow."""
+
+    def __init__(self):
+        self._flat = {}
+
+    def get(self, name, count, dtype):
+        """A flat device array of at least ``count`` elements (contents undefined)."""
+        dtype = np.dtype(dtype)
+        count = max(int(count), 1)
+        buf = self._flat.get(name)
+        if buf is None or buf.size < count or buf.dtype != dtype:
+            buf = cuda.device_array(count, dtype)
+            self._flat[name] = buf
+        return buf
+
+    def zeros(self, name, count, dtype):
+        buf = self.get(name, count, dtype)
+        fill(buf, 0, count)
+        return buf
+
+    def clear(self):
+        self._flat.clear()
+
+
+# ---------------------------------------------------------------------------
+# element-wise helpers (grid-stride)
+# ---------------------------------------------------------------------------
+
+@_jit
+def _fill(x, off, n, value):
+    start = cuda.grid(1)
+    stride = cuda.gridsize(1)
+    for i in range(start, n, stride):
+        x[off + i] = value
+
+
+def fill(x, value, n=None, off=0):
+    """x[off:off+n] = value (n: the rest of the array)."""
+    n = x.size - off if n is None else int(n)
+    if n > 0:
+        _fill[grid(n)](x, off, n, scalar(value, x.dtype))
+
+
+@_jit
+def _copy(src, s_off, dst, d_off, n):
+    start = cuda.grid(1)
+    stride = cuda.gridsize(1)
+    for i in range(start, n, stride):
+        dst[d_off + i] = src[s_off + i]
+
+
+def copy(src, dst, n=None, s_off=0, d_off=0):
+    """dst[d_off:d_off+n] = src[s_off:s_off+n]."""
+    n = src.size - s_off if n is None else int(n)
+    if n > 0:
+        _copy[grid(n)](src, s_off, dst, d_off, n)
+
+
+@_jit
+def _axpby(a, x, b, y, n):
+    start = cuda.grid(1)
+    stride = cuda.gridsize(1)
+    for i in range(start, n, stride):
+        y[i] = a * x[i] + b * y[i]
+
+
+def axpby(a, x, b, y, n=None):
+    """y = a*x + b*y (Caffe's caffe_gpu_axpby)."""
+    n = y.size if n is None else int(n)
+    if n > 0:
+        _axpby[grid(n)](scalar(a, y.dtype), x, scalar(b, y.dtype), y, n)
+
+
+@_jit
+def _add_into(dst, src, n):
+    start = cuda.grid(1)
+    stride = cuda.gridsize(1)
+    for i in range(start, n, stride):
+        dst[i] += src[i]
+
+
+def add_into(dst, src, n=None):
+    """dst += src."""
+    n = dst.size if n is None else int(n)
+    if n > 0:
+        _add_into[grid(n)](dst, src, n)
+
+
+@_jit
+def _scale(x, y, n, alpha):
+    start = cuda.grid(1)
+    stride = cuda.gridsize(1)
+    for i in range(start, n, stride):
+        y[i] = alpha * x[i]
+
+
+def scale(x, y, alpha, n=None):
+    """y = alpha * x (y may be x)."""
+    n = x.size if n is None else int(n)
+    if n > 0:
+        _scale[grid(n)](x, y, n, scalar(alpha, y.dtype))
+
+
+@_jit
+def _transpose_batched(src, s_off, dst, d_off, B, R, Cc):
+    """dst[b, c, r] = src[b, r, c] for B matrices of R x Cc."""
+    start = cuda.grid(1)
+    stride = cuda.gridsize(1)
+    total = B * R * Cc
+    for i in range(start, total, stride):
+        b = i // (R * Cc)
+        rem = i - b * R * Cc
+        c = rem // R
+        r = rem - c * R
+        dst[d_off + i] = src[s_off + (b * R + r) * Cc + c]
+
+
+def transpose(src, dst, batch, rows, cols, s_off=0, d_off=0):
+    """dst[b] = src[b].T for ``batch`` matrices of rows x cols (flat, C order)."""
+    n = batch * rows * cols
+    if n > 0:
+        _transpose_batched[grid(n)](src, s_off, dst, d_off, batch, rows, cols)
+
+
+# ---------------------------------------------------------------------------
+# reductions
+# ---------------------------------------------------------------------------
+
+RED_TPB = 16 if SIM else 256
+
+
+@_jit
+def _reduce_sum(x, off, n, squares, out, out_idx):
+    """out[out_idx] += sum(x[off:off+n]) (or the sum of squares), in float64, across blocks."""
+    part = cuda.shared.array(RED_TPB, numba.float64)
+    tid = cuda.threadIdx.x
+    acc = 0.0
+    for i in range(cuda.grid(1), n, cuda.gridsize(1)):
+        v = numba.float64(x[off + i])
+        if squares:
+            acc += v * v
+        else:
+            acc += v
+    part[tid] = acc
+    cuda.syncthreads()
+    s = RED_TPB // 2
+    while s > 0:
+        if tid < s:
+            part[tid] += part[tid + s]
+        cuda.syncthreads()
+        s //= 2
+    if tid == 0:
+        cuda.atomic.add(out, out_idx, part[0])
+
+
+def reduce_sum(x, out, out_idx=0, n=None, off=0, squares=False):
+    """Add sum(x) (``squares``: sum(x^2)) into the float64 device array ``out[out_idx]``."""
+    n = x.size - off if n is None else int(n)
+    if n > 0:
+        blocks = max(1, min((n + RED_TPB - 1) // RED_TPB, MAX_BLOCKS))
+        _reduce_sum[blocks, RED_TPB](x, off, n, squares, out, out_idx)
+
+
+def sum_host(x, n=None, squares=False):
+    """sum(x) (or sum of squares) as a Python float (one small copy back)."""
+    out = device_zeros(1, np.float64)
+    reduce_sum(x, out, 0, n, squares=squares)
+    return float(out.copy_to_host()[0])
+
+
+@_jit
+def _reduce_max(x, n, out):
+    """out[0] = max(out[0], max(x[:n])) across blocks."""
+    part = cuda.shared.array(RED_TPB, numba.float64)
+    tid = cuda.threadIdx.x
+    best = -math.inf
+    for i in range(cuda.grid(1), n, cuda.gridsize(1)):
+        v = numba.float64(x[i])
+        if v > best:
+            best = v
+    part[tid] = best
+    cuda.syncthreads()
+    s = RED_TPB // 2
+    while s > 0:
+        if tid < s and part[tid + s] > part[tid]:
+            part[tid] = part[tid + s]
+        cuda.syncthreads()
+        s //= 2
+    if tid == 0:
+        cuda.atomic.max(out, 0, part[0])
+
+
+def max_host(x, n=None):
+    """max(x) as a Python float."""
+    n = x.size if n is None else int(n)
+    out = cuda.to_device(np.array([-np.inf]))
+    if n > 0:
+        blocks = max(1, min((n + RED_TPB - 1) // RED_TPB, MAX_BLOCKS))
+        _reduce_max[blocks, RED_TPB](x, n, out)
+    return float(out.copy_to_host()[0])
+
+
+@_jit
+def _channel_sum(data, off, N, M, P, out, out_off, accumulate):
+    """out[m] (+)= sum over n, p of data[off + (n*M + m)*P + p]; one block per channel (grid-stride)."""
+    part = cuda.shared.array(RED_TPB, numba.float64)
+    tid = cuda.threadIdx.x
+    for m in range(cuda.blockIdx.x, M, cuda.gridDim.x):
+        acc = 0.0
+        for i in range(tid, N * P, RED_TPB):
+            n = i // P
+            p = i - n * P
+            acc += numba.float64(data[off + (n * M + m) * P + p])
+        part[tid] = acc
+        cuda.syncthreads()
+        s = RED_TPB // 2
+        while s > 0:
+            if tid < s:
+                part[tid] += part[tid + s]
+            cuda.syncthreads()
+            s //= 2
+        if tid == 0:
+            if accumulate:
+                out[out_off + m] += part[0]
+            else:
+                out[out_off + m] = part[0]
+        cuda.syncthreads()
+
+
+def channel_sum(data, N, M, P, out, accumulate=True, off=0, out_off=0):
+    """out[m] (+)= sum over n, p of data viewed as (N, M, P) (bias gradients)."""
+    if M > 0:
+        blocks = max(1, min(M, MAX_BLOCKS * 4))
+        _channel_sum[blocks, RED_TPB](data, off, N, M, P, out, out_off, accumulate)
+
+
+# ---------------------------------------------------------------------------
+# col2im (the convolution's data gradient; Caffe's col2im_gpu: a gather, no atomics)
+# ---------------------------------------------------------------------------
+
+@_jit
+def _col2im(col, col_ld, N, C, H, W, kh, kw, ph, pw, sh, sw, dh, dw, OH, OW, out, out_off, accumulate):
+    """out[n, c, y, x] (+)= sum of the column entries that im2col read from that pixel.
+
+    ``col`` is (C*kh*kw, N*OH*OW) with leading dimension ``col_ld``.
+    """
+    total = N * C * H * W
+    P = OH * OW
+    for i in range(cuda.grid(1), total, cuda.gridsize(1)):
+        x = i % W
+        t = i // W
+        y = t % H
+        t = t // H
+        c = t % C
+        n = t // C
+        acc = col[0] * 0
+        for ki in range(kh):
+            yy = y + ph - ki * dh
+            if yy < 0 or yy % sh != 0:
+                continue
+            oy = yy // sh
+            if oy >= OH:
+                continue
+            for kj in range(kw):
+                xx = x + pw - kj * dw
+                if xx < 0 or xx % sw != 0:
+                    continue
+                ox = xx // sw
+                if ox >= OW:
+                    continue
+                acc += col[((c * kh + ki) * kw + kj) * col_ld + n * P + oy * OW + ox]
+        if accumulate:
+            out[out_off + i] += acc
+        else:
+            out[out_off + i] = acc
+
+
+def col2im(col, col_ld, N, C, H, W, kh, kw, ph, pw, sh, sw, dh, dw, OH, OW, out, out_off=0, accumulate=False):
+    n = N * C * H * W
+    if n > 0:
+        _col2im[grid(n)](col, col_ld, N, C, H, W, kh, kw, ph, pw, sh, sw, dh, dw, OH, OW, out, out_off,
+                         accumulate)
+
+
+# ---------------------------------------------------------------------------
+# the matrix product
+# ---------------------------------------------------------------------------
+
+DENSE, NCP, IM2COL, IM2COL_T = 0, 1, 2, 3          # operand modes
+STORE, ATOMIC, NCHW = 0, 1, 2                      # output modes
+BIAS_NONE, BIAS_ROW, BIAS_COL = 0, 1, 2
+
+# geometry slots (an int64 device array) for the convolution modes
+G_C, G_H, G_W, G_OH, G_OW, G_P, G_SH, G_SW, G_PH, G_PW, G_XSTRIDE, G_YSTRIDE = range(12)
+GEO_SIZE = 12
+
+# tile configurations: (BM, BN, BK, TM, TN); threads per block = (BM/TM) * (BN/TN)
+CONFIG_LARGE = (128, 128, 8, 8, 8)
+CONFIG_MEDIUM = (64, 64, 16, 4, 4)
+CONFIG_SIM = (16, 16, 16, 4, 4)
+_config_override = None
+
+
+def set_gemm_config(config):
+    """Force one tile configuration (tests); None restores the automatic choice."""
+    global _config_override
+    _config_override = None if config is None else tuple(config)
+
+
+def _check_config(config):
+    BM, BN, BK, TM, TN = config
+    NT = (BM // TM) * (BN // TN)
+    ok = (BM % TM == 0 and BN % TN == 0 and NT % BM == 0 and NT % BN == 0 and NT % BK == 0
+          and (BK * BM) % NT == 0 and (BK * BN) % NT == 0)
+    if not ok:
+        raise ValueError(f"GEMM tile configuration {config} is not supported")
+    return NT
+
+
+_gemm_kernels = {}
+
+
+def _make_gemm(nbt, TA, TB, AMODE, BMODE, CMODE, BIAS, BETA, config):
+    """One compiled variant of the tiled product.
+
+    The operand and output modes, the bias mode, whether beta is used, and
+    the tile sizes are compile-time constants: a small epilogue lets the
+    compiler unroll it fully and keep the accumulators in registers.
+    """
+    BM, BN, BK, TM, TN = config
+    NT = _check_config(config)
+    TXN = BN // TN           # threads along n
+    TYM = BM // TM           # threads along m
+    LA = BK * BM // NT       # A elements each thread stages per slice
+    LB = BK * BN // NT
+    SA = BM + 1              # padded shared rows: conflict-free staging stores
+    SB = BN + 1
+    A_KFAST = AMODE == NCP or (AMODE == DENSE and not TA)
+    B_NFAST = BMODE == IM2COL or BMODE == NCP or (BMODE == DENSE and not TB)
+
+    def kernel(M, N, K, alpha, beta, A, a_off, lda, a_bs, B, b_off, ldb, b_bs, C, c_off, ldc, c_bs,
+               bias, geo, tab, ksplit):
+        As = cuda.shared.array((BK, SA), nbt)
+        Bs = cuda.shared.array((BK, SB), nbt)
+        acc = cuda.local.array((TM, TN), nbt)
+        ra = cuda.local.array(TM, nbt)
+        rb = cuda.local.array(TN, nbt)
+        coff = cuda.local.array(TN, numba.int64)
+        zero = nbt(0)
+        tid = cuda.threadIdx.x
+        tx = tid % TXN
+        ty = tid // TXN
+        m0 = cuda.blockIdx.y * BM
+        n0 = cuda.blockIdx.x * BN
+        z = cuda.blockIdx.z
+        bz = z // ksplit
+        kz = z - bz * ksplit
+        per = (K + ksplit - 1) // ksplit
+        per = (per + BK - 1) // BK * BK
+        kbeg = kz * per
+        kend = min(K, kbeg + per)
+        a_base = a_off + bz * a_bs
+        b_base = b_off + bz * b_bs
+
+        # convolution geometry (unused by the dense modes)
+        H = geo[G_H]
+        W = geo[G_W]
+        OW = geo[G_OW]
+        P = geo[G_P]
+        sh = geo[G_SH]
+        sw = geo[G_SW]
+        ph = geo[G_PH]
+        pw = geo[G_PW]
+        xstride = geo[G_XSTRIDE]
+        ystride = geo[G_YSTRIDE]
+
+        # B staged with n fixed per thread: decompose that column once
+        nn_fix = tid % BN
+        gn_fix = n0 + nn_fix
+        b_col = b_base
+        iy0 = 0
+        ix0 = 0
+        if BMODE == IM2COL:
+            img = gn_fix // P
+            p = gn_fix - img * P
+            oy = p // OW
+            ox = p - oy * OW
+            iy0 = oy * sh - ph
+            ix0 = ox * sw - pw
+            b_col = b_base + img * xstride + iy0 * W + ix0
+        elif BMODE == NCP:
+            img = gn_fix // P
+            p = gn_fix - img * P
+            b_col = b_base + img * ystride + p
+
+        for i in range(TM):
+            for j in range(TN):
+                acc[i, j] = zero
+
+        for k0 in range(kbeg, kend, BK):
+            # --- stage A[m0:m0+BM, k0:k0+BK] as As[k, m]
+            if A_KFAST:
+                kk = tid % BK
+                gk = k0 + kk
+                a_row = a_base + gk
+                if AMODE == NCP:
+                    img_a = gk // P
+                    a_row = a_base + img_a * ystride + (gk - img_a * P)
+                for it in range(LA):
+                    mm = tid // BK + it * (NT // BK)
+                    gm = m0 + mm
+                    v = zero
+                    if gk < kend and gm < M:
+                        if AMODE == NCP:
+                            v = A[a_row + gm * P]
+                        else:
+                            v = A[a_row + gm * lda]
+                    As[kk, mm] = v
+            else:
+                mm = tid % BM
+                gm = m0 + mm
+                for it in range(LA):
+                    kk = tid // BM + it * (NT // BM)
+                    gk = k0 + kk
+                    v = zero
+                    if gk < kend and gm < M:
+                        v = A[a_base + gk * lda + gm]
+                    As[kk, mm] = v
+            # --- stage B[k0:k0+BK, n0:n0+BN] as Bs[k, n]
+            if B_NFAST:
+                for it in range(LB):
+                    kk = tid // BN + it * (NT // BN)
+                    gk = k0 + kk
+                    v = zero
+                    if gk < kend and gn_fix < N:
+                        if BMODE == IM2COL:
+                            iy = iy0 + tab[K + gk]
+                            ix = ix0 + tab[2 * K + gk]
+                            if iy >= 0 and iy < H and ix >= 0 and ix < W:
+                                v = B[b_col + tab[gk]]
+                        elif BMODE == NCP:
+                            v = B[b_col + gk * P]
+                        else:
+                            v = B[b_base + gk * ldb + gn_fix]
+                    Bs[kk, nn_fix] = v
+            else:
+                kk = tid % BK
+                gk = k0 + kk
+                b_row = b_base + gk
+                iy1 = 0
+                ix1 = 0
+                if BMODE == IM2COL_T:
+                    img_b = gk // P
+                    p_b = gk - img_b * P
+                    oy_b = p_b // OW
+                    ox_b = p_b - oy_b * OW
+                    iy1 = oy_b * sh - ph
+                    ix1 = ox_b * sw - pw
+                    b_row = b_base + img_b * xstride + iy1 * W + ix1
+                for it in range(LB):
+                    nn = tid // BK + it * (NT // BK)
+                    gn = n0 + nn
+                    v = zero
+                    if gk < kend and gn < N:
+                        if BMODE == IM2COL_T:
+                            iy = iy1 + tab[N + gn]
+                            ix = ix1 + tab[2 * N + gn]
+                            if iy >= 0 and iy < H and ix >= 0 and ix < W:
+                                v = B[b_row + tab[gn]]
+                        else:
+                            v = B[b_row + gn * ldb]
+                    Bs[kk, nn] = v
+            cuda.syncthreads()
+            for kk in range(BK):
+                for i in range(TM):
+                    ra[i] = As[kk, ty + i * TYM]
+                for j in range(TN):
+                    rb[j] = Bs[kk, tx + j * TXN]
+                for i in range(TM):
+                    for j in range(TN):
+                        acc[i, j] += ra[i] * rb[j]
+            cuda.syncthreads()
+
+        # output columns of this thread: their offsets (the division for NCHW done once per column)
+        c_base = c_off + bz * c_bs
+        for j in range(TN):
+            gn = n0 + tx + j * TXN
+            if CMODE == NCHW:
+                img_c = gn // P
+                coff[j] = img_c * ystride + (gn - img_c * P)
+            else:
+                coff[j] = gn
+        row_step = P if CMODE == NCHW else ldc
+        for i in range(TM):
+            gm = m0 + ty + i * TYM
+            if gm < M:
+                row = c_base + gm * row_step
+                for j in range(TN):
+                    if n0 + tx + j * TXN < N:
+                        v = alpha * acc[i, j]
+                        idx = row + coff[j]
+                        if CMODE == ATOMIC:
+                            cuda.atomic.add(C, idx, v)
+                        else:
+                            if BIAS == BIAS_ROW:
+                                v += bias[bz * M + gm]
+                            elif BIAS == BIAS_COL:
+                                v += bias[bz * N + n0 + tx + j * TXN]
+                            if BETA:
+                                v += beta * C[idx]
+                            C[idx] = v
+
+    return jit(kernel), NT
+
+
+def _kernel_for(dtype, ta, tb, amode, bmode, cmode, config, bias_mode=BIAS_NONE, use_beta=False):
+    key = (np.dtype(dtype).str, bool(ta), bool(tb), amode, bmode, cmode, bias_mode, bool(use_beta), config)
+    entry = _gemm_kernels.get(key)
+    if entry is None:
+        nbt = numba.from_dtype(np.dtype(dtype))
+        entry = _make_gemm(nbt, bool(ta), bool(tb), amode, bmode, cmode, bias_mode, bool(use_beta), config)
+        _gemm_kernels[key] = entry
+    return entry
+
+
+_dummy = {}
+
+
+def _dummy_array(dtype):
+    """A one-element device array for unused kernel arguments."""
+    key = np.dtype(dtype).str
+    if key not in _dummy:
+        _dummy[key] = cuda.to_device(np.zeros(1, dtype))
+    return _dummy[key]
+
+
+def _dummy_geo():
+    if "geo" not in _dummy:
+        geo = np.ones(GEO_SIZE, np.int64)       # never read by the dense modes; no zero divisors
+        _dummy["geo"] = cuda.to_device(geo)
+    return _dummy["geo"]
+
+
+def choose_config(M, N, batch, dtype=np.float32):
+    if _config_override is not None:
+        return _config_override
+    if SIM:
+        return CONFIG_SIM
+    if np.dtype(dtype).itemsize > 4:
+        return CONFIG_MEDIUM        # float64 (gradient checks): the large tile would spill registers
+    large = CONFIG_LARGE
+    if M >= 96 and N >= 96 and math.ceil(M / large[0]) * math.ceil(N / large[1]) * batch >= 120:
+        return large
+    return CONFIG_MEDIUM
+
+
+def gemm(M, N, K, A, B, C, *, ta=False, tb=False, alpha=1.0, beta=0.0, a_off=0, lda=None, b_off=0, ldb=None,
+         c_off=0, ldc=None, batch=1, a_bs=0, b_bs=0, c_bs=0, bias=None, bias_mode=BIAS_NONE,
+         amode=DENSE, bmode=DENSE, cmode=STORE, geo=None, tab=None, ksplit=1, config=None):
+    """C = alpha * op(A) op(B) + beta * C (+ bias), for ``batch`` operand sets (see the module docstring).
+
+    Dense operands: A is M x K (``ta``: stored K x M), B is K x N (``tb``:
+    stored N x K), C is M x N; ``lda``/``ldb``/``ldc`` their row lengths,
+    ``*_off`` their first element, ``*_bs`` the step between batch items.
+    ``cmode=ATOMIC`` adds alpha * op(A) op(B) into C with atomics (``beta``
+    and ``bias`` unused); then ``ksplit`` > 1 splits the K loop over blocks.
+    """
+    if M <= 0 or N <= 0 or batch <= 0:
+        return
+    dtype = C.dtype
+    if lda is None:
+        lda = M if ta else K
+    if ldb is None:
+        ldb = K if tb else N
+    if ldc is None:
+        ldc = N
+    if cmode == ATOMIC:
+        bias, beta = None, 0.0
+    else:
+        ksplit = 1
+    if bias is None:
+        bias_mode = BIAS_NONE
+    use_beta = cmode == STORE and beta != 0
+    config = tuple(config) if config is not None else choose_config(M, N, batch * ksplit, dtype)
+    kern, NT = _kernel_for(dtype, ta, tb, amode, bmode, cmode, config, bias_mode, use_beta)
+    BM, BN = config[0], config[1]
+    grid3 = ((N + BN - 1) // BN, (M + BM - 1) // BM, batch * ksplit)
+    dummy = _dummy_array(dtype)
+    if geo is None:
+        geo = _dummy_geo()
+    if tab is None:
+        tab = _dummy_array(np.int32)
+    kern[grid3, NT](M, N, K, scalar(alpha, dtype), scalar(beta, dtype), A, a_off, lda, a_bs, B, b_off, ldb, b_bs,
+                    C, c_off, ldc, c_bs, dummy if bias is None else bias, geo, tab, ksplit)
+
+
+def split_for(M, N, K, batch, dtype=np.float32, config=None):
+    """A K-split that gives an ATOMIC product enough blocks to fill the GPU."""
+    if SIM:
+        return 1 if K < 64 else 2
+    config = config or choose_config(M, N, batch, dtype)
+    blocks = math.ceil(M / config[0]) * math.ceil(N / config[1]) * batch
+    target = 264
+    if blocks >= target:
+        return 1
+    return max(1, min(math.ceil(target / blocks), K // (8 * config[2]) or 1, 64))
+
+
+def conv_geometry(C, H, W, OH, OW, kh, kw, ph, pw, sh, sw, dh, dw, M, Cg=None):
+    """The device arrays the convolution modes read: ``geo`` (int64 slots) and the
+    kernel table ``tab`` (int32, 3 rows of Cg*kh*kw: offset in the image,
+    row offset, column offset of each column-matrix row of one group).
+
+    C: the images' channels (Cg per group, default C), M: the output channels.
+    """
+    Cg = C if Cg is None else Cg
+    geo = np.zeros(GEO_SIZE, np.int64)
+    geo[G_C], geo[G_H], geo[G_W], geo[G_OH], geo[G_OW], geo[G_P] = C, H, W, OH, OW, OH * OW
+    geo[G_SH], geo[G_SW], geo[G_PH], geo[G_PW] = sh, sw, ph, pw
+    geo[G_XSTRIDE] = C * H * W
+    geo[G_YSTRIDE] = M * OH * OW
+    rows = np.arange(Cg * kh * kw)
+    c = rows // (kh * kw)
+    ki = (rows // kw) % kh
+    kj = rows % kw
+    tab = np.concatenate([c * H * W + ki * dh * W + kj * dw, ki * dh, kj * dw]).astype(np.int32)
+    return cuda.to_device(geo), cuda.to_device(tab)

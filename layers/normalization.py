@@ -1,0 +1,711 @@
+"""Normalization layers: BatchNorm, Scale, Bias, LRN, MVN (Caffe's semantics).
+
+* **BatchNorm** normalizes each channel (axis 1) over the batch and the
+  spatial axes: y = (x - mean) / sqrt(var + eps).  Its three blobs are
+  Caffe's running statistics [mean sum, variance sum, scale factor s (one
+  element)]; a TRAIN forward updates them as Caffe does:
+  ``s <- lambda s + 1``, ``mean <- lambda mean + batch_mean``,
+  ``var <- lambda var + m/(m-1) batch_var`` (m = count / channels;
+  batch_var is the biased E[(x - mean)^2]).  With ``use_global_stats``
+  (default: true in TEST, false in TRAIN) it normalizes with mean / s and
+  var / s instead (0 when s = 0).  The blobs are not learned: setup adds
+  ``param { lr_mult: 0 }`` for each to the layer's definition, as Caffe's
+  LayerSetUp does (a spec that sets another lr_mult is an error); the Net
+  reads the layer's ``param`` specs after setup, so the solver sees them as
+  fixed and no gradient is computed for them.
+* **Scale** multiplies by a learned blob or a second bottom broadcast over
+  the axes [axis, axis + num_axes) (outer and inner dimensions as in Caffe),
+  optionally adding a bias (``bias_term``) through an internal Bias layer.
+* **Bias** adds a learned blob or a second bottom, broadcast the same way.
+* **LRN**: ACROSS_CHANNELS scale = k + alpha/n sum of x^2 over n channels;
+  WITHIN_CHANNEL builds Caffe's chain (square, AVE pooling of size n with
+  pad (n-1)/2, power (1 + alpha pooled)^-beta, product); y = x scale^-beta.
+* **MVN** subtracts the mean per (image, channel) or per image
+  (``across_channels``) and, with ``normalize_variance``, divides by
+  sqrt(var) + eps (Caffe adds eps to the standard deviation).
+
+CUDA kernels: layers/normalization_cuda.py.
+"""
+import numpy as np
+from numba import njit
+
+from dlcore.blob import Blob
+from dlcore.errors import ConfigError
+from dlcore.filler import fill
+from dlcore.layer import TEST, Layer
+from dlcore.registry import register_layer
+
+from . import kernels as K
+from .activations import power_backward, power_forward
+from .neurons import flat
+
+
+def _cuda():
+    from . import normalization_cuda
+    return normalization_cuda
+
+
+def _param_down(layer, i):
+    ppd = layer.param_propagate_down
+    return i >= len(ppd) or bool(ppd[i])
+
+
+# ---------------------------------------------------------------------------
+# CPU kernels.  A "group" layout (N, G, S): element (n, g, s) at (n*G + g)*S + s;
+# BatchNorm's channels are (num, C, spatial), MVN's rows (1, rows, dim),
+# Scale/Bias's (outer, dim, inner).
+# ---------------------------------------------------------------------------
+
+@njit(cache=True, error_model="numpy")
+def group_moments(x, N, G, S, mean, var, want_var):
+    """mean[g] = E[x], var[g] = E[(x - mean[g])^2] over n, s (float64 sums)."""
+    m = N * S
+    for g in range(G):
+        acc = 0.0
+        for n in range(N):
+            b = (n * G + g) * S
+            for s in range(S):
+                acc += x[b + s]
+        mean[g] = acc / m
+        if want_var:
+            mu = mean[g]
+            acc = 0.0
+            for n in range(N):
+                b = (n * G + g) * S
+                for s in range(S):
+                    d = x[b + s] - mu
+                    acc += d * d
+            var[g] = acc / m
+
+
+@njit(cache=True, error_model="numpy")
+def group_normalize(x, y, mean, std, N, G, S, divide):
+    """y = (x - mean[g]) / std[g] (or just x - mean[g]); works in place."""
+    for n in range(N):
+        for g in range(G):
+            b = (n * G + g) * S
+            mu = mean[g]
+            sd = std[g]
+            for s in range(S):
+                v = x[b + s] - mu
+                if divide:
+                    v = v / sd
+                y[b + s] = v
+
+
+@njit(cache=True, error_model="numpy")
+def group_sums(a, b, N, G, S, sum_a, sum_ab):
+    """sum_a[g] = sum of a, sum_ab[g] = sum of a*b over n, s (float64 sums)."""
+    for g in range(G):
+        acc_a = 0.0
+        acc_ab = 0.0
+        for n in range(N):
+            o = (n * G + g) * S
+            for s in range(S):
+                v = a[o + s]
+                acc_a += v
+                acc_ab += v * b[o + s]
+        sum_a[g] = acc_a
+        sum_ab[g] = acc_ab
+
+
+@njit(cache=True, error_model="numpy")
+def group_norm_backward(dy, y, dx, sum_a, sum_ab, std, N, G, S, inv_m, mode):
+    """mode 0: dx = dy / std; 1: dx = (dy - (sum_ab y + sum_a) inv_m) / std; 2: dx = dy - sum_a inv_m.
+    Element-wise after the sums, so dx may be dy (in place)."""
+    for n in range(N):
+        for g in range(G):
+            o = (n * G + g) * S
+            a = sum_a[g]
+            ab = sum_ab[g]
+            sd = std[g]
+            for s in range(S):
+                if mode == 0:
+                    dx[o + s] = dy[o + s] / sd
+                elif mode == 1:
+                    dx[o + s] = (dy[o + s] - (ab * y[o + s] + a) * inv_m) / sd
+                else:
+                    dx[o + s] = dy[o + s] - a * inv_m
+
+
+@njit(cache=True, error_model="numpy")
+def bn_stats(mean, var, std, b0, b1, b2, lam, bias_correction, eps, one, use_global):
+    """Global: mean, var = b0 / s, b1 / s.  Else update the running sums from the batch's.
+    Then std = sqrt(var + eps).  ``one``: 1 in the data's dtype (keeps float32 math in float32)."""
+    C = mean.shape[0]
+    if use_global:
+        s = b2[0]
+        f = s - s
+        if s != 0:
+            f = one / s
+        for c in range(C):
+            mean[c] = f * b0[c]
+            var[c] = f * b1[c]
+    else:
+        b2[0] = b2[0] * lam + one
+        for c in range(C):
+            b0[c] = mean[c] + lam * b0[c]
+            b1[c] = bias_correction * var[c] + lam * b1[c]
+    for c in range(C):
+        std[c] = np.sqrt(var[c] + eps)
+
+
+@njit(cache=True, error_model="numpy")
+def mvn_std(var, std, eps):
+    for r in range(var.shape[0]):
+        std[r] = np.sqrt(var[r]) + eps
+
+
+@njit(cache=True, error_model="numpy")
+def broadcast_scale(x, s, y, dim, inner):
+    """y[o, d, j] = x[o, d, j] * s[d] (flat (outer, dim, inner)); works in place."""
+    for i in range(x.shape[0]):
+        y[i] = x[i] * s[(i // inner) % dim]
+
+
+@njit(cache=True, error_model="numpy")
+def broadcast_scale_grad(dy, x, out, outer, dim, inner, accumulate):
+    """out[d] (+)= sum over o, j of dy * x (float64 sums)."""
+    acc = np.zeros(dim)
+    for o in range(outer):
+        for d in range(dim):
+            b = (o * dim + d) * inner
+            for j in range(inner):
+                acc[d] += dy[b + j] * x[b + j]
+    for d in range(dim):
+        if accumulate:
+            out[d] += acc[d]
+        else:
+            out[d] = acc[d]
+
+
+@njit(cache=True, error_model="numpy")
+def lrn_across_forward(x, scale, y, N, C, HW, size, pre_pad, alpha_over_size, k, neg_beta):
+    """Caffe's CPU LRN: per pixel a running window sum of alpha/n x^2 over channels, from k."""
+    for n in range(N):
+        base = n * C * HW
+        for p in range(HW):
+            acc = k
+            for j in range(size):                 # the first window: channels -pre_pad .. size-1-pre_pad
+                c = j - pre_pad
+                if 0 <= c < C:
+                    v = x[base + c * HW + p]
+                    acc += alpha_over_size * (v * v)
+            scale[base + p] = acc
+            for c in range(1, C):
+                head = c + size - 1 - pre_pad
+                if head < C:
+                    v = x[base + head * HW + p]
+                    acc += alpha_over_size * (v * v)
+                tail = c - 1 - pre_pad
+                if tail >= 0:
+                    v = x[base + tail * HW + p]
+                    acc -= alpha_over_size * (v * v)
+                scale[base + c * HW + p] = acc
+            for c in range(C):
+                o = base + c * HW + p
+                y[o] = scale[o] ** neg_beta * x[o]
+
+
+@njit(cache=True, error_model="numpy")
+def lrn_across_backward(x, scale, dy, dx, N, C, HW, size, pre_pad, neg_beta, cache_ratio):
+    """dx = dy scale^-beta - 2 alpha beta / n * x * sum over the windows holding x of dy y / scale."""
+    ratio = np.zeros(C + size)
+    for n in range(N):
+        base = n * C * HW
+        for p in range(HW):
+            for c in range(C):
+                o = base + c * HW + p
+                s = scale[o]
+                y = s ** neg_beta * x[o]                 # the top, recomputed as forward did
+                ratio[c] = dy[o] * y / s
+            acc = ratio[0] * 0
+            for j in range(size - 1):                    # padded positions 0 .. size-2
+                c = j - pre_pad
+                if 0 <= c < C:
+                    acc += ratio[c]
+            for c in range(C):
+                head = c + size - 1 - pre_pad
+                if head < C:
+                    acc += ratio[head]
+                o = base + c * HW + p
+                xv = x[o]
+                dx[o] = dy[o] * scale[o] ** neg_beta - cache_ratio * (xv * acc)
+                tail = c - pre_pad
+                if tail >= 0:
+                    acc -= ratio[tail]
+
+
+@njit(cache=True, error_model="numpy")
+def square(x, y):
+    for i in range(x.shape[0]):
+        v = x[i]
+        y[i] = v * v
+
+
+@njit(cache=True, error_model="numpy")
+def multiply(a, b, out):
+    for i in range(a.shape[0]):
+        out[i] = a[i] * b[i]
+
+
+@njit(cache=True, error_model="numpy")
+def lrn_within_grad(dy, pw, x, dsq, dx):
+    """dx = dy * power_out + (2 x) * d(square)  (Caffe's Split sums the product's and the square's diffs)."""
+    for i in range(dy.shape[0]):
+        dx[i] = dy[i] * pw[i] + (2 * x[i]) * dsq[i]
+
+
+# ---------------------------------------------------------------------------
+# BatchNorm
+# ---------------------------------------------------------------------------
+
+@register_layer("BatchNorm")
+class BatchNormLayer(Layer):
+    exact_num_bottom_blobs = 1
+    exact_num_top_blobs = 1
+
+    def setup(self, bottom, top):
+        from proto import caffe_pb2
+        name = f"layer '{self.name}' (BatchNorm)"
+        param = self.layer_param.batch_norm_param
+        self.moving_average_fraction = float(param.moving_average_fraction)
+        self.use_global_stats = self.phase == TEST
+        if param.HasField("use_global_stats"):
+            self.use_global_stats = bool(param.use_global_stats)
+        self.eps = float(param.eps)
+        self.channels = self._channels(bottom[0])
+        if self.blobs:
+            if len(self.blobs) != 3:
+                raise ConfigError(f"{name}: expected 3 statistics blobs (mean, variance, scale factor), "
+                                  f"got {len(self.blobs)}")
+            for i, want in enumerate((self.channels, self.channels, 1)):
+                if self.blobs[i].count != want:
+                    raise ConfigError(f"{name}: statistics blob {i} has {self.blobs[i].count} elements, "
+                                      f"expected {want} for {self.channels} channels")
+        else:
+            self.blobs = [Blob(self.channels, dtype=self.dtype), Blob(self.channels, dtype=self.dtype),
+                          Blob(1, dtype=self.dtype)]
+        # Mask the statistics from optimization (Caffe's LayerSetUp): lr_mult 0 for each blob.
+        specs = self.layer_param.param
+        for i in range(len(self.blobs)):
+            if len(specs) == i:
+                spec = caffe_pb2.ParamSpec()
+                spec.lr_mult = 0
+                specs.append(spec)
+            elif specs[i].lr_mult != 0:
+                raise ConfigError(f"{name}: cannot configure batch normalization statistics as layer "
+                                  f"parameters (param {i} has lr_mult {specs[i].lr_mult}; it must be 0)")
+        self.param_propagate_down = [False] * len(self.blobs)
+        self.mean = Blob(dtype=self.dtype)        # diff: scratch for backward sums
+        self.variance = Blob(dtype=self.dtype)
+        self.std = Blob(dtype=self.dtype)
+        self.x_norm = Blob(dtype=self.dtype)
+
+    @staticmethod
+    def _channels(blob):
+        return 1 if blob.num_axes == 1 else blob.shape[1]
+
+    def reshape(self, bottom, top):
+        b = bottom[0]
+        if b.num_axes < 1:
+            raise ConfigError(f"layer '{self.name}' (BatchNorm): the bottom needs at least 1 axis")
+        if self._channels(b) != self.channels:
+            raise ConfigError(f"layer '{self.name}' (BatchNorm): bottom has {self._channels(b)} channels, "
+                              f"the layer was set up for {self.channels}")
+        top[0].reshape_like(b)
+        for blob in (self.mean, self.variance, self.std):
+            blob.reshape(self.channels)
+        self.x_norm.reshape_like(b)
+        self.num = b.shape[0]
+        self.spatial = b.count // max(self.num * self.channels, 1)
+
+    def _bias_correction(self, bottom):
+        m = bottom[0].count // self.channels
+        return m / (m - 1) if m > 1 else 1.0
+
+    def forward_cpu(self, bottom, top):
+        t = self.dtype.type
+        x, y = flat(bottom[0].data), flat(top[0].data)
+        mean, var, std = self.mean.data, self.variance.data, self.std.data
+        N, C, S = self.num, self.channels, self.spatial
+        if not self.use_global_stats:
+            group_moments(x, N, C, S, mean, var, True)
+        bn_stats(mean, var, std, self.blobs[0].data.reshape(-1), self.blobs[1].data.reshape(-1),
+                 self.blobs[2].data.reshape(-1), t(self.moving_average_fraction), t(self._bias_correction(bottom)),
+                 t(self.eps), t(1), self.use_global_stats)
+        group_normalize(x, y, mean, std, N, C, S, True)
+        np.copyto(self.x_norm.data, top[0].data)
+
+    def backward_cpu(self, top, propagate_down, bottom):
+        if not propagate_down[0]:
+            return
+        N, C, S = self.num, self.channels, self.spatial
+        dy, dx, xn = flat(top[0].diff), flat(bottom[0].diff), flat(self.x_norm.data)
+        sum_a, sum_ab = self.mean.diff, self.variance.diff
+        if not self.use_global_stats:
+            group_sums(dy, xn, N, C, S, sum_a, sum_ab)
+        group_norm_backward(dy, xn, dx, sum_a, sum_ab, self.std.data, N, C, S,
+                            self.dtype.type(1.0 / max(N * S, 1)), 0 if self.use_global_stats else 1)
+
+    def forward_gpu(self, bottom, top):
+        _cuda().batch_norm_forward(self, bottom, top)
+
+    def backward_gpu(self, top, propagate_down, bottom):
+        if propagate_down[0]:
+            _cuda().batch_norm_backward(self, top, bottom)
+
+
+# ---------------------------------------------------------------------------
+# Bias and Scale
+# ---------------------------------------------------------------------------
+
+def _broadcast_blob_shape(layer, kind, bottom, axis_param, num_axes):
+    """The learned blob's shape: bottom[0]'s axes [axis, axis + num_axes) (num_axes -1: to the end)."""
+    name = f"layer '{layer.name}' ({kind})"
+    b = bottom[0]
+    try:
+        axis = b.canonical_axis(axis_param)
+    except ConfigError as err:
+        raise ConfigError(f"{name}: {err.message}") from None
+    if num_axes < -1:
+        raise ConfigError(f"{name}: num_axes must be non-negative, or -1 to extend to the end of bottom[0] "
+                          f"(got {num_axes})")
+    if num_axes >= 0 and b.num_axes < axis + num_axes:
+        raise ConfigError(f"{name}: the {kind.lower()} blob's shape extends past bottom[0]'s shape "
+                          f"{b.shape_string()} when applied starting with bottom[0] axis {axis}")
+    return b.shape[axis:] if num_axes == -1 else b.shape[axis:axis + num_axes]
+
+
+def _broadcast_dims(layer, kind, bottom, operand, axis_param):
+    """(outer, dim, inner) of bottom[0] around the operand's axes, with Caffe's checks."""
+    name = f"layer '{layer.name}' ({kind})"
+    b = bottom[0]
+    if operand.num_axes == 0:
+        axis = 0            # a scalar: any axis gives the same result; 0 is Caffe's choice
+    else:
+        try:
+            axis = b.canonical_axis(axis_param)
+        except ConfigError as err:
+            raise ConfigError(f"{name}: {err.message}") from None
+    if b.num_axes < axis + operand.num_axes:
+        raise ConfigError(f"{name}: the {kind.lower()} blob's shape {operand.shape_string()} extends past "
+                          f"bottom[0]'s shape {b.shape_string()} when applied starting with axis {axis}")
+    for i in range(operand.num_axes):
+        if b.shape[axis + i] != operand.shape[i]:
+            raise ConfigError(f"{name}: dimension mismatch between bottom[0] axis {axis + i} "
+                              f"(size {b.shape[axis + i]}) and the {kind.lower()} blob's axis {i} "
+                              f"(size {operand.shape[i]}); bottom[0] is {b.shape_string()}, the "
+                              f"{kind.lower()} blob {operand.shape_string()}")
+    return b.count_range(0, axis), operand.count, b.count_range(axis + operand.num_axes)
+
+
+@register_layer("Bias")
+class BiasLayer(Layer):
+    """y = x + b, b broadcast over bottom[0]'s axes [axis, axis + num_axes).
+
+    b is a learned blob (``bias_param { axis num_axes filler }``, filler
+    default constant 0) or the second bottom (its own shape decides the axes).
+    """
+
+    min_bottom_blobs = 1
+    max_bottom_blobs = 2
+    exact_num_top_blobs = 1
+
+    def setup(self, bottom, top):
+        param = self.layer_param.bias_param
+        if len(bottom) == 1 and not self.blobs:
+            shape = _broadcast_blob_shape(self, "Bias", bottom, param.axis, param.num_axes)
+            self.blobs = [Blob(*shape, dtype=self.dtype) if shape else Blob(dtype=self.dtype)]
+            fill(self.blobs[0], param.filler)
+
+    def _operand(self, bottom):
+        return bottom[1] if len(bottom) > 1 else self.blobs[0]
+
+    def reshape(self, bottom, top):
+        self.outer, self.dim, self.inner = _broadcast_dims(self, "Bias", bottom, self._operand(bottom),
+                                                           self.layer_param.bias_param.axis)
+        if top[0] is not bottom[0]:
+            top[0].reshape_like(bottom[0])
+
+    def forward_cpu(self, bottom, top):
+        if top[0] is not bottom[0]:
+            np.copyto(top[0].data, bottom[0].data)
+        K.add_channel_bias(flat(top[0].data), flat(self._operand(bottom).data), self.outer, self.dim, self.inner)
+
+    def backward_cpu(self, top, propagate_down, bottom):
+        if propagate_down[0] and top[0] is not bottom[0]:
+            np.copyto(bottom[0].diff, top[0].diff)
+        learned = len(bottom) == 1
+        if (learned and _param_down(self, 0)) or (not learned and propagate_down[1]):
+            out = flat(self._operand(bottom).diff)
+            if not learned:
+                out[...] = 0
+            K.channel_sum(flat(top[0].diff), self.outer, self.dim, self.inner, out)
+
+    def forward_gpu(self, bottom, top):
+        _cuda().bias_forward(self, bottom, top)
+
+    def backward_gpu(self, top, propagate_down, bottom):
+        _cuda().bias_backward(self, top, propagate_down, bottom)
+
+
+@register_layer("Scale")
+class ScaleLayer(Layer):
+    """y = x * s (+ b), s broadcast over bottom[0]'s axes [axis, axis + num_axes).
+
+    s is a learned blob (``scale_param { axis num_axes filler (default
+    constant 1) }``) or the second bottom.  ``bias_term`` adds a learned
+    bias through an internal Bias layer (``bias_filler``), as Caffe does;
+    its blob comes after the scale blob (or is the only blob with two
+    bottoms).  In place, the input is kept for the scale's gradient.
+    """
+
+    min_bottom_blobs = 1
+    max_bottom_blobs = 2
+    exact_num_top_blobs = 1
+
+    def setup(self, bottom, top):
+        from proto import caffe_pb2
+        param = self.layer_param.scale_param
+        loaded = len(self.blobs)
+        if len(bottom) == 1 and not self.blobs:
+            shape = _broadcast_blob_shape(self, "Scale", bottom, param.axis, param.num_axes)
+            self.blobs = [Blob(*shape, dtype=self.dtype) if shape else Blob(dtype=self.dtype)]
+            if param.HasField("filler"):
+                fill(self.blobs[0], param.filler)
+            else:
+                self.blobs[0].data[...] = 1          # the identity
+        self.bias_layer = None
+        if param.bias_term:
+            bias_param = caffe_pb2.LayerParameter()
+            bias_param.CopyFrom(self.layer_param)
+            del bias_param.blobs[:]
+            del bias_param.param[:]
+            del bias_param.loss_weight[:]
+            bias_param.type = "Bias"
+            bias_param.bias_param.axis = param.axis
+            bias_param.bias_param.num_axes = bottom[1].num_axes if len(bottom) > 1 else param.num_axes
+            bias_param.bias_param.filler.CopyFrom(param.bias_filler)
+            self.bias_layer = BiasLayer(bias_param, dtype=self.dtype)
+            self.bias_layer.gpu = self.gpu
+            if len(self.blobs) + len(bottom) >= 3:
+                # the bias blob was loaded with the definition: the last blob
+                self.bias_layer.blobs = [self.blobs[-1]]
+            self.bias_layer.set_up([bottom[0]], top)
+            if len(self.blobs) + len(bottom) < 3:
+                self.blobs.append(self.bias_layer.blobs[0])
+        want = (len(bottom) == 1) + (self.bias_layer is not None)
+        if len(self.blobs) < want:
+            raise ConfigError(f"layer '{self.name}' (Scale): expected {want} parameter blob(s), "
+                              f"got {len(self.blobs)}{' (loaded with the definition)' if loaded else ''}")
+        self.temp = Blob(dtype=self.dtype)
+
+    def _operand(self, bottom):
+        return bottom[1] if len(bottom) > 1 else self.blobs[0]
+
+    def reshape(self, bottom, top):
+        self.outer, self.dim, self.inner = _broadcast_dims(self, "Scale", bottom, self._operand(bottom),
+                                                           self.layer_param.scale_param.axis)
+        if top[0] is bottom[0]:
+            self.temp.reshape_like(bottom[0])
+        else:
+            top[0].reshape_like(bottom[0])
+        if self.bias_layer is not None:
+            self.bias_layer.reshape([top[0]], top)
+
+    def _bias_pass(self, top, backward):
+        layer = self.bias_layer
+        layer.gpu = self.gpu
+        if backward:
+            layer.param_propagate_down = [True]
+            layer.backward(top, [False], [top[0]])
+        else:
+            layer.forward([top[0]], top)
+
+    def forward_cpu(self, bottom, top):
+        if top[0] is bottom[0]:
+            np.copyto(self.temp.data, bottom[0].data)
+        broadcast_scale(flat(bottom[0].data), flat(self._operand(bottom).data), flat(top[0].data), self.dim,
+                        self.inner)
+        if self.bias_layer is not None:
+            self._bias_pass(top, False)
+
+    def _wants_scale_grad(self, propagate_down, bottom):
+        return (len(bottom) == 1 and _param_down(self, 0)) or (len(bottom) > 1 and propagate_down[1])
+
+    def backward_cpu(self, top, propagate_down, bottom):
+        # bias and scale gradients first: in place, the bottom diff overwrites the top diff
+        if self.bias_layer is not None and _param_down(self, len(self.blobs) - 1):
+            self._bias_pass(top, True)
+        operand = self._operand(bottom)
+        if self._wants_scale_grad(propagate_down, bottom):
+            x = self.temp if top[0] is bottom[0] else bottom[0]
+            broadcast_scale_grad(flat(top[0].diff), flat(x.data), flat(operand.diff), self.outer, self.dim,
+                                 self.inner, len(bottom) == 1)
+        if propagate_down[0]:
+            broadcast_scale(flat(top[0].diff), flat(operand.data), flat(bottom[0].diff), self.dim, self.inner)
+
+    def forward_gpu(self, bottom, top):
+        _cuda().scale_forward(self, bottom, top)
+        if self.bias_layer is not None:
+            self._bias_pass(top, False)
+
+    def backward_gpu(self, top, propagate_down, bottom):
+        if self.bias_layer is not None and _param_down(self, len(self.blobs) - 1):
+            self._bias_pass(top, True)
+        _cuda().scale_backward(self, top, propagate_down, bottom)
+
+
+# ---------------------------------------------------------------------------
+# LRN
+# ---------------------------------------------------------------------------
+
+@register_layer("LRN")
+class LRNLayer(Layer):
+    """Local response normalization (``lrn_param { local_size alpha beta norm_region k }``).
+
+    ACROSS_CHANNELS: y = x (k + alpha/n sum over n channels of x^2)^-beta.
+    WITHIN_CHANNEL: y = x (1 + alpha/n^2 sum over an n x n window of x^2)^-beta
+    (k unused, zero padding), computed by Caffe's chain of layers.
+    """
+
+    exact_num_bottom_blobs = 1
+    exact_num_top_blobs = 1
+
+    def setup(self, bottom, top):
+        from proto import caffe_pb2
+        name = f"layer '{self.name}' (LRN)"
+        p = self.layer_param.lrn_param
+        self.size = int(p.local_size)
+        if self.size % 2 != 1:
+            raise ConfigError(f"{name}: LRN only supports odd values for local_size (got {self.size})")
+        self.pre_pad = (self.size - 1) // 2
+        self.alpha, self.beta, self.k = float(p.alpha), float(p.beta), float(p.k)
+        if p.norm_region not in (caffe_pb2.LRNParameter.ACROSS_CHANNELS, caffe_pb2.LRNParameter.WITHIN_CHANNEL):
+            raise ConfigError(f"{name}: unknown norm_region {p.norm_region}")
+        self.across = p.norm_region == caffe_pb2.LRNParameter.ACROSS_CHANNELS
+        if top[0] is bottom[0]:
+            raise ConfigError(f"{name} does not allow in-place computation")
+        self.scale = Blob(dtype=self.dtype)       # ACROSS: the scale; WITHIN: the squares (diff: their gradient)
+        self.pool = Blob(dtype=self.dtype)        # WITHIN: pooled squares (diff: their gradient)
+        self.power = Blob(dtype=self.dtype)       # WITHIN: (1 + alpha pooled)^-beta (diff: its gradient)
+
+    def reshape(self, bottom, top):
+        b = bottom[0]
+        if b.num_axes != 4:
+            raise ConfigError(f"layer '{self.name}' (LRN): input must have 4 axes (num, channels, height, "
+                              f"width), got {b.shape_string()}")
+        top[0].reshape_like(b)
+        self.scale.reshape_like(b)
+        if not self.across:
+            self.pool.reshape_like(b)      # AVE pooling, kernel n, pad (n-1)/2, stride 1 keeps H x W
+            self.power.reshape_like(b)
+        self.N, self.C, self.H, self.W = b.shape
+
+    def _pool_geometry(self):
+        return (self.N * self.C, self.H, self.W, self.H, self.W, self.size, self.size, self.pre_pad, self.pre_pad,
+                1, 1)
+
+    def forward_cpu(self, bottom, top):
+        t = self.dtype.type
+        x, y = flat(bottom[0].data), flat(top[0].data)
+        if self.across:
+            lrn_across_forward(x, flat(self.scale.data), y, self.N, self.C, self.H * self.W, self.size,
+                               self.pre_pad, t(self.alpha / self.size), t(self.k), t(-self.beta))
+            return
+        sq, pool, pw = flat(self.scale.data), flat(self.pool.data), flat(self.power.data)
+        square(x, sq)
+        K.ave_pool_forward(sq, *self._pool_geometry(), pool)
+        power_forward(pool, pw, t(-self.beta), t(self.alpha), t(1))
+        multiply(x, pw, y)
+
+    def backward_cpu(self, top, propagate_down, bottom):
+        if not propagate_down[0]:
+            return
+        t = self.dtype.type
+        x, dy, dx = flat(bottom[0].data), flat(top[0].diff), flat(bottom[0].diff)
+        if self.across:
+            lrn_across_backward(x, flat(self.scale.data), dy, dx, self.N, self.C, self.H * self.W, self.size,
+                                self.pre_pad, t(-self.beta), t(2.0 * self.alpha * self.beta / self.size))
+            return
+        pool, pw = flat(self.pool.data), flat(self.power.data)
+        d_sq, d_pool, d_pw = flat(self.scale.diff), flat(self.pool.diff), flat(self.power.diff)
+        multiply(x, dy, d_pw)
+        power_backward(pool, pw, d_pw, d_pool, t(-self.beta), t(self.alpha), t(1))
+        K.ave_pool_backward(d_pool, *self._pool_geometry(), d_sq)
+        lrn_within_grad(dy, pw, x, d_sq, dx)
+
+    def forward_gpu(self, bottom, top):
+        _cuda().lrn_forward(self, bottom, top)
+
+    def backward_gpu(self, top, propagate_down, bottom):
+        if propagate_down[0]:
+            _cuda().lrn_backward(self, top, bottom)
+
+
+# ---------------------------------------------------------------------------
+# MVN
+# ---------------------------------------------------------------------------
+
+@register_layer("MVN")
+class MVNLayer(Layer):
+    """Mean-variance normalization (``mvn_param { normalize_variance across_channels eps }``).
+
+    Rows are (image, channel) pairs, or images with ``across_channels``;
+    y = (x - mean) / (sqrt(var) + eps), or x - mean.  The top has Caffe's
+    legacy 4-D shape (num, channels, height, width) of the bottom.
+    """
+
+    exact_num_bottom_blobs = 1
+    exact_num_top_blobs = 1
+
+    def setup(self, bottom, top):
+        p = self.layer_param.mvn_param
+        self.normalize_variance = bool(p.normalize_variance)
+        self.across_channels = bool(p.across_channels)
+        self.eps = float(p.eps)
+        self.mean = Blob(dtype=self.dtype)       # diff: scratch for backward sums
+        self.variance = Blob(dtype=self.dtype)
+        self.std = Blob(dtype=self.dtype)
+        self.x_norm = Blob(dtype=self.dtype)     # the normalized output, kept for backward
+
+    def reshape(self, bottom, top):
+        b = bottom[0]
+        if b.num_axes > 4:
+            raise ConfigError(f"layer '{self.name}' (MVN): works on blobs of at most 4 axes (num, channels, "
+                              f"height, width), got {b.shape_string()}")
+        top[0].reshape(b.num, b.channels, b.height, b.width)
+        self.rows = b.num if self.across_channels else b.num * b.channels
+        self.dim = b.count // max(self.rows, 1)
+        for blob in (self.mean, self.variance, self.std):
+            blob.reshape(self.rows)
+        if self.normalize_variance:
+            self.x_norm.reshape_like(top[0])
+
+    def forward_cpu(self, bottom, top):
+        x, y = flat(bottom[0].data), flat(top[0].data)
+        R, D = self.rows, self.dim
+        group_moments(x, 1, R, D, self.mean.data, self.variance.data, self.normalize_variance)
+        if self.normalize_variance:
+            mvn_std(self.variance.data, self.std.data, self.dtype.type(self.eps))
+        group_normalize(x, y, self.mean.data, self.std.data, 1, R, D, self.normalize_variance)
+        if self.normalize_variance:
+            np.copyto(flat(self.x_norm.data), y)
+
+    def backward_cpu(self, top, propagate_down, bottom):
+        if not propagate_down[0]:
+            return
+        R, D = self.rows, self.dim
+        dy, dx = flat(top[0].diff), flat(bottom[0].diff)
+        y = flat(self.x_norm.data) if self.normalize_variance else dy
+        group_sums(dy, y, 1, R, D, self.mean.diff, self.variance.diff)
+        group_norm_backward(dy, y, dx, self.mean.diff, self.variance.diff, self.std.data, 1, R, D,
+                            self.dtype.type(1.0 / max(D, 1)), 1 if self.normalize_variance else 2)
+
+    def forward_gpu(self, bottom, top):
+        _cuda().mvn_forward(self, bottom, top)
+
+    def backward_gpu(self, top, propagate_down, bottom):
+        if propagate_down[0]:
+            _cuda().mvn_backward(self, top, bottom)
