@@ -63,8 +63,8 @@ fi
 
 echo "== 2. CUDA tests on the real GPU (DLTRAIN_TEST_REAL_GPU=1)"
 t0=$(date +%s)
-DLTRAIN_TEST_REAL_GPU=1 timeout "$TEST_TIMEOUT" "$PY" -m pytest -q -p no:cacheprovider tests/test_cuda_layers.py \
-    tests/test_cuda_nets.py tests/test_cuda_kernels.py 2>&1 | tee ${OUTDIR:+"$OUTDIR/pytest.log"} | tail -40
+DLTRAIN_TEST_REAL_GPU=1 timeout "$TEST_TIMEOUT" "$PY" -m pytest -q -p no:cacheprovider tests/test_cuda_*.py 2>&1 \
+    | tee ${OUTDIR:+"$OUTDIR/pytest.log"} | tail -40
 tests_rc=${PIPESTATUS[0]}
 echo "tests: exit $tests_rc in $(( $(date +%s) - t0 )) s"
 

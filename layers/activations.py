@@ -65,36 +65,53 @@ def _param_down(layer, i):
 
 # --- PReLU ---------------------------------------------------------------------
 
+# Element i is (n, c, j) with c = (i // dim) % channels; the slope index is c // div_factor
+# (div_factor = channels when the slope is shared: always 0).
+
 @njit(cache=True, error_model="numpy")
 def prelu_forward(x, y, slope, dim, channels, div_factor):
-    for i in range(x.shape[0]):
-        c = (i // dim) % channels // div_factor
-        v = x[i]
-        if v > 0:
-            y[i] = v
-        else:
-            y[i] = slope[c] * v + 0        # max(x, 0) + slope * min(x, 0); + 0: no negative zeros
+    outer = x.shape[0] // max(dim * channels, 1)
+    for n in range(outer):
+        for c in range(channels):
+            a = slope[c // div_factor]
+            b = np.uint64((n * channels + c) * dim)
+            for j in range(np.uint64(dim)):
+                v = x[b + j]
+                if v > 0:
+                    y[b + j] = v
+                else:
+                    y[b + j] = a * v + 0        # max(x, 0) + slope * min(x, 0); + 0: no negative zeros
 
 
 @njit(cache=True, error_model="numpy")
 def prelu_backward(x, dy, dx, slope, dim, channels, div_factor):
-    for i in range(x.shape[0]):
-        c = (i // dim) % channels // div_factor
-        if x[i] > 0:
-            dx[i] = dy[i]
-        else:
-            dx[i] = dy[i] * slope[c]
+    outer = x.shape[0] // max(dim * channels, 1)
+    for n in range(outer):
+        for c in range(channels):
+            a = slope[c // div_factor]
+            b = np.uint64((n * channels + c) * dim)
+            for j in range(np.uint64(dim)):
+                if x[b + j] > 0:
+                    dx[b + j] = dy[b + j]
+                else:
+                    dx[b + j] = dy[b + j] * a
 
 
-@njit(cache=True, error_model="numpy")
+@njit(cache=True, error_model="numpy", fastmath={"reassoc", "nsz", "contract"})
 def prelu_slope_grad(x, dy, slope_diff, dim, channels, div_factor):
     """slope_diff[c] += sum of dy * x over x <= 0 (float64 accumulation)."""
     acc = np.zeros(slope_diff.shape[0])
-    for i in range(x.shape[0]):
-        v = x[i]
-        if v <= 0:
-            c = (i // dim) % channels // div_factor
-            acc[c] += dy[i] * v
+    outer = x.shape[0] // max(dim * channels, 1)
+    for n in range(outer):
+        for c in range(channels):
+            k = c // div_factor
+            b = np.uint64((n * channels + c) * dim)
+            t = 0.0
+            for j in range(np.uint64(dim)):
+                v = x[b + j]
+                if v <= 0:
+                    t += dy[b + j] * v
+            acc[k] += t
     for c in range(slope_diff.shape[0]):
         slope_diff[c] += acc[c]
 
@@ -125,8 +142,9 @@ class PReLULayer(_KeepsBottom):
             raise ConfigError(f"{name}: expected 1 parameter blob (the slopes), got {len(self.blobs)}")
         want = 1 if self.channel_shared else channels
         if self.blobs[0].count != want:
+            what = "channel_shared" if self.channel_shared else f"{channels} channels"
             raise ConfigError(f"{name}: negative slope size is inconsistent with the definition: "
-                              f"{self.blobs[0].count} slopes for {'channel_shared' if self.channel_shared else f'{channels} channels'}")
+                              f"{self.blobs[0].count} slopes for {what}")
 
     def reshape(self, bottom, top):
         if bottom[0].num_axes < 2:
@@ -176,7 +194,7 @@ class PReLULayer(_KeepsBottom):
 
 @njit(cache=True, error_model="numpy")
 def elu_forward(x, y, alpha):
-    for i in range(x.shape[0]):
+    for i in range(np.uint64(x.shape[0])):
         v = x[i]
         if v > 0:
             y[i] = v
@@ -186,7 +204,7 @@ def elu_forward(x, y, alpha):
 
 @njit(cache=True, error_model="numpy")
 def elu_backward(x, y, dy, dx, alpha):
-    for i in range(x.shape[0]):
+    for i in range(np.uint64(x.shape[0])):
         if x[i] > 0:
             dx[i] = dy[i]
         else:
@@ -240,13 +258,13 @@ class ELULayer(_KeepsBottom):
 
 @njit(cache=True, error_model="numpy")
 def absval_forward(x, y):
-    for i in range(x.shape[0]):
+    for i in range(np.uint64(x.shape[0])):
         y[i] = abs(x[i])
 
 
 @njit(cache=True, error_model="numpy")
 def absval_backward(x, dy, dx):
-    for i in range(x.shape[0]):
+    for i in range(np.uint64(x.shape[0])):
         v = x[i]
         if v > 0:
             dx[i] = dy[i]
@@ -287,14 +305,14 @@ class AbsValLayer(NeuronLayer):
 @njit(cache=True, error_model="numpy")
 def power_forward(x, y, power, scale, shift):
     """y = (shift + scale x)^power with Caffe's special cases."""
-    n = x.shape[0]
+    un = np.uint64(x.shape[0])
     if power * scale == 0:
         # the input does not matter: y = 1 (power 0) or shift^power (scale 0)
         value = shift ** power if power != 0 else power * 0 + 1
-        for i in range(n):
+        for i in range(un):
             y[i] = value
         return
-    for i in range(n):
+    for i in range(un):
         v = x[i]
         if scale != 1:
             v = v * scale
@@ -308,31 +326,31 @@ def power_forward(x, y, power, scale, shift):
 @njit(cache=True, error_model="numpy")
 def power_backward(x, y, dy, dx, power, scale, shift):
     """dx = dy * power scale (shift + scale x)^(power - 1), in Caffe's special-case forms."""
-    n = x.shape[0]
+    un = np.uint64(x.shape[0])
     diff_scale = power * scale
     if diff_scale == 0:
-        for i in range(n):
+        for i in range(un):
             dx[i] = diff_scale          # 0: Caffe sets the diff without the top diff
         return
     if power == 1:
-        for i in range(n):
+        for i in range(un):
             dx[i] = dy[i] * diff_scale
     elif power == 2:
         # dy/dx = 2 scale (shift + scale x) = diff_scale scale x + diff_scale shift
         a = diff_scale * scale
         b = diff_scale * shift
-        for i in range(n):
+        for i in range(un):
             g = a * x[i]
             if shift != 0:
                 g = g + b
             dx[i] = dy[i] * g
     elif shift == 0:
         # dy/dx = power y / x
-        for i in range(n):
+        for i in range(un):
             dx[i] = dy[i] * (y[i] / x[i] * power)
     else:
         # dy/dx = diff_scale y / (shift + scale x)
-        for i in range(n):
+        for i in range(un):
             v = x[i]
             if scale != 1:
                 v = v * scale
@@ -384,7 +402,7 @@ class PowerLayer(_KeepsBottom):
 
 @njit(cache=True, error_model="numpy")
 def exp_forward(x, y, inner_scale, outer_scale):
-    for i in range(x.shape[0]):
+    for i in range(np.uint64(x.shape[0])):
         v = x[i]
         if inner_scale != 1:
             v = v * inner_scale
@@ -396,7 +414,7 @@ def exp_forward(x, y, inner_scale, outer_scale):
 
 @njit(cache=True, error_model="numpy")
 def exp_backward(y, dy, dx, inner_scale):
-    for i in range(y.shape[0]):
+    for i in range(np.uint64(y.shape[0])):
         g = dy[i] * y[i]
         if inner_scale != 1:
             g = g * inner_scale
@@ -456,7 +474,7 @@ class ExpLayer(NeuronLayer):
 
 @njit(cache=True, error_model="numpy")
 def log_forward(x, y, scale, shift, base_scale):
-    for i in range(x.shape[0]):
+    for i in range(np.uint64(x.shape[0])):
         v = x[i]
         if scale != 1:
             v = v * scale
@@ -470,7 +488,7 @@ def log_forward(x, y, scale, shift, base_scale):
 
 @njit(cache=True, error_model="numpy")
 def log_backward(x, dy, dx, scale, shift, backward_num_scale):
-    for i in range(x.shape[0]):
+    for i in range(np.uint64(x.shape[0])):
         v = x[i]
         if scale != 1:
             v = v * scale
@@ -522,7 +540,7 @@ class LogLayer(_KeepsBottom):
 
 @njit(cache=True, error_model="numpy")
 def bnll_forward(x, y):
-    for i in range(x.shape[0]):
+    for i in range(np.uint64(x.shape[0])):
         v = x[i]
         if v > 0:
             y[i] = v + np.log(1.0 + np.exp(-v))
@@ -532,7 +550,7 @@ def bnll_forward(x, y):
 
 @njit(cache=True, error_model="numpy")
 def bnll_backward(x, dy, dx, threshold):
-    for i in range(x.shape[0]):
+    for i in range(np.uint64(x.shape[0])):
         e = np.exp(min(x[i], threshold))
         dx[i] = dy[i] * e / (e + 1.0)
 
@@ -565,7 +583,7 @@ class BNLLLayer(_KeepsBottom):
 
 @njit(cache=True, error_model="numpy")
 def threshold_forward(x, y, threshold):
-    for i in range(x.shape[0]):
+    for i in range(np.uint64(x.shape[0])):
         if x[i] > threshold:
             y[i] = 1
         else:
@@ -599,7 +617,7 @@ class ThresholdLayer(NeuronLayer):
 
 @njit(cache=True, error_model="numpy")
 def swish_forward(x, s, y, beta):
-    for i in range(x.shape[0]):
+    for i in range(np.uint64(x.shape[0])):
         v = x[i]
         t = 0.5 * np.tanh(0.5 * (v * beta)) + 0.5        # Caffe's sigmoid of beta x
         s[i] = t
@@ -608,7 +626,7 @@ def swish_forward(x, s, y, beta):
 
 @njit(cache=True, error_model="numpy")
 def swish_backward(y, s, dy, dx, beta):
-    for i in range(y.shape[0]):
+    for i in range(np.uint64(y.shape[0])):
         by = beta * y[i]
         dx[i] = dy[i] * (by + s[i] * (1 - by))
 
@@ -649,7 +667,7 @@ class SwishLayer(NeuronLayer):
 
 @njit(cache=True, error_model="numpy")
 def clip_forward(x, y, lo, hi):
-    for i in range(x.shape[0]):
+    for i in range(np.uint64(x.shape[0])):
         v = x[i]
         if v > hi:
             v = hi
@@ -660,7 +678,7 @@ def clip_forward(x, y, lo, hi):
 
 @njit(cache=True, error_model="numpy")
 def clip_backward(x, dy, dx, lo, hi):
-    for i in range(x.shape[0]):
+    for i in range(np.uint64(x.shape[0])):
         v = x[i]
         if v >= lo and v <= hi:        # inclusive at both ends, as Caffe
             dx[i] = dy[i]

@@ -615,6 +615,9 @@ def _kernel_for(dtype, ta, tb, amode, bmode, cmode, config, bias_mode=BIAS_NONE,
     if entry is None:
         nbt = numba.from_dtype(np.dtype(dtype))
         entry = _make_gemm(nbt, bool(ta), bool(tb), amode, bmode, cmode, bias_mode, bool(use_beta), config)
+        # how to make this variant again (bench/cuda_compile_check.py compiles every variant a run used)
+        entry[0]._dltrain_key = (np.dtype(dtype).str, bool(ta), bool(tb), amode, bmode, cmode, config, bias_mode,
+                                 bool(use_beta))
         _gemm_kernels[key] = entry
     return entry
 

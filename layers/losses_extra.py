@@ -432,14 +432,14 @@ class ContrastiveLossLayer(LossLayer):
         self.dist_sq = np.zeros(0, self.dtype)
 
     def reshape(self, bottom, top):
-        super().reshape(bottom, top)
         (n0, c0, h0, w0), (n1, c1, h1, w1), (n2, c2, h2, w2) = (legacy_dims(self, b, i) for i, b in enumerate(bottom))
-        if c0 != c1 or (h0, w0, h1, w1) != (1, 1, 1, 1):
+        if n0 != n1 or c0 != c1 or (h0, w0, h1, w1) != (1, 1, 1, 1):
             raise ConfigError(f"layer '{self.name}' (ContrastiveLoss): bottoms 0 and 1 must be N x C (x 1 x 1) "
-                              f"with the same C, got {bottom[0].shape_string()} and {bottom[1].shape_string()}")
+                              f"with the same N and C, got {bottom[0].shape_string()} and {bottom[1].shape_string()}")
         if (c2, h2, w2) != (1, 1, 1) or n2 != n0:
             raise ConfigError(f"layer '{self.name}' (ContrastiveLoss): bottom 2 (the similarity) must hold one "
                               f"value per pair ({n0}), got {bottom[2].shape_string()}")
+        top[0].reshape(())
         self.num, self.channels = n0, c0
         if self.diff.size != n0 * c0:
             self.diff = np.zeros(n0 * c0, self.dtype)
@@ -559,7 +559,8 @@ class InfogainLossLayer(LossLayer):
         self.ignore_label = int(loss_param.ignore_label)
         if loss_param.HasField("normalize"):
             raise ConfigError(f"layer '{self.name}' (InfogainLoss): loss_param.normalize is deprecated; use "
-                              "loss_param.normalization (VALID, BATCH_SIZE, FULL or NONE)", field="loss_param.normalize")
+                              "loss_param.normalization (VALID, BATCH_SIZE, FULL or NONE)",
+                              field="loss_param.normalize")
         self.normalization = loss_param.normalization
         self.axis_param = lp.infogain_loss_param.axis
         self.infogain = None

@@ -66,6 +66,16 @@ def _block_min(part, tid):
 
 
 @cuda.jit(device=True)
+def _relu(v):
+    return v if v > 0 else v - v
+
+
+@cuda.jit(device=True)
+def _at_least(v, low):
+    return v if v > low else low
+
+
+@cuda.jit(device=True)
 def _bad_label(raw, channels):
     return not (-_INT_LIMIT < raw < _INT_LIMIT) or int(raw) < 0 or int(raw) >= channels
 
@@ -90,7 +100,7 @@ def _hinge_forward(x, label, margin, num, dim, squared, out):
         v = numba.float64(x[t])
         if j == int(raw):
             v = -v
-        m = max(1.0 + v, 0.0)
+        m = _relu(1.0 + v)
         margin[t] = m
         if squared:
             acc += m * m
@@ -111,14 +121,16 @@ def _hinge_backward(margin, label, dx, num, dim, squared, scale):
     for k in range(cuda.grid(1), num * dim, cuda.gridsize(1)):
         i = k // dim
         m = margin[k]
-        if not squared:
-            m = scale if m > 0 else scale * 0
+        if squared:
+            g = m * scale
+        elif m > 0:
+            g = scale
         else:
-            m = m * scale
+            g = scale - scale
         if k - i * dim == int(label[i]):
-            dx[k] = -m
+            dx[k] = -g
         else:
-            dx[k] = m
+            dx[k] = g
 
 
 def hinge_forward(x, label, margin, num, dim, squared, out):
@@ -208,7 +220,7 @@ def _multinomial_forward(prob, label, num, dim, threshold, out):
             if i < bad:
                 bad = i
             continue
-        loss -= math.log(max(numba.float64(prob[i * dim + int(raw)]), threshold))
+        loss -= math.log(_at_least(numba.float64(prob[i * dim + int(raw)]), threshold))
     loss_part[tid] = loss
     bad_part[tid] = bad
     _block_sum(loss_part, tid)
@@ -224,7 +236,7 @@ def _multinomial_backward(prob, label, dx, num, dim, threshold, scale):
     for k in range(cuda.grid(1), num * dim, cuda.gridsize(1)):
         i = k // dim
         if k - i * dim == int(label[i]):
-            dx[k] = scale / max(prob[k], threshold)
+            dx[k] = scale / _at_least(prob[k], threshold)
         else:
             dx[k] = 0
 
@@ -269,9 +281,9 @@ def _contrastive_forward(a, b, y, diff, dist_sq, num, channels, margin, legacy, 
         if _similar(y[i]):
             loss += d2
         elif legacy:
-            loss += max(margin - d2, 0.0)
+            loss += _relu(margin - d2)
         else:
-            m = max(margin - math.sqrt(d2), 0.0)
+            m = _relu(margin - math.sqrt(d2))
             loss += m * m
     loss_part[tid] = loss
     _block_sum(loss_part, tid)
@@ -351,7 +363,7 @@ def _infogain_forward(prob, label, H, outer, channels, inner, has_ignore, ignore
         j = t - i * inner
         for c in range(channels):
             p = numba.float64(prob[i * dim + c * inner + j])
-            loss -= numba.float64(H[value * channels + c]) * math.log(max(p, threshold))
+            loss -= numba.float64(H[value * channels + c]) * math.log(_at_least(p, threshold))
         count += 1.0
     loss_part[tid] = loss
     count_part[tid] = count

@@ -56,23 +56,29 @@ def _param_down(layer, i):
 # Scale/Bias's (outer, dim, inner).
 # ---------------------------------------------------------------------------
 
-@njit(cache=True, error_model="numpy")
+# Reductions accumulate in float64 and may reassociate (vectorized sums, as the shared
+# kernels.channel_sum); inner loops index with unsigned integers (no wrap-around checks).
+_SUM = {"reassoc", "nsz", "contract"}
+
+
+@njit(cache=True, error_model="numpy", fastmath=_SUM)
 def group_moments(x, N, G, S, mean, var, want_var):
     """mean[g] = E[x], var[g] = E[(x - mean[g])^2] over n, s (float64 sums)."""
     m = N * S
+    uS = np.uint64(S)
     for g in range(G):
         acc = 0.0
         for n in range(N):
-            b = (n * G + g) * S
-            for s in range(S):
+            b = np.uint64((n * G + g) * S)
+            for s in range(uS):
                 acc += x[b + s]
         mean[g] = acc / m
         if want_var:
             mu = mean[g]
             acc = 0.0
             for n in range(N):
-                b = (n * G + g) * S
-                for s in range(S):
+                b = np.uint64((n * G + g) * S)
+                for s in range(uS):
                     d = x[b + s] - mu
                     acc += d * d
             var[g] = acc / m
@@ -81,27 +87,30 @@ def group_moments(x, N, G, S, mean, var, want_var):
 @njit(cache=True, error_model="numpy")
 def group_normalize(x, y, mean, std, N, G, S, divide):
     """y = (x - mean[g]) / std[g] (or just x - mean[g]); works in place."""
+    uS = np.uint64(S)
     for n in range(N):
         for g in range(G):
-            b = (n * G + g) * S
+            b = np.uint64((n * G + g) * S)
             mu = mean[g]
             sd = std[g]
-            for s in range(S):
-                v = x[b + s] - mu
-                if divide:
-                    v = v / sd
-                y[b + s] = v
+            if divide:
+                for s in range(uS):
+                    y[b + s] = (x[b + s] - mu) / sd
+            else:
+                for s in range(uS):
+                    y[b + s] = x[b + s] - mu
 
 
-@njit(cache=True, error_model="numpy")
+@njit(cache=True, error_model="numpy", fastmath=_SUM)
 def group_sums(a, b, N, G, S, sum_a, sum_ab):
     """sum_a[g] = sum of a, sum_ab[g] = sum of a*b over n, s (float64 sums)."""
+    uS = np.uint64(S)
     for g in range(G):
         acc_a = 0.0
         acc_ab = 0.0
         for n in range(N):
-            o = (n * G + g) * S
-            for s in range(S):
+            o = np.uint64((n * G + g) * S)
+            for s in range(uS):
                 v = a[o + s]
                 acc_a += v
                 acc_ab += v * b[o + s]
@@ -113,18 +122,21 @@ def group_sums(a, b, N, G, S, sum_a, sum_ab):
 def group_norm_backward(dy, y, dx, sum_a, sum_ab, std, N, G, S, inv_m, mode):
     """mode 0: dx = dy / std; 1: dx = (dy - (sum_ab y + sum_a) inv_m) / std; 2: dx = dy - sum_a inv_m.
     Element-wise after the sums, so dx may be dy (in place)."""
+    uS = np.uint64(S)
     for n in range(N):
         for g in range(G):
-            o = (n * G + g) * S
+            o = np.uint64((n * G + g) * S)
             a = sum_a[g]
             ab = sum_ab[g]
             sd = std[g]
-            for s in range(S):
-                if mode == 0:
+            if mode == 0:
+                for s in range(uS):
                     dx[o + s] = dy[o + s] / sd
-                elif mode == 1:
+            elif mode == 1:
+                for s in range(uS):
                     dx[o + s] = (dy[o + s] - (ab * y[o + s] + a) * inv_m) / sd
-                else:
+            else:
+                for s in range(uS):
                     dx[o + s] = dy[o + s] - a * inv_m
 
 
@@ -159,100 +171,127 @@ def mvn_std(var, std, eps):
 @njit(cache=True, error_model="numpy")
 def broadcast_scale(x, s, y, dim, inner):
     """y[o, d, j] = x[o, d, j] * s[d] (flat (outer, dim, inner)); works in place."""
-    for i in range(x.shape[0]):
-        y[i] = x[i] * s[(i // inner) % dim]
-
-
-@njit(cache=True, error_model="numpy")
-def broadcast_scale_grad(dy, x, out, outer, dim, inner, accumulate):
-    """out[d] (+)= sum over o, j of dy * x (float64 sums)."""
-    acc = np.zeros(dim)
+    outer = x.shape[0] // max(dim * inner, 1)
+    uI = np.uint64(inner)
     for o in range(outer):
         for d in range(dim):
-            b = (o * dim + d) * inner
-            for j in range(inner):
-                acc[d] += dy[b + j] * x[b + j]
+            f = s[d]
+            b = np.uint64((o * dim + d) * inner)
+            for j in range(uI):
+                y[b + j] = x[b + j] * f
+
+
+@njit(cache=True, error_model="numpy", fastmath=_SUM)
+def broadcast_scale_grad(dy, x, out, outer, dim, inner, accumulate):
+    """out[d] (+)= sum over o, j of dy * x (float64 sums)."""
+    uI = np.uint64(inner)
     for d in range(dim):
+        acc = 0.0
+        for o in range(outer):
+            b = np.uint64((o * dim + d) * inner)
+            for j in range(uI):
+                acc += dy[b + j] * x[b + j]
         if accumulate:
-            out[d] += acc[d]
+            out[d] += acc
         else:
-            out[d] = acc[d]
+            out[d] = acc
 
 
 @njit(cache=True, error_model="numpy")
 def lrn_across_forward(x, scale, y, N, C, HW, size, pre_pad, alpha_over_size, k, neg_beta):
-    """Caffe's CPU LRN: per pixel a running window sum of alpha/n x^2 over channels, from k."""
+    """Caffe's CPU LRN, plane by plane: the first channel's scale is k + alpha/n x^2 summed over
+    its window; each next one adds the entering channel's term and subtracts the leaving one's.
+    (Unsigned indices: no wrap-around checks in the inner loops, which then vectorize.)"""
+    uHW = np.uint64(HW)
     for n in range(N):
-        base = n * C * HW
-        for p in range(HW):
-            acc = k
-            for j in range(size):                 # the first window: channels -pre_pad .. size-1-pre_pad
-                c = j - pre_pad
-                if 0 <= c < C:
-                    v = x[base + c * HW + p]
-                    acc += alpha_over_size * (v * v)
-            scale[base + p] = acc
-            for c in range(1, C):
-                head = c + size - 1 - pre_pad
-                if head < C:
-                    v = x[base + head * HW + p]
-                    acc += alpha_over_size * (v * v)
-                tail = c - 1 - pre_pad
-                if tail >= 0:
-                    v = x[base + tail * HW + p]
-                    acc -= alpha_over_size * (v * v)
-                scale[base + c * HW + p] = acc
-            for c in range(C):
-                o = base + c * HW + p
-                y[o] = scale[o] ** neg_beta * x[o]
+        base = np.uint64(n * C * HW)
+        for p in range(uHW):
+            scale[base + p] = k
+        for j in range(size):                     # the first window: channels -pre_pad .. size-1-pre_pad
+            c = j - pre_pad
+            if 0 <= c < C:
+                o = base + np.uint64(c * HW)
+                for p in range(uHW):
+                    v = x[o + p]
+                    scale[base + p] += alpha_over_size * (v * v)
+        for c in range(1, C):
+            o = base + np.uint64(c * HW)
+            prev = o - uHW
+            for p in range(uHW):
+                scale[o + p] = scale[prev + p]
+            head = c + size - 1 - pre_pad
+            if head < C:
+                h = base + np.uint64(head * HW)
+                for p in range(uHW):
+                    v = x[h + p]
+                    scale[o + p] += alpha_over_size * (v * v)
+            tail = c - 1 - pre_pad
+            if tail >= 0:
+                t = base + np.uint64(tail * HW)
+                for p in range(uHW):
+                    v = x[t + p]
+                    scale[o + p] -= alpha_over_size * (v * v)
+    for i in range(np.uint64(x.shape[0])):
+        y[i] = scale[i] ** neg_beta * x[i]
 
 
 @njit(cache=True, error_model="numpy")
 def lrn_across_backward(x, scale, dy, dx, N, C, HW, size, pre_pad, neg_beta, cache_ratio):
-    """dx = dy scale^-beta - 2 alpha beta / n * x * sum over the windows holding x of dy y / scale."""
-    ratio = np.zeros(C + size)
+    """dx = dy scale^-beta - 2 alpha beta / n * x * (window sum of dy y / scale), plane by plane
+    as Caffe's CPU code; y is recomputed from x and scale exactly as forward did."""
+    uHW = np.uint64(HW)
+    ratio = np.empty(C * HW, dx.dtype)
+    power = np.empty(C * HW, dx.dtype)
+    accum = np.empty(HW, dx.dtype)
     for n in range(N):
-        base = n * C * HW
-        for p in range(HW):
-            for c in range(C):
-                o = base + c * HW + p
-                s = scale[o]
-                y = s ** neg_beta * x[o]                 # the top, recomputed as forward did
-                ratio[c] = dy[o] * y / s
-            acc = ratio[0] * 0
-            for j in range(size - 1):                    # padded positions 0 .. size-2
-                c = j - pre_pad
-                if 0 <= c < C:
-                    acc += ratio[c]
-            for c in range(C):
-                head = c + size - 1 - pre_pad
-                if head < C:
-                    acc += ratio[head]
-                o = base + c * HW + p
-                xv = x[o]
-                dx[o] = dy[o] * scale[o] ** neg_beta - cache_ratio * (xv * acc)
-                tail = c - pre_pad
-                if tail >= 0:
-                    acc -= ratio[tail]
+        base = np.uint64(n * C * HW)
+        for i in range(np.uint64(C * HW)):
+            s = scale[base + i]
+            pw = s ** neg_beta
+            power[i] = pw
+            ratio[i] = dy[base + i] * (pw * x[base + i]) / s
+        for p in range(uHW):
+            accum[p] = 0
+        for j in range(size - 1):                 # padded positions 0 .. size-2
+            c = j - pre_pad
+            if 0 <= c < C:
+                r = np.uint64(c * HW)
+                for p in range(uHW):
+                    accum[p] += ratio[r + p]
+        for c in range(C):
+            head = c + size - 1 - pre_pad
+            if head < C:
+                r = np.uint64(head * HW)
+                for p in range(uHW):
+                    accum[p] += ratio[r + p]
+            r = np.uint64(c * HW)
+            o = base + r
+            for p in range(uHW):
+                dx[o + p] = dy[o + p] * power[r + p] - cache_ratio * (x[o + p] * accum[p])
+            tail = c - pre_pad
+            if tail >= 0:
+                r = np.uint64(tail * HW)
+                for p in range(uHW):
+                    accum[p] -= ratio[r + p]
 
 
 @njit(cache=True, error_model="numpy")
 def square(x, y):
-    for i in range(x.shape[0]):
+    for i in range(np.uint64(x.shape[0])):
         v = x[i]
         y[i] = v * v
 
 
 @njit(cache=True, error_model="numpy")
 def multiply(a, b, out):
-    for i in range(a.shape[0]):
+    for i in range(np.uint64(a.shape[0])):
         out[i] = a[i] * b[i]
 
 
 @njit(cache=True, error_model="numpy")
 def lrn_within_grad(dy, pw, x, dsq, dx):
     """dx = dy * power_out + (2 x) * d(square)  (Caffe's Split sums the product's and the square's diffs)."""
-    for i in range(dy.shape[0]):
+    for i in range(np.uint64(dy.shape[0])):
         dx[i] = dy[i] * pw[i] + (2 * x[i]) * dsq[i]
 
 
@@ -274,6 +313,8 @@ class BatchNormLayer(Layer):
         if param.HasField("use_global_stats"):
             self.use_global_stats = bool(param.use_global_stats)
         self.eps = float(param.eps)
+        if bottom[0].num_axes < 1:
+            raise ConfigError(f"{name}: the bottom needs at least 1 axis")
         self.channels = self._channels(bottom[0])
         if self.blobs:
             if len(self.blobs) != 3:

@@ -322,13 +322,14 @@ def _lrn_across_forward(x, scale, y, N, C, HW, size, pre_pad, alpha_over_size, k
 
 
 @jit
-def _lrn_across_backward(x, scale, dy, dx, N, C, HW, size, pre_pad, neg_beta, cache_ratio):
-    # the window sum of dy * y / scale, recomputed on the fly (y as forward computed it)
+def _lrn_across_backward(x, scale, dy, dx, N, C, HW, size, pre_pad, neg_beta, cache_ratio, zero):
+    # the window sum of dy * y / scale in the data's dtype (as Caffe's accum_ratio), its terms
+    # recomputed on the fly (y as forward computed it)
     for t in range(cuda.grid(1), N * HW, cuda.gridsize(1)):
         n = t // HW
         p = t - n * HW
         base = n * C * HW + p
-        acc = dy[base] * 0
+        acc = zero
         for j in range(size - 1):
             c = j - pre_pad
             if c >= 0 and c < C:
@@ -398,7 +399,8 @@ def lrn_backward(layer, top, bottom):
         HW = layer.H * layer.W
         _lrn_across_backward[grid(layer.N * HW)](x, layer.scale.gpu_data(), dy, dx, layer.N, layer.C, HW, layer.size,
                                                  layer.pre_pad, scalar(-layer.beta, dt),
-                                                 scalar(2.0 * layer.alpha * layer.beta / layer.size, dt))
+                                                 scalar(2.0 * layer.alpha * layer.beta / layer.size, dt),
+                                                 scalar(0, dt))
         return
     pool, pw = layer.pool.gpu_data(), layer.power.gpu_data()
     d_sq, d_pool, d_pw = layer.scale.mutable_gpu_diff(), layer.pool.mutable_gpu_diff(), layer.power.mutable_gpu_diff()

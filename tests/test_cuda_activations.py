@@ -58,8 +58,9 @@ def test_threshold_swish_clip(dtype):
 
 
 IN_PLACE = ['type: "PReLU"', 'type: "ELU"', 'type: "ELU" elu_param { alpha: -0.5 }',
-            'type: "Power" power_param { power: 0.5 scale: 2 shift: 3 }', 'type: "Exp"', 'type: "Log" log_param { shift: 2 }',
-            'type: "BNLL"', 'type: "Swish"', 'type: "Clip" clip_param { min: -0.5 max: 0.5 }']
+            'type: "Power" power_param { power: 0.5 scale: 2 shift: 3 }', 'type: "Exp"',
+            'type: "Log" log_param { shift: 2 }', 'type: "BNLL"', 'type: "Swish"',
+            'type: "Clip" clip_param { min: -0.5 max: 0.5 }']
 
 
 @pytest.mark.parametrize("text", IN_PLACE)

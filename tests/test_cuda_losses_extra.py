@@ -1,8 +1,7 @@
 """The CUDA kernels of layers/losses_extra.py against the CPU code, on tiny shapes, float32 and float64.
 
 Runs under Numba's CUDA simulator or on a real GPU (see tests/cuda_support.py);
-skipped in the plain CPU run (tests/test_losses_extra.py starts a few of these
-under the simulator in a process of its own).
+skipped in the plain CPU run (.ci/run runs tests/test_cuda_*.py under the simulator).
 """
 import numpy as np
 import pytest

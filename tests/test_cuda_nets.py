@@ -282,3 +282,43 @@ def test_gradient_checker_checks_gpu_kernels():
     assert report.layer.gpu and report.passed
     report = check_layer('type: "TanH"', [(3, 2)])
     assert report.passed
+
+
+GEOLOC_NET = """
+name: "tiny_geoloc"
+layer { name: "data" type: "Input" top: "chars" top: "cont" top: "label"
+        input_param { shape { dim: 4 dim: 3 } shape { dim: 4 dim: 3 } shape { dim: 3 dim: 2 } } }
+layer { name: "embed" type: "Embed" bottom: "chars" top: "embed"
+        embed_param { input_dim: 6 num_output: 3 bias_term: false weight_filler { type: "uniform" min: -0.5 max: 0.5 } } }
+layer { name: "lstm" type: "LSTM" bottom: "embed" bottom: "cont" top: "h"
+        recurrent_param { num_output: 4 weight_filler { type: "uniform" min: -0.5 max: 0.5 }
+                          bias_filler { type: "constant" value: 0.1 } } }
+layer { name: "h_grid" type: "Reshape" bottom: "h" top: "h_grid" reshape_param { shape { dim: 1 dim: 1 dim: 4 dim: -1 } } }
+layer { name: "pool" type: "Pooling" bottom: "h_grid" top: "h_max" pooling_param { pool: MAX kernel_h: 4 kernel_w: 1 } }
+layer { name: "feat" type: "Reshape" bottom: "h_max" top: "feat" reshape_param { shape { dim: -1 dim: 4 } } }
+layer { name: "fc1" type: "InnerProduct" bottom: "feat" top: "fc1" inner_product_param { num_output: 5 weight_filler { type: "xavier" } } }
+layer { name: "relu1" type: "ReLU" bottom: "fc1" top: "fc1" }
+layer { name: "pred" type: "InnerProduct" bottom: "fc1" top: "pred" param { lr_mult: 57.3 } param { lr_mult: 57.3 }
+        inner_product_param { num_output: 2 weight_filler { type: "xavier" } } }
+layer { name: "loss" type: "GeolocLoss" bottom: "pred" bottom: "label" top: "loss" geoloc_loss_param { radius: 6371 } }
+"""
+
+
+def test_lstm_geoloc_net_trains_as_on_the_cpu():
+    from dlcore.registry import get_layer_class
+    for name in ("Embed", "LSTM", "GeolocLoss", "Pooling", "InnerProduct"):
+        if not get_layer_class(name).has_gpu_forward():
+            pytest.skip(f"{name} has no forward_gpu yet")
+    rng = np.random.default_rng(8)
+    cont = np.ones((4, 3))
+    cont[0] = 0
+    data = {"chars": rng.integers(0, 6, (4, 3)), "cont": cont,
+            "label": np.c_[rng.uniform(-60, 60, 3), rng.uniform(-170, 170, 3)]}
+    extra = 'type: "Adam" momentum: 0.9 momentum2: 0.999 delta: 1e-8 base_lr: 0.002'
+    extra = extra.replace(" base_lr: 0.002", "")
+    cpu_losses, cpu_w, _ = _train(GEOLOC_NET, extra, 3, False, data=data)
+    gpu_losses, gpu_w, solver = _train(GEOLOC_NET, extra, 3, True, data=data)
+    assert solver.net.layer_dict["lstm"].gpu
+    np.testing.assert_allclose(gpu_losses, cpu_losses, rtol=1e-4)
+    for a, b in zip(gpu_w, cpu_w):
+        assert rel_err(a, b) < 1e-4

@@ -1,5 +1,9 @@
 """Eltwise, Tile, Reduction, ArgMax (after Caffe's test_eltwise_layer.cpp, test_tile_layer.cpp,
 test_reduction_layer.cpp and test_argmax_layer.cpp)."""
+import os
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 
@@ -103,6 +107,8 @@ def test_eltwise_config_errors():
         run('type: "Eltwise" eltwise_param { operation: PROD coeff: 1 coeff: 2 }', [a, b])
     with pytest.raises(ConfigError, match="same shape"):
         run('type: "Eltwise"', [a, b[:1]])
+    _, _, top = run('type: "Eltwise" eltwise_param { operation: MAX coeff: 2 coeff: 3 }', [a, b])   # ignored
+    np.testing.assert_array_equal(top[0].data, np.maximum(a, b))
     with pytest.raises(ConfigError, match="at least 2 bottom"):
         run('type: "Eltwise"', [a])
 
@@ -273,3 +279,20 @@ def test_float32_runs():
     np.testing.assert_allclose(top[0].data, a * b * c, rtol=1e-6)
     _, _, top = run('type: "Reduction" reduction_param { operation: SUMSQ axis: 1 }', [a], dtype=np.float32)
     np.testing.assert_allclose(top[0].data, (a.reshape(2, -1) ** 2).sum(1), rtol=1e-6)
+
+
+# --- the CUDA kernels under the simulator (tests/test_cuda_elementwise.py), in a process of its own ----------
+
+@pytest.mark.skipif(os.environ.get("NUMBA_ENABLE_CUDASIM", "0") not in ("", "0"), reason="already simulating")
+def test_cuda_kernels_under_the_simulator():
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = dict(os.environ, NUMBA_ENABLE_CUDASIM="1")
+    tests = ["tests/test_cuda_elementwise.py::test_eltwise[float64]",
+             "tests/test_cuda_elementwise.py::test_eltwise_max_ties_match_cpu",
+             "tests/test_cuda_elementwise.py::test_tile[float32]",
+             "tests/test_cuda_elementwise.py::test_reduction[float32]",
+             "tests/test_cuda_elementwise.py::test_argmax[float64]"]
+    proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *tests], cwd=root,
+                          env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]
+    assert " passed" in proc.stdout and "skipped" not in proc.stdout.splitlines()[-1]

@@ -1,4 +1,8 @@
 """LSTMUnit (after Caffe's test_lstm_layer.cpp: TestLSTMUnitSetUp, TestLSTMUnitGradient, ...NonZeroCont)."""
+import os
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 
@@ -138,3 +142,16 @@ def test_matches_one_step_of_the_lstm_layer():
     unit.forward(ub, ut)
     np.testing.assert_allclose(ut[1].data, top[0].data, rtol=1e-12)     # h
     np.testing.assert_allclose(ut[0].data, top[2].data, rtol=1e-12)     # c_T
+
+
+# --- the CUDA kernels under the simulator (tests/test_cuda_lstm_unit.py), in a process of its own ----------
+
+@pytest.mark.skipif(os.environ.get("NUMBA_ENABLE_CUDASIM", "0") not in ("", "0"), reason="already simulating")
+def test_cuda_kernels_under_the_simulator():
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = dict(os.environ, NUMBA_ENABLE_CUDASIM="1")
+    tests = ["tests/test_cuda_lstm_unit.py"]
+    proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *tests], cwd=root,
+                          env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]
+    assert " passed" in proc.stdout and "skipped" not in proc.stdout.splitlines()[-1]

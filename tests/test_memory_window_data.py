@@ -202,14 +202,17 @@ def test_window_mean_file_is_read_at_its_centre(window_set, tmp_path):
     proto.shape.dim.extend([1, 3, 12, 12])
     proto.data.extend(mean.ravel().tolist())
     (tmp_path / "mean.binaryproto").write_bytes(proto.SerializeToString())
-    layer = window_layer(folder, batch=4, extra="fg_fraction: 1",
+    set_random_seed(2)
+    layer = window_layer(folder, batch=8, extra="fg_fraction: 1",
                          transform=f'crop_size: 8 mean_file: "{tmp_path}/mean.binaryproto"')
     top = [Blob(dtype=np.float64), Blob(dtype=np.float64)]
     layer.set_up([], top)
     layer.forward([], top)
-    k = int(np.flatnonzero(top[1].data == 1)[0]) if (top[1].data == 1).any() else None
-    if k is not None:
-        np.testing.assert_allclose(top[0].data[k], bgr(rgbs[0])[:, 0:8, 0:8] - mean[:, 2:10, 2:10])   # off (12-8)//2
+    assert set(top[1].data) == {1, 3}
+    centre = mean[:, 2:10, 2:10]                   # offset (12 - 8) // 2 on both axes
+    for k, label in enumerate(top[1].data):
+        pixels = bgr(rgbs[0])[:, 0:8, 0:8] if label == 1 else bgr(rgbs[1])[:, 0:8, 4:12]
+        np.testing.assert_allclose(top[0].data[k], pixels - centre)
 
 
 def test_window_geometry_context_pad_and_square():
@@ -231,15 +234,21 @@ def test_window_geometry_context_pad_and_square():
 
 def test_window_context_padding_leaves_zeros(window_set):
     folder, rgbs = window_set
-    set_random_seed(0)
-    layer = window_layer(folder, batch=4, extra="fg_fraction: 1 context_pad: 2",
+    set_random_seed(2)
+    layer = window_layer(folder, batch=8, extra="fg_fraction: 1 context_pad: 2",
                          transform="crop_size: 10 mean_value: 100")
     top = [Blob(), Blob()]
     layer.set_up([], top)
     layer.forward([], top)
-    for k in np.flatnonzero(top[1].data == 1):      # window (0, 0, 7, 7): grown past the top-left corner
-        assert (top[0].data[k][:, 0, :] == 0).all() and (top[0].data[k][:, :, 0] == 0).all()
-        assert (top[0].data[k][:, 3:, 3:] != 0).any()
+    assert set(top[1].data) == {1, 3}
+    for k, label in enumerate(top[1].data):
+        out = top[0].data[k]
+        assert (out[:, 0, :] == 0).all()              # both windows grow past the top of their image
+        if label == 1:                                # (0, 0, 7, 7) also past the left edge
+            assert (out[:, :, 0] == 0).all()
+        else:                                         # (4, 0, 11, 7) past the right edge
+            assert (out[:, :, -1] == 0).all()
+        assert (out[:, 3:7, 3:7] != 0).any()
 
 
 def test_window_cache_images_gives_the_same_batches(window_set):

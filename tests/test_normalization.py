@@ -276,8 +276,10 @@ def test_batch_norm_param_specs_and_net():
     assert [p.lr_mult for p in layer.layer_param.param] == [0, 0, 0]
     net = Net(net_from_string('''
         force_backward: false
-        layer { name: "in" type: "Input" top: "x" top: "t" input_param { shape { dim: 4 dim: 3 } shape { dim: 4 dim: 3 } } }
-        layer { name: "ip" type: "InnerProduct" bottom: "x" top: "h" inner_product_param { num_output: 3 weight_filler { type: "gaussian" } } }
+        layer { name: "in" type: "Input" top: "x" top: "t"
+                input_param { shape { dim: 4 dim: 3 } shape { dim: 4 dim: 3 } } }
+        layer { name: "ip" type: "InnerProduct" bottom: "x" top: "h"
+                inner_product_param { num_output: 3 weight_filler { type: "gaussian" } } }
         layer { name: "bn" type: "BatchNorm" bottom: "h" top: "h" }
         layer { name: "sc" type: "Scale" bottom: "h" top: "h" scale_param { bias_term: true } }
         layer { name: "loss" type: "EuclideanLoss" bottom: "h" bottom: "t" top: "loss" }
@@ -661,3 +663,34 @@ def test_mvn_in_place(text):
 def test_registered():
     from dlcore import layer_types
     assert {"BatchNorm", "Scale", "Bias", "LRN", "MVN"} <= set(layer_types())
+
+
+def test_batch_norm_statistics_untouched_by_the_solver():
+    """SGD with momentum and weight decay moves the learned weights but not BatchNorm's
+    statistics (lr_mult 0): after two iterations s = 1 + lambda exactly; the TEST net
+    (sharing the trained blobs) normalizes with the global statistics."""
+    from dlcore.config import solver_from_string
+    from solvers import get_solver
+    net = '''
+        layer { name: "data" type: "DummyData" top: "x" top: "t"
+                dummy_data_param { shape { dim: 8 dim: 3 } shape { dim: 8 dim: 2 }
+                                   data_filler { type: "gaussian" } data_filler { type: "gaussian" } } }
+        layer { name: "ip" type: "InnerProduct" bottom: "x" top: "h"
+                inner_product_param { num_output: 2 weight_filler { type: "gaussian" } } }
+        layer { name: "bn" type: "BatchNorm" bottom: "h" top: "h" }
+        layer { name: "sc" type: "Scale" bottom: "h" top: "h" scale_param { bias_term: true } }
+        layer { name: "loss" type: "EuclideanLoss" bottom: "h" bottom: "t" top: "loss" }
+    '''
+    solver = get_solver(solver_from_string(
+        f'net_param {{ {net} }} base_lr: 0.1 momentum: 0.9 weight_decay: 0.5 lr_policy: "fixed" max_iter: 2 '
+        'display: 0 test_iter: 1 test_interval: 100 test_initialization: false random_seed: 3'), dtype=np.float64)
+    bn = solver.net.layer_dict["bn"]
+    w0 = solver.net.layer_dict["ip"].blobs[0].data.copy()
+    solver.step(2)
+    assert bn.blobs[2].data[0] == LAMBDA + 1
+    assert not np.array_equal(solver.net.layer_dict["ip"].blobs[0].data, w0)
+    solver.test(0)                                  # shares the trained blobs, as Caffe's Test
+    test_bn = solver.test_nets[0].layer_dict["bn"]
+    assert test_bn.use_global_stats and not bn.use_global_stats
+    np.testing.assert_array_equal(test_bn.blobs[0].data, bn.blobs[0].data)
+    assert bn.blobs[2].data[0] == LAMBDA + 1        # a TEST forward does not update them

@@ -1,5 +1,9 @@
 """Slice, Crop, Filter, BatchReindex, Parameter (after Caffe's test_slice_layer.cpp, test_crop_layer.cpp,
 test_filter_layer.cpp, test_batch_reindex_layer.cpp)."""
+import os
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 
@@ -264,3 +268,16 @@ def test_parameter_layer_keeps_stored_blob():
     layer.set_up([], top)
     layer.forward([], top)
     np.testing.assert_array_equal(top[0].data, [1, 2, 3])
+
+
+# --- the CUDA kernels under the simulator (tests/test_cuda_slicing.py), in a process of its own ----------
+
+@pytest.mark.skipif(os.environ.get("NUMBA_ENABLE_CUDASIM", "0") not in ("", "0"), reason="already simulating")
+def test_cuda_kernels_under_the_simulator():
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = dict(os.environ, NUMBA_ENABLE_CUDASIM="1")
+    tests = ["tests/test_cuda_slicing.py"]
+    proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *tests], cwd=root,
+                          env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]
+    assert " passed" in proc.stdout and "skipped" not in proc.stdout.splitlines()[-1]

@@ -5,6 +5,10 @@ Deconvolution is checked against the transposed convolution computed with
 the Convolution layer's backward (and its backward against the Convolution
 layer's forward); SPP against pooling by hand and against the Pooling layer.
 """
+import os
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 
@@ -106,7 +110,8 @@ def test_im2col_errors():
 # --- SPP ----------------------------------------------------------------------
 
 def pool_reference(x, k, p, s, method):
-    """Caffe's pooling by hand (square geometry): ceil rounding, last window inside, AVE divisor over the padded window."""
+    """Caffe's pooling by hand (square geometry): ceil rounding, the last window starting inside,
+    AVE's divisor over the window clipped to the padded image."""
     N, C, H, W = x.shape
     out_size = []
     for size in (H, W):
@@ -232,7 +237,8 @@ def test_deconvolution_setup_as_caffe():
 def test_simple_deconvolution_literal():
     # Caffe's TestSimpleDeconvolution: ones in, weights 1, bias 0.1; overlapping windows accumulate
     layer, bottom, top = run('type: "Deconvolution" convolution_param { num_output: 4 kernel_size: 3 stride: 2 '
-                             'weight_filler { type: "constant" value: 1 } bias_filler { type: "constant" value: 0.1 } }',
+                             'weight_filler { type: "constant" value: 1 } '
+                             'bias_filler { type: "constant" value: 0.1 } }',
                              [np.ones((2, 3, 6, 4))])
     H, W = top[0].shape[2:]
     for h in range(H):
@@ -344,9 +350,52 @@ def test_deconvolution_gradient(params, shapes):
 
 def test_deconvolution_errors():
     with pytest.raises(ConfigError, match="multiple of group"):
-        run('type: "Deconvolution" convolution_param { num_output: 3 kernel_size: 2 group: 2 }', [np.zeros((1, 2, 3, 3))])
+        run('type: "Deconvolution" convolution_param { num_output: 3 kernel_size: 2 group: 2 }',
+            [np.zeros((1, 2, 3, 3))])
     with pytest.raises(ConfigError, match="num_output"):
         run('type: "Deconvolution" convolution_param { kernel_size: 2 }', [np.zeros((1, 2, 3, 3))])
     with pytest.raises(ConfigError, match="output would be"):
         run('type: "Deconvolution" convolution_param { num_output: 1 kernel_size: 1 pad: 1 }',
             [np.zeros((1, 2, 1, 1))])
+
+
+def test_fcn_style_upsampling_net():
+    """Caffe's FCN pattern: a fixed bilinear Deconvolution (group = channels) then Crop back to the input."""
+    import dlcore
+    from dlcore import Net
+    from dlcore.config import net_from_string
+    text = """
+    layer { name: "input" type: "Input" top: "data" top: "target"
+            input_param { shape { dim: 1 dim: 3 dim: 8 dim: 8 } shape { dim: 1 dim: 3 dim: 8 dim: 8 } } }
+    layer { name: "pool" type: "Pooling" bottom: "data" top: "pool"
+            pooling_param { pool: AVE kernel_size: 2 stride: 2 } }
+    layer { name: "up" type: "Deconvolution" bottom: "pool" top: "up" param { lr_mult: 0 }
+            convolution_param { num_output: 3 group: 3 kernel_size: 4 stride: 2 bias_term: false
+                                weight_filler { type: "bilinear" } } }
+    layer { name: "crop" type: "Crop" bottom: "up" bottom: "data" top: "score" crop_param { offset: 1 } }
+    layer { name: "loss" type: "EuclideanLoss" bottom: "score" bottom: "target" top: "loss" }
+    """
+    net = Net(net_from_string(text), dlcore.TRAIN, dtype=np.float64)
+    assert net.blobs["up"].shape == (1, 3, 10, 10) and net.blobs["score"].shape == (1, 3, 8, 8)
+    net.blobs["data"].data[...] = 2.0
+    net.blobs["target"].data[...] = 2.0
+    loss = net.forward_backward()
+    # bilinear upsampling by 2 keeps a constant image constant away from the border
+    np.testing.assert_allclose(net.blobs["score"].data[:, :, 1:-1, 1:-1], 2.0, rtol=1e-12)
+    assert np.isfinite(loss) and np.isfinite(net.blobs["data"].diff).all()
+
+
+# --- the CUDA kernels under the simulator (tests/test_cuda_vision_extra.py), in a process of its own ----------
+
+@pytest.mark.skipif(os.environ.get("NUMBA_ENABLE_CUDASIM", "0") not in ("", "0"), reason="already simulating")
+def test_cuda_kernels_under_the_simulator():
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = dict(os.environ, NUMBA_ENABLE_CUDASIM="1")
+    tests = ["tests/test_cuda_vision_extra.py::test_im2col[float32]",
+             "tests/test_cuda_vision_extra.py::test_spp[float64]",
+             "tests/test_cuda_vision_extra.py::test_deconvolution[float64]",
+             "tests/test_cuda_vision_extra.py::test_deconvolution_two_bottoms_rectangular_dilated"]
+    proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *tests], cwd=root,
+                          env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]
+    assert " passed" in proc.stdout and "skipped" not in proc.stdout.splitlines()[-1]

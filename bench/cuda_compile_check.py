@@ -1,0 +1,165 @@
+"""Compile every CUDA kernel dltrain launches to PTX (and, with ptxas, to SASS), without a GPU.
+
+    python bench/cuda_compile_check.py [--cc 9.0] [--record-only FILE] [--from FILE]
+
+Numba's CUDA simulator does no type inference, so a kernel that mixes
+types in a way the real CUDA target refuses passes the simulator tests.
+This check closes that gap on a machine without a GPU:
+
+1. record: the CUDA tests (tests/test_cuda_*.py) run under the simulator
+   in a subprocess, with every kernel launch's argument types recorded;
+2. compile: each recorded (kernel, argument types) is compiled for the real
+   target with ``numba.cuda.compile_ptx`` (needs NVVM: numba-cuda with the
+   CUDA toolkit, e.g. ``pip install 'numba-cuda[cu12]'``, or a system
+   toolkit), and, where ``ptxas`` is found, assembled for the given compute
+   capability to report registers, local-memory stack frames and spills of
+   every variant of the tiled matrix product.
+
+Exit status 0 when every kernel compiles.
+"""
+import argparse
+import os
+import pickle
+import shutil
+import subprocess
+import sys
+import tempfile
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+def _tests():
+    import glob
+    return sorted(glob.glob(os.path.join(ROOT, "tests", "test_cuda_*.py")))
+
+
+# --- recording (runs under the simulator, as a pytest plugin) -------------------------------------
+
+class _Recorder:
+    """pytest plugin: wraps the simulator's kernel call to note (kernel, argument types)."""
+
+    def __init__(self, path):
+        self.path = path
+        self.seen = set()
+
+    def pytest_configure(self, config):
+        import numba
+        from numba.cuda.simulator import kernel as sim_kernel
+        recorder = self
+        original = sim_kernel.FakeCUDAKernel.__call__
+
+        def call(kern, *args):
+            if not kern._device:
+                try:
+                    types = tuple(numba.typeof(_host(a)) for a in args)
+                    key = getattr(kern, "_dltrain_key", None)
+                    name = (kern.fn.__module__, kern.fn.__qualname__)
+                    recorder.seen.add((name, key, types))
+                except Exception as err:          # never break the tests
+                    print(f"cuda_compile_check: could not record {kern}: {err}", file=sys.stderr)
+            return original(kern, *args)
+        sim_kernel.FakeCUDAKernel.__call__ = call
+
+    def pytest_unconfigure(self, config):
+        with open(self.path, "wb") as f:
+            pickle.dump(sorted(self.seen, key=repr), f)
+
+
+def _host(arg):
+    array = getattr(arg, "_ary", None)
+    return array if array is not None else arg
+
+
+def record(path):
+    import pytest
+    code = pytest.main(["-q", "-p", "no:cacheprovider", *_tests()],
+                       plugins=[_Recorder(path)])
+    return int(code)
+
+
+# --- compiling (the real CUDA target) -----------------------------------------------------------------
+
+def _ptxas():
+    found = shutil.which("ptxas")
+    if found:
+        return found
+    try:
+        import nvidia.cuda_nvcc
+        candidate = os.path.join(os.path.dirname(nvidia.cuda_nvcc.__file__), "bin", "ptxas")
+        return candidate if os.path.exists(candidate) else None
+    except ImportError:
+        return None
+
+
+def compile_all(entries, cc):
+    import importlib
+
+    from numba import cuda
+    if cuda.config.ENABLE_CUDASIM if hasattr(cuda, "config") else os.environ.get("NUMBA_ENABLE_CUDASIM") == "1":
+        raise SystemExit("the compile step must run without NUMBA_ENABLE_CUDASIM")
+    from layers import kernels_cuda
+    ptxas = _ptxas()
+    failures = 0
+    done = set()
+    for (module, qualname), key, types in entries:
+        if key is not None:
+            dispatcher = kernels_cuda._kernel_for(*key)[0]
+            label = f"gemm{key}"
+        else:
+            obj = importlib.import_module(module)
+            for part in qualname.split("."):
+                obj = getattr(obj, part)
+            dispatcher = obj
+            label = f"{module}.{qualname}"
+        ident = (label, types)
+        if ident in done:
+            continue
+        done.add(ident)
+        try:
+            ptx, _ = cuda.compile_ptx(dispatcher.py_func, types, cc=cc)
+        except Exception as err:
+            failures += 1
+            print(f"FAIL {label} {types}: {type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}")
+            continue
+        info = ""
+        if ptxas and key is not None:
+            with tempfile.TemporaryDirectory() as folder:
+                src = os.path.join(folder, "k.ptx")
+                with open(src, "w") as f:
+                    f.write(ptx)
+                out = subprocess.run([ptxas, f"-arch=sm_{cc[0]}{cc[1]}", "-v", src, "-o", os.path.join(folder, "k.o")],
+                                     capture_output=True, text=True)
+                stats = [line.split("info    :")[-1].strip() for line in out.stderr.splitlines()
+                         if "registers" in line or "spill" in line]
+                info = "  [" + "; ".join(stats) + "]"
+        print(f"ok   {label} ({', '.join(str(t) for t in types[:6])}{', ...' if len(types) > 6 else ''}){info}")
+    return failures, len(done)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--cc", default="9.0", help="compute capability to compile for (default 9.0: H100/H200)")
+    parser.add_argument("--record-only", metavar="FILE", help="(internal) record the launches into FILE and stop")
+    parser.add_argument("--from", dest="source", metavar="FILE", help="compile the launches recorded in FILE")
+    args = parser.parse_args()
+    sys.path.insert(0, ROOT)
+    sys.path.insert(0, os.path.join(ROOT, "tests"))
+    if args.record_only:
+        os.chdir(ROOT)
+        raise SystemExit(record(args.record_only))
+    path = args.source
+    if path is None:
+        path = os.path.join(tempfile.mkdtemp(), "launches.pkl")
+        env = dict(os.environ, NUMBA_ENABLE_CUDASIM="1")
+        proc = subprocess.run([sys.executable, os.path.abspath(__file__), "--record-only", path], env=env, cwd=ROOT)
+        if proc.returncode != 0:
+            print(f"(the simulator tests exited {proc.returncode}; compiling what was recorded)")
+    with open(path, "rb") as f:
+        entries = pickle.load(f)
+    cc = tuple(int(x) for x in args.cc.split("."))
+    failures, count = compile_all(entries, cc)
+    print(f"{count - failures} of {count} kernel variants compiled for sm_{cc[0]}{cc[1]}"
+          + (f"; {failures} FAILED" if failures else ""))
+    raise SystemExit(1 if failures else 0)
+
+
+if __name__ == "__main__":
+    main()
