@@ -393,6 +393,8 @@ GEO_SIZE = 12
 # tile configurations: (BM, BN, BK, TM, TN); threads per block = (BM/TM) * (BN/TN)
 CONFIG_LARGE = (128, 128, 8, 8, 8)
 CONFIG_MEDIUM = (64, 64, 16, 4, 4)
+CONFIG_WIDE = (32, 128, 8, 2, 8)      # few rows, many columns (a convolution with few output channels)
+CONFIG_TALL = (128, 32, 8, 8, 2)      # many rows, few columns
 CONFIG_SIM = (16, 16, 16, 4, 4)
 _config_override = None
 
@@ -616,8 +618,11 @@ def _kernel_for(dtype, ta, tb, amode, bmode, cmode, config, bias_mode=BIAS_NONE,
         nbt = numba.from_dtype(np.dtype(dtype))
         entry = _make_gemm(nbt, bool(ta), bool(tb), amode, bmode, cmode, bias_mode, bool(use_beta), config)
         # how to make this variant again (bench/cuda_compile_check.py compiles every variant a run used)
-        entry[0]._dltrain_key = (np.dtype(dtype).str, bool(ta), bool(tb), amode, bmode, cmode, config, bias_mode,
-                                 bool(use_beta))
+        try:
+            entry[0]._dltrain_key = (np.dtype(dtype).str, bool(ta), bool(tb), amode, bmode, cmode, config, bias_mode,
+                                     bool(use_beta))
+        except AttributeError:
+            pass
         _gemm_kernels[key] = entry
     return entry
 
@@ -650,6 +655,10 @@ def choose_config(M, N, batch, dtype=np.float32):
     large = CONFIG_LARGE
     if M >= 96 and N >= 96 and math.ceil(M / large[0]) * math.ceil(N / large[1]) * batch >= 120:
         return large
+    if M <= 32 and N >= 512:
+        return CONFIG_WIDE
+    if N <= 32 and M >= 512:
+        return CONFIG_TALL
     return CONFIG_MEDIUM
 
 

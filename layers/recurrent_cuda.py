@@ -7,11 +7,13 @@ written in place:
 * ``pre`` (T*N, G) = x W_x^T: the input projection of all steps, ONE product;
 * ``addend`` = the bias (broadcast) or, with a static input, (N, G) =
   x_static W_static^T + bias, ONE product;
-* per step t: ``rec`` (N, G) = (cont_t h_{t-1}) W_h^T (one product), then
-  one fused kernel for every cell (n, j): the gate activations, c_t, tanh
-  c_t, h_t straight into the top, and cont_{t+1} h_t for the next product;
-* backward per step: one fused kernel (dL/dc, the gate gradients dG_t into
-  a (T*N, G) buffer), then drec (N, H) = dG_t W_h for the step before;
+* per step t, ONE launch: the recurrent term (cont_t h_{t-1}) W_h^T of each
+  cell's four gates (a small product staged in shared memory), then the
+  gate activations, c_t, tanh c_t, h_t straight into the top, and
+  cont_{t+1} h_t for the next step (RNN: a product, then a cell kernel);
+* backward per step, ONE launch: the gradient reaching h_t from step t+1
+  (dG_{t+1} W_h, the same way), then dL/dc and the gate gradients dG_t
+  into a (T*N, G) buffer;
 * after the loop: dW_x += dG^T x, db += column sums of dG, dW_h += dG^T hc,
   dx = dG W_x: four products over all steps at once.
 
@@ -24,6 +26,8 @@ from numba import cuda
 
 from . import kernels_cuda as K
 from .kernels_cuda import grid, jit, scalar
+
+FUSED = True       # one launch per LSTM step (False: a product and a cell kernel per step)
 
 
 @jit
@@ -131,6 +135,166 @@ def _sum_steps(dG, T, NG, out):
         out[k] = acc
 
 
+# ---------------------------------------------------------------------------
+# LSTM steps with the recurrent product fused in: ONE launch per step.
+#
+# A block owns a tile of BJ hidden units x BS streams (one thread per cell)
+# and computes, for its cells, the four gates' recurrent terms (forward:
+# rec[n, g*H + j] = sum_k hc_t[n, k] W_h[g*H + j, k]) or the gradient that
+# reaches h_t (backward: drec[n, j] = sum_g dG_{t+1}[n, g] W_h[g, j]),
+# staging BK-deep slices of W_h and of the step's rows in shared memory;
+# then it does the cell update in registers.  The step's launch depends
+# only on the previous step's launch, as the recurrence does.
+# ---------------------------------------------------------------------------
+
+FUSED_SIM = (4, 4, 4)          # BJ, BS, BK under the simulator
+FUSED_GPU = (32, 8, 32)
+_fused = {}
+
+
+def _fused_config():
+    return FUSED_SIM if K.SIM else FUSED_GPU
+
+
+def _make_fused(nbt, config):
+    BJ, BS, BK = config
+    NT = BJ * BS
+    PJ = BJ + 1              # padded shared rows (compile-time constants: shared shapes must be)
+    PS = BS + 1
+
+    def forward(t, T, N, H, pre, addend, a_stride, cont, w_h, c, acts, tanh_c, h, hc, one):
+        Ws = cuda.shared.array((4, BK, PJ), nbt)
+        Hs = cuda.shared.array((BK, PS), nbt)
+        zero = nbt(0)
+        tid = cuda.threadIdx.x
+        tj = tid % BJ
+        tn = tid // BJ
+        j0 = cuda.blockIdx.x * BJ
+        n0 = cuda.blockIdx.y * BS
+        j = j0 + tj
+        n = n0 + tn
+        ri = zero
+        rf = zero
+        ro = zero
+        rg = zero
+        hc_base = t * N * H
+        for k0 in range(0, H, BK):
+            for e in range(tid, 4 * BJ * BK, NT):
+                gate = e // (BJ * BK)
+                r = e - gate * (BJ * BK)
+                jj = r // BK
+                kk = r - jj * BK
+                v = zero
+                if j0 + jj < H and k0 + kk < H:
+                    v = w_h[(gate * H + j0 + jj) * H + k0 + kk]
+                Ws[gate, kk, jj] = v
+            for e in range(tid, BS * BK, NT):
+                nn = e // BK
+                kk = e - nn * BK
+                v = zero
+                if n0 + nn < N and k0 + kk < H:
+                    v = hc[hc_base + (n0 + nn) * H + k0 + kk]
+                Hs[kk, nn] = v
+            cuda.syncthreads()
+            for kk in range(BK):
+                hv = Hs[kk, tn]
+                ri += hv * Ws[0, kk, tj]
+                rf += hv * Ws[1, kk, tj]
+                ro += hv * Ws[2, kk, tj]
+                rg += hv * Ws[3, kk, tj]
+            cuda.syncthreads()
+        if j < H and n < N:
+            G = 4 * H
+            row = (t * N + n) * G
+            a = n * a_stride
+            i = one / (one + math.exp(-((pre[row + j] + ri) + addend[a + j])))
+            sf = one / (one + math.exp(-((pre[row + H + j] + rf) + addend[a + H + j])))
+            o = one / (one + math.exp(-((pre[row + 2 * H + j] + ro) + addend[a + 2 * H + j])))
+            g = math.tanh((pre[row + 3 * H + j] + rg) + addend[a + 3 * H + j])
+            acts[row + j] = i
+            acts[row + H + j] = sf
+            acts[row + 2 * H + j] = o
+            acts[row + 3 * H + j] = g
+            cell = (t * N + n) * H + j
+            cv = cont[t * N + n] * sf * c[cell] + i * g
+            tc = math.tanh(cv)
+            c[cell + N * H] = cv
+            tanh_c[cell] = tc
+            hv = o * tc
+            h[cell] = hv
+            if t + 1 < T:
+                hc[cell + N * H] = cont[(t + 1) * N + n] * hv
+
+    def backward(t, T, N, H, acts, c, tanh_c, cont, dtop, drec_last, w_h, dc, dG, one):
+        Ws = cuda.shared.array((BK, PJ), nbt)
+        Ds = cuda.shared.array((BK, PS), nbt)
+        zero = nbt(0)
+        tid = cuda.threadIdx.x
+        tj = tid % BJ
+        tn = tid // BJ
+        j0 = cuda.blockIdx.x * BJ
+        n0 = cuda.blockIdx.y * BS
+        j = j0 + tj
+        n = n0 + tn
+        G = 4 * H
+        drec = zero
+        if t + 1 < T:
+            nxt = (t + 1) * N
+            for g0 in range(0, G, BK):
+                for e in range(tid, BK * BJ, NT):
+                    kk = e // BJ
+                    jj = e - kk * BJ
+                    v = zero
+                    if g0 + kk < G and j0 + jj < H:
+                        v = w_h[(g0 + kk) * H + j0 + jj]
+                    Ws[kk, jj] = v
+                for e in range(tid, BS * BK, NT):
+                    nn = e // BK
+                    kk = e - nn * BK
+                    v = zero
+                    if n0 + nn < N and g0 + kk < G:
+                        v = dG[(nxt + n0 + nn) * G + g0 + kk]
+                    Ds[kk, nn] = v
+                cuda.syncthreads()
+                for kk in range(BK):
+                    drec += Ds[kk, tn] * Ws[kk, tj]
+                cuda.syncthreads()
+        if j < H and n < N:
+            k = n * H + j
+            if t + 1 < T:
+                cont_next = cont[(t + 1) * N + n]
+            else:
+                cont_next = one
+                drec = drec_last[k]
+            row = (t * N + n) * G
+            cell = (t * N + n) * H + j
+            i = acts[row + j]
+            sf = acts[row + H + j]
+            o = acts[row + 2 * H + j]
+            g = acts[row + 3 * H + j]
+            dhv = dtop[cell] + cont_next * drec
+            tc = tanh_c[cell]
+            dct = dc[k] + dhv * o * (one - tc * tc)
+            f = cont[t * N + n] * sf
+            dc[k] = dct * f
+            dG[row + j] = dct * g * i * (one - i)
+            dG[row + H + j] = dct * c[cell] * f * (one - sf)
+            dG[row + 2 * H + j] = dhv * tc * o * (one - o)
+            dG[row + 3 * H + j] = dct * i * (one - g * g)
+
+    return K.jit(forward), K.jit(backward), NT
+
+
+def _fused_kernels(dtype):
+    import numba
+    import numpy as np
+    config = _fused_config()
+    key = (np.dtype(dtype).str, config)
+    if key not in _fused:
+        _fused[key] = _make_fused(numba.from_dtype(np.dtype(dtype)), config)
+    return _fused[key], config
+
+
 def _scale_rows_launch(src, scale, dst, N, H, s_off=0, sc_off=0, d_off=0):
     if N * H:
         _scale_rows[grid(N * H)](src, s_off, scale, sc_off, dst, d_off, N, H)
@@ -196,9 +360,16 @@ def lstm_forward(layer, bottom, top):
     one = scalar(1, layer.dtype)
     K.copy(_initial_state(layer, bottom, 1), c, NH)
     _scale_rows_launch(_initial_state(layer, bottom, 0), cont, hc, N, H)
-    for t in range(T):
-        K.gemm(N, G, H, hc, w_h, rec, tb=True, a_off=t * NH)
-        _lstm_forward_step[grid(NH)](t, T, N, H, pre, rec, addend, a_stride, cont, c, acts, tanh_c, h, hc, one)
+    if FUSED:
+        (fwd, _, NT), (BJ, BS, _) = _fused_kernels(layer.dtype)
+        blocks = ((H + BJ - 1) // BJ, (N + BS - 1) // BS)
+        for t in range(T):
+            fwd[blocks, NT](t, T, N, H, pre, addend, a_stride, cont, w_h, c, acts, tanh_c, h, hc, one)
+    else:
+        for t in range(T):
+            K.gemm(N, G, H, hc, w_h, rec, tb=True, a_off=t * NH)
+            _lstm_forward_step[grid(NH)](t, T, N, H, pre, rec, addend, a_stride, cont, c, acts, tanh_c, h, hc,
+                                         one)
     K.copy(h, _final_state(layer, top, 0), NH, s_off=(T - 1) * NH)
     K.copy(c, _final_state(layer, top, 1), NH, s_off=T * NH)
 
@@ -225,10 +396,16 @@ def lstm_backward(layer, top, propagate_down, bottom):
     else:
         K.fill(drec, 0, NH)
         K.fill(dc, 0, NH)
-    for t in range(T - 1, -1, -1):
-        _lstm_backward_step[grid(NH)](t, T, N, H, acts, c, tanh_c, cont, dtop, drec, dc, dG, one)
-        if t > 0:
-            K.gemm(N, H, G, dG, w_h, drec, a_off=t * N * G)       # drec = dG_t W_h
+    if FUSED:
+        (_, bwd, NT), (BJ, BS, _) = _fused_kernels(layer.dtype)
+        blocks = ((H + BJ - 1) // BJ, (N + BS - 1) // BS)
+        for t in range(T - 1, -1, -1):
+            bwd[blocks, NT](t, T, N, H, acts, c, tanh_c, cont, dtop, drec, w_h, dc, dG, one)
+    else:
+        for t in range(T - 1, -1, -1):
+            _lstm_backward_step[grid(NH)](t, T, N, H, acts, c, tanh_c, cont, dtop, drec, dc, dG, one)
+            if t > 0:
+                K.gemm(N, H, G, dG, w_h, drec, a_off=t * N * G)       # drec = dG_t W_h
     _parameter_grads(layer, bottom, propagate_down, dG, hc, G, 0, 1, 2 + nst)
     first = layer._first_state_bottom()
     if layer.expose_hidden and propagate_down[first]:

@@ -66,13 +66,13 @@ def test_gemm_atomic_split_k():
     _gemm_case(9, 17, 45, 1, 1, atomic=True, ksplit=2, batch=2, dtype=np.float32)
 
 
-@pytest.mark.parametrize("config", ["CONFIG_MEDIUM", "CONFIG_LARGE", (32, 16, 8, 4, 2)])
+@pytest.mark.parametrize("config", ["CONFIG_MEDIUM", "CONFIG_LARGE", "CONFIG_WIDE", "CONFIG_TALL", (32, 16, 8, 4, 2)])
 def test_gemm_tile_configurations(config):
     # the real-GPU configurations, on shapes that leave partial tiles on every side
     KC = _k()
     config = getattr(KC, config) if isinstance(config, str) else config
-    big = config[0] >= 128
-    _gemm_case(config[0] + 3 if not big else 130, config[1] + 5 if not big else 7, 2 * config[2] + 3, 1, 0,
+    big = config[0] * config[1] >= 128 * 32
+    _gemm_case(config[0] + 3 if not big else config[0] + 2, config[1] + 5 if not big else 7, 2 * config[2] + 3, 1, 0,
                bias_mode=2, config=config, dtype=np.float32)
     if not big:
         _gemm_case(config[0] - 3, config[1] + 1, 3 * config[2] + 1, 0, 1, atomic=True, ksplit=2, config=config)

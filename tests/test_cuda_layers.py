@@ -250,3 +250,17 @@ def test_geoloc_loss(dtype):
     compare_layer('type: "GeolocLoss" geoloc_loss_param { radius: 6371 }', [(6, 2), (6, 2)], dtype,
                   bottom_data={0: pred, 1: label})
     compare_layer('type: "GeolocLoss" geoloc_loss_param { unit: RADIANS }', [(5, 2), (5, 2)], dtype, fill=(-3, 3))
+
+
+# --- a plugin with GPU code (configs/plugins/dltrain-gram) ---------------------------------------
+
+@BOTH
+def test_gram_plugin_gpu_pair(dtype):
+    import os
+    import sys
+    root = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs", "plugins",
+                        "dltrain-gram")
+    if root not in sys.path:
+        sys.path.insert(0, root)
+    import dltrain_gram.gram  # noqa: F401  (registers "Gram")
+    compare_layer('type: "Gram" python_param { param_str: "normalize: all\\nscale: 2" }', [(2, 3, 2, 2)], dtype)

@@ -322,3 +322,16 @@ def test_lstm_geoloc_net_trains_as_on_the_cpu():
     np.testing.assert_allclose(gpu_losses, cpu_losses, rtol=1e-4)
     for a, b in zip(gpu_w, cpu_w):
         assert rel_err(a, b) < 1e-4
+
+
+def test_cli_gradcheck_and_time_on_the_gpu(tmp_path, capsys):
+    from cli.main import main
+    layer = tmp_path / "layer.prototxt"
+    layer.write_text('name: "sig" type: "Sigmoid"\n')
+    assert main(["gradcheck", str(layer), "--bottom", "2,3", "--gpu", "0"]) == 0
+    assert "gradient elements checked in float64 on the GPU" in capsys.readouterr().out
+    net = tmp_path / "net.prototxt"
+    net.write_text(MLP_NET)
+    assert main(["time", "--model", str(net), "--iterations", "2", "--gpu", "0"]) == 0
+    err = capsys.readouterr().err
+    assert "Use GPU with device ID 0" in err and "Average Forward-Backward" in err

@@ -5,10 +5,8 @@ import re
 import numpy as np
 import pytest
 
-h5py = pytest.importorskip("h5py")
-
-from dlcore.config import load_message, parse_text  # noqa: E402
-from proto import caffe_pb2  # noqa: E402
+from dlcore.config import load_message
+from proto import caffe_pb2
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 EXAMPLE = os.path.join(ROOT, "configs", "geoloc")
@@ -16,6 +14,7 @@ EXAMPLE = os.path.join(ROOT, "configs", "geoloc")
 
 def slice_data(tmp_path, split, blocks):
     """The first ``blocks`` rows (batches) of a split, as an .h5 file and its list."""
+    h5py = pytest.importorskip("h5py")
     with h5py.File(os.path.join(EXAMPLE, "data", f"{split}.h5"), "r") as src, \
             h5py.File(tmp_path / f"{split}.h5", "w") as dst:
         for name in ("chars", "cont", "label"):
@@ -44,6 +43,7 @@ def short_solver(tmp_path, solver, iterations):
 
 
 def test_data_matches_codec_and_layout():
+    h5py = pytest.importorskip("h5py")
     from cli.predict import CharCodec
     codec = CharCodec.load(os.path.join(EXAMPLE, "charcodec.json"))
     with h5py.File(os.path.join(EXAMPLE, "data", "test.h5"), "r") as f:
