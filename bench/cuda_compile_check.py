@@ -89,26 +89,56 @@ def _ptxas():
         return None
 
 
-def compile_all(entries, cc):
-    import importlib
+def _no_driver_device(cc):
+    """Without a driver, numba-cuda asks the current device for its compute capability when it
+    compiles a (non-inlined) device function; answer with ``cc``."""
+    try:
+        from numba.cuda import dispatcher
+    except ImportError:
+        return
 
+    class _Device:
+        compute_capability = cc
+        name = f"(no device: compiling for sm_{cc[0]}{cc[1]})"
+    try:
+        dispatcher.get_current_device()
+    except Exception:
+        dispatcher.get_current_device = lambda: _Device
+
+
+def _dispatcher(module, qualname, key):
+    """The kernel a recording names: a module attribute, or one a factory makes (``key``:
+    (module, function, args) to call again; the GEMM's key is its variant)."""
+    import importlib
+    if key is not None and isinstance(key, tuple) and len(key) == 3 and isinstance(key[0], str) \
+            and isinstance(key[2], tuple) and key[0].startswith(("layers.", "solvers.")):
+        factory = getattr(importlib.import_module(key[0]), key[1])
+        return factory(*key[2]), f"{key[0]}.{key[1]}{key[2]}"
+    if key is not None:
+        from layers import kernels_cuda
+        return kernels_cuda._kernel_for(*key)[0], f"gemm{key}"
+    obj = importlib.import_module(module)
+    for part in qualname.split("."):
+        obj = getattr(obj, part)
+    return obj, f"{module}.{qualname}"
+
+
+def compile_all(entries, cc):
     from numba import cuda
-    if cuda.config.ENABLE_CUDASIM if hasattr(cuda, "config") else os.environ.get("NUMBA_ENABLE_CUDASIM") == "1":
+    if os.environ.get("NUMBA_ENABLE_CUDASIM", "0") not in ("", "0"):
         raise SystemExit("the compile step must run without NUMBA_ENABLE_CUDASIM")
-    from layers import kernels_cuda
+    _no_driver_device(cc)
     ptxas = _ptxas()
     failures = 0
     done = set()
     for (module, qualname), key, types in entries:
-        if key is not None:
-            dispatcher = kernels_cuda._kernel_for(*key)[0]
-            label = f"gemm{key}"
-        else:
-            obj = importlib.import_module(module)
-            for part in qualname.split("."):
-                obj = getattr(obj, part)
-            dispatcher = obj
-            label = f"{module}.{qualname}"
+        try:
+            dispatcher, label = _dispatcher(module, qualname, key)
+        except Exception as err:
+            failures += 1
+            print(f"FAIL {module}.{qualname}: cannot find the kernel ({type(err).__name__}: {err}); a kernel made "
+                  "by a factory needs a _dltrain_key (see layers/kernels_cuda.py)")
+            continue
         ident = (label, types)
         if ident in done:
             continue
@@ -120,7 +150,7 @@ def compile_all(entries, cc):
             print(f"FAIL {label} {types}: {type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}")
             continue
         info = ""
-        if ptxas and key is not None:
+        if ptxas and (key is not None or "<locals>" in qualname):
             with tempfile.TemporaryDirectory() as folder:
                 src = os.path.join(folder, "k.ptx")
                 with open(src, "w") as f:

@@ -1,6 +1,6 @@
 """LeNet forward+backward (batch 64, 1x28x28): dltrain vs PyTorch CPU, in one run.
 
-    python bench/lenet.py [--iterations 50] [--rounds 5]
+    python bench/lenet.py [--iterations 50] [--rounds 5] [--threads N]
 
 Both run the same net (conv 20x5x5, max pool 2, conv 50x5x5, max pool 2,
 InnerProduct 500, ReLU, InnerProduct 10, SoftmaxWithLoss) on the same random
@@ -14,13 +14,12 @@ import statistics
 import sys
 import time
 
-import numpy as np
-
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 
 def dltrain_step():
+    import numpy as np
     import dlcore
     net = dlcore.Net(os.path.join(ROOT, "configs", "lenet", "lenet.prototxt"), dlcore.TRAIN)
     rng = np.random.default_rng(0)
@@ -63,8 +62,15 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--iterations", type=int, default=50)
     parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--threads", type=int, default=0,
+                        help="threads for both sides (BLAS, Numba, torch); 0 = each library's default")
     args = parser.parse_args()
+    if args.threads:   # must be set before numpy/numba/torch start their pools
+        for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS"):
+            os.environ[var] = str(args.threads)
     import torch
+    if args.threads:
+        torch.set_num_threads(args.threads)
     steps = {"dltrain": dltrain_step(), "torch": torch_step()}
     for step in steps.values():      # compile / warm up
         for _ in range(5):

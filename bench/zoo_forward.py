@@ -1,15 +1,16 @@
 """CPU forward time per image of the model zoo's AlexNet and GoogLeNet (and CaffeNet).
 
-    python bench/zoo_forward.py [--batch 10] [--iterations 5] [--nets alexnet,googlenet,caffenet]
+    python bench/zoo_forward.py [--batch 10] [--iterations 3] [--rounds 5] [--nets alexnet,googlenet,caffenet]
                                 [--caffe PATH/TO/caffe]
 
 Each net is configs/zoo/<net>_deploy.prototxt at batch 10 (the deploy files'
 own batch) with random weights (the files' fillers) and a random input; the
-first forward pass (compilation, allocation) is excluded, then the median of
-``--iterations`` passes is reported as ms per image.  With ``--caffe`` (a
-BVLC Caffe ``caffe`` binary built for the CPU) the same files are timed by
-``caffe time -model F -iterations N`` (its "Average Forward pass", divided
-by the batch) on the same machine, for a side-by-side figure.
+first forward pass (compilation, allocation) is excluded.  Each round times
+``--iterations`` passes and keeps the fastest; the figure is the best round
+(as timeit reports), in ms per image.  With ``--caffe`` (a BVLC Caffe
+``caffe`` binary built for the CPU) each round also runs ``caffe time -model
+F -iterations N`` on the same file (its "Average Forward pass", divided by
+the batch), interleaved with dltrain's rounds, and the best round is kept.
 
 BVLC's own published figures (no CPU figure is published for GoogLeNet):
 
@@ -25,7 +26,6 @@ BVLC's own published figures (no CPU figure is published for GoogLeNet):
 import argparse
 import os
 import re
-import statistics
 import subprocess
 import sys
 import time
@@ -44,7 +44,8 @@ def zoo_file(name):
     return os.path.join(ROOT, "configs", "zoo", f"{name}_deploy.prototxt")
 
 
-def time_dltrain(name, batch, iterations):
+def dltrain_net(name, batch):
+    """A forward pass of the zoo net at ``batch`` (warmed up), as a function."""
     import dlcore
     import layers  # noqa: F401
     from dlcore.config import load_net
@@ -53,50 +54,63 @@ def time_dltrain(name, batch, iterations):
     net = dlcore.Net(param, dlcore.TEST)
     x = np.random.default_rng(0).uniform(-1, 1, net.blobs["data"].shape).astype(np.float32)
     net.forward(data=x)                                   # warm-up: compilation and allocation
-    times = []
-    for _ in range(iterations):
+
+    def forward():
         start = time.perf_counter()
         net.forward(data=x)
-        times.append(time.perf_counter() - start)
-    return statistics.median(times) * 1e3 / batch
+        return time.perf_counter() - start
+    return forward
 
 
-def time_caffe(binary, name, batch, iterations, tmp):
-    """BVLC Caffe's `caffe time` forward figure (ms/image), or None."""
+def caffe_model(name, batch, tmp):
     from dlcore.config import load_net, to_prototxt
     param = load_net(zoo_file(name))
     param.layer[0].input_param.shape[0].dim[0] = batch
     path = os.path.join(tmp, f"{name}_b{batch}.prototxt")
     with open(path, "w") as f:
         f.write(to_prototxt(param))
-    # `caffe time` runs forward and backward; the deploy nets need force_backward for the backward
-    # half to do anything, but only its forward average is used here.
-    proc = subprocess.run([binary, "time", "-model", path, "-iterations", str(iterations)],
+    return path
+
+
+def time_caffe(binary, model, iterations):
+    """BVLC Caffe's `caffe time` average forward pass (ms), or None.  (`caffe time` also runs
+    a backward pass, which does nothing in a deploy net without force_backward.)"""
+    proc = subprocess.run([binary, "time", "-model", model, "-iterations", str(iterations)],
                           capture_output=True, text=True)
     match = re.search(r"Average Forward pass: ([0-9.]+) ms", proc.stderr)
     if proc.returncode != 0 or not match:
-        print(f"  caffe time failed for {name}: {proc.stderr[-500:]}", file=sys.stderr)
+        print(f"  caffe time failed for {model}: {proc.stderr[-500:]}", file=sys.stderr)
         return None
-    return float(match.group(1)) / batch
+    return float(match.group(1))
 
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--batch", type=int, default=10)
-    parser.add_argument("--iterations", type=int, default=5)
+    parser.add_argument("--iterations", type=int, default=3, help="forward passes per round")
+    parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--nets", default="alexnet,googlenet", help="comma-separated: alexnet, googlenet, "
                                                                      "caffenet, cifar10_quick, ...")
     parser.add_argument("--caffe", help="a BVLC Caffe `caffe` binary (CPU build) to time on this machine too")
     args = parser.parse_args(argv)
     import tempfile
-    print(f"CPU forward time per image, batch {args.batch}, median of {args.iterations} passes "
-          f"(warm-up excluded); {os.cpu_count()} CPU cores visible")
+    print(f"CPU forward time per image, batch {args.batch}: best of {args.rounds} rounds of {args.iterations} "
+          f"passes (warm-up excluded; dltrain and Caffe interleaved round by round, so load from other "
+          f"processes hits both); {os.cpu_count()} CPU cores visible")
     results = {}
     with tempfile.TemporaryDirectory() as tmp:
         for name in args.nets.split(","):
-            ms = time_dltrain(name, args.batch, args.iterations)
+            forward = dltrain_net(name, args.batch)
+            model = caffe_model(name, args.batch, tmp) if args.caffe else None
+            ours, theirs = [], []
+            for _ in range(args.rounds):
+                ours.append(min(forward() for _ in range(args.iterations)) * 1e3 / args.batch)
+                if model:
+                    ms = time_caffe(args.caffe, model, args.iterations)
+                    if ms is not None:
+                        theirs.append(ms / args.batch)
+            ms, caffe_ms = min(ours), (min(theirs) if theirs else None)
             line = f"  {name:10s} dltrain {ms:8.1f} ms/image"
-            caffe_ms = time_caffe(args.caffe, name, args.batch, args.iterations, tmp) if args.caffe else None
             if caffe_ms is not None:
                 line += f"   BVLC Caffe (same machine) {caffe_ms:8.1f} ms/image   ratio {ms / caffe_ms:.2f}x"
             line += f"   published: {PUBLISHED.get(name, '-')}"

@@ -313,3 +313,12 @@ class ConvolutionLayer(Layer):
                 np.matmul(col[g * Kg:(g + 1) * Kg], dyc[g * Mg:(g + 1) * Mg].T, out=wtmp)
                 wd = weight_diff[g * Mg:(g + 1) * Mg]
                 np.add(wd, wtmp.T, out=wd)
+
+    # --- GPU: implicit-GEMM kernels (layers/convolution_cuda.py) -------------------
+    def forward_gpu(self, bottom, top):
+        from . import convolution_cuda
+        convolution_cuda.forward(self, bottom, top)
+
+    def backward_gpu(self, top, propagate_down, bottom):
+        from . import convolution_cuda
+        convolution_cuda.backward(self, top, propagate_down, bottom)

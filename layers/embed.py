@@ -106,21 +106,39 @@ class EmbedLayer(Layer):
         bad = embed_forward(indices, self.blobs[0].data, bias, self.bias_term,
                             top[0].data.reshape(-1, self.num_output))
         if bad >= 0:
-            value = float(indices[bad])
-            position = np.unravel_index(bad, bottom[0].shape) if bottom[0].shape else ()
-            raise DLTrainError(
-                f"layer '{self.name}' (Embed): index {value:g} at position {tuple(int(i) for i in position)} "
-                f"of bottom 0 (shape {bottom[0].shape_string()}) is not an integer in [0, {self.input_dim}) "
-                f"(embed_param.input_dim)")
+            raise self._bad_index(bottom, bad)
 
-    def backward_cpu(self, top, propagate_down, bottom):
+    def _bad_index(self, bottom, bad):
+        value = float(bottom[0].cpu_data().reshape(-1)[bad])
+        position = np.unravel_index(bad, bottom[0].shape) if bottom[0].shape else ()
+        return DLTrainError(
+            f"layer '{self.name}' (Embed): index {value:g} at position {tuple(int(i) for i in position)} "
+            f"of bottom 0 (shape {bottom[0].shape_string()}) is not an integer in [0, {self.input_dim}) "
+            f"(embed_param.input_dim)")
+
+    def _check_propagate_down(self, propagate_down):
         if propagate_down and propagate_down[0]:
             raise DLTrainError(f"layer '{self.name}' (Embed): cannot backpropagate to the indices (bottom 0)")
+
+    def backward_cpu(self, top, propagate_down, bottom):
+        self._check_propagate_down(propagate_down)
         top_diff = top[0].diff.reshape(-1, self.num_output)
         if self.param_propagate_down[0]:
             embed_backward_weight(bottom[0].data.reshape(-1), top_diff, self.blobs[0].diff)
         if self.bias_term and self.param_propagate_down[1]:
             K.channel_sum(top_diff.reshape(-1), top_diff.shape[0], self.num_output, 1, self.blobs[1].diff)
+
+    # --- GPU (layers/embed_cuda.py) --------------------------------------------------------
+    def forward_gpu(self, bottom, top):
+        from . import embed_cuda
+        bad = embed_cuda.forward(self, bottom, top)
+        if bad >= 0:
+            raise self._bad_index(bottom, bad)
+
+    def backward_gpu(self, top, propagate_down, bottom):
+        self._check_propagate_down(propagate_down)
+        from . import embed_cuda
+        embed_cuda.backward(self, top, propagate_down, bottom)
 
     def allow_force_backward(self, bottom_index):
         return False

@@ -258,3 +258,13 @@ class GeolocLossLayer(LossLayer):
         for i in range(2):
             if propagate_down[i]:
                 geoloc_backward(self.grad, coef, 2 * i, bottom[i].diff.reshape(-1))
+
+    def forward_gpu(self, bottom, top):
+        from . import geoloc_loss_cuda
+        n = bottom[0].shape[0]
+        total = geoloc_loss_cuda.forward(self, bottom, top)
+        top[0].data[...] = self.radius * total / max(n, 1)
+
+    def backward_gpu(self, top, propagate_down, bottom):
+        from . import geoloc_loss_cuda
+        geoloc_loss_cuda.backward(self, top, propagate_down, bottom)

@@ -90,3 +90,11 @@ class InnerProductLayer(Layer):
         if propagate_down[0]:
             dx = bottom[0].diff.reshape(self.M, self.K)
             K.gemm(dy, w.T if self.transpose else w, dx)
+
+    def forward_gpu(self, bottom, top):
+        from . import inner_product_cuda
+        inner_product_cuda.forward(self, bottom, top)
+
+    def backward_gpu(self, top, propagate_down, bottom):
+        from . import inner_product_cuda
+        inner_product_cuda.backward(self, top, propagate_down, bottom)

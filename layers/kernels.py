@@ -26,12 +26,13 @@ from numba import njit, prange
 
 # Kernels run on one thread; BLAS (NumPy's OpenBLAS) uses all cores for the
 # GEMMs.  Measured on the 2-core target: numba's parallel=True (OpenMP
-# layer) made whole layers 5-15x SLOWER, because its spinning worker threads
+# layer) made LeNet's conv layers 3-8x SLOWER: its spinning worker threads
 # and OpenBLAS's fight for the two cores after every hand-over; with the
 # workqueue layer or OMP_WAIT_POLICY=PASSIVE it gained nothing overall.  The
-# loops are still written with prange where iterations are independent, so
-# flipping this is a one-line experiment (delete layers/__pycache__/kernels.*
-# first: numba's cache key does not include the parallel flag).
+# loops are still written with prange where iterations are independent (not
+# col2im, whose rows overlap), so flipping this is a one-line experiment;
+# delete layers/__pycache__/kernels.* first: numba's on-disk cache kept
+# serving the old build when only this flag changed.
 _PAR = False
 
 __all__ = ["conv_out_size", "im2col", "col2im", "cnp_to_ncp", "ncp_to_cnp", "add_channel_bias",

@@ -395,6 +395,7 @@ CONFIG_LARGE = (128, 128, 8, 8, 8)
 CONFIG_MEDIUM = (64, 64, 16, 4, 4)
 CONFIG_WIDE = (32, 128, 8, 2, 8)      # few rows, many columns (a convolution with few output channels)
 CONFIG_TALL = (128, 32, 8, 8, 2)      # many rows, few columns
+CONFIG_SMALL = (32, 32, 16, 2, 2)     # small products: more, smaller blocks
 CONFIG_SIM = (16, 16, 16, 4, 4)
 _config_override = None
 
@@ -659,6 +660,8 @@ def choose_config(M, N, batch, dtype=np.float32):
         return CONFIG_WIDE
     if N <= 32 and M >= 512:
         return CONFIG_TALL
+    if math.ceil(M / 64) * math.ceil(N / 64) * batch < 66:
+        return CONFIG_SMALL
     return CONFIG_MEDIUM
 
 

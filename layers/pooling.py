@@ -130,3 +130,11 @@ class PoolingLayer(Layer):
             K.max_pool_backward(dy, mask, *self._geometry(), dx)
         else:
             K.ave_pool_backward(dy, *self._geometry(), *self._window(), dx)
+
+    def forward_gpu(self, bottom, top):
+        from . import pooling_cuda
+        pooling_cuda.forward(self, bottom, top)
+
+    def backward_gpu(self, top, propagate_down, bottom):
+        from . import pooling_cuda
+        pooling_cuda.backward(self, top, propagate_down, bottom)

@@ -471,7 +471,9 @@ class RecurrentLayer(Layer):
                 self.blobs.append(blob)
         self.param_propagate_down = [True] * len(self.blobs)
         self.work = K.Workspace()
-        self._state = None            # carried h_T (and c_T), each (N, H), when not expose_hidden
+        # Carried h_T (and c_T), each an (N, H) Blob, when not expose_hidden: Blobs, so the state
+        # moves between host and device with the rest (a net may switch devices between batches).
+        self._state = None
         self._rec_used = None
 
     def _work_size(self):
@@ -489,7 +491,7 @@ class RecurrentLayer(Layer):
         """Zero the carried state (Caffe's RecurrentLayer::Reset)."""
         if self._state is not None:
             for s in self._state:
-                s[...] = 0
+                s.data[...] = 0
 
     # --- reshape -----------------------------------------------------------
     def reshape(self, bottom, top):
@@ -521,7 +523,7 @@ class RecurrentLayer(Layer):
             for k in range(self.num_recur):
                 top[1 + k].reshape(1, N, self.H)
         elif self._state is None or self._state[0].shape[0] != N:
-            self._state = [np.zeros((N, self.H), self.dtype) for _ in range(self.num_recur)]
+            self._state = [Blob(N, self.H, dtype=self.dtype) for _ in range(self.num_recur)]
         top[0].reshape(self.T, N, self.H)
 
     def _check_propagate_down(self, propagate_down):
@@ -542,14 +544,14 @@ class RecurrentLayer(Layer):
         """(N, H): the k-th initial state (h_0 or c_0) of this forward."""
         if self.expose_hidden:
             return bottom[self._first_state_bottom() + k].data.reshape(self.N, self.H)
-        return self._state[k]
+        return self._state[k].data
 
     def _store_final_state(self, top, k, value_hn):
         """value_hn (H, N): the k-th final state, to the exposed top or the carried state."""
         if self.expose_hidden:
             top[1 + k].data.reshape(self.N, self.H)[...] = value_hn.T
         else:
-            self._state[k][...] = value_hn.T
+            self._state[k].data[...] = value_hn.T
 
     def _forward_common(self, bottom, w_x, bias, w_static, G, streams=None):
         """The input projection of all steps and the per-step addend.
@@ -797,6 +799,17 @@ class LSTMLayer(RecurrentLayer):
         self._static_grads(bottom, propagate_down, dG, 2 if nst else -1)
         streams.wait()
 
+    # --- GPU: the recurrence on the device (layers/recurrent_cuda.py) ----------------
+    def forward_gpu(self, bottom, top):
+        from . import recurrent_cuda
+        recurrent_cuda.lstm_forward(self, bottom, top)
+        self._rec_used = np.ones(self.T, np.bool_)      # marks "forward done" for backward's check
+
+    def backward_gpu(self, top, propagate_down, bottom):
+        self._check_propagate_down(propagate_down)
+        from . import recurrent_cuda
+        recurrent_cuda.lstm_backward(self, top, propagate_down, bottom)
+
 
 @register_layer("RNN")
 class RNNLayer(RecurrentLayer):
@@ -884,3 +897,13 @@ class RNNLayer(RecurrentLayer):
         self._h0_grad(bottom, propagate_down, dz, w_hh)
         self._grads_of_steps(self._grad_plan(bottom, propagate_down, dz, hc, 0, 1, i_hh), 0, T)
         self._static_grads(bottom, propagate_down, dz, 2 if nst else -1)
+
+    def forward_gpu(self, bottom, top):
+        from . import recurrent_cuda
+        recurrent_cuda.rnn_forward(self, bottom, top)
+        self._rec_used = np.ones(self.T, np.bool_)
+
+    def backward_gpu(self, top, propagate_down, bottom):
+        self._check_propagate_down(propagate_down)
+        from . import recurrent_cuda
+        recurrent_cuda.rnn_backward(self, top, propagate_down, bottom)

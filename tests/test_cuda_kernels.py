@@ -66,7 +66,8 @@ def test_gemm_atomic_split_k():
     _gemm_case(9, 17, 45, 1, 1, atomic=True, ksplit=2, batch=2, dtype=np.float32)
 
 
-@pytest.mark.parametrize("config", ["CONFIG_MEDIUM", "CONFIG_LARGE", "CONFIG_WIDE", "CONFIG_TALL", (32, 16, 8, 4, 2)])
+@pytest.mark.parametrize("config", ["CONFIG_MEDIUM", "CONFIG_LARGE", "CONFIG_WIDE", "CONFIG_TALL", "CONFIG_SMALL",
+                                    (32, 16, 8, 4, 2)])
 def test_gemm_tile_configurations(config):
     # the real-GPU configurations, on shapes that leave partial tiles on every side
     KC = _k()

@@ -264,3 +264,14 @@ def test_gram_plugin_gpu_pair(dtype):
         sys.path.insert(0, root)
     import dltrain_gram.gram  # noqa: F401  (registers "Gram")
     compare_layer('type: "Gram" python_param { param_str: "normalize: all\\nscale: 2" }', [(2, 3, 2, 2)], dtype)
+
+
+def test_lstm_unfused_steps(monkeypatch):
+    # the two-launch step (a product, then the cell kernel) that the fused step replaces
+    _needs_gpu_methods("LSTM")
+    from layers import recurrent_cuda
+    monkeypatch.setattr(recurrent_cuda, "FUSED", False)
+    compare_layer(f'type: "LSTM" bottom: "x" bottom: "c" bottom: "h0" bottom: "c0" top: "h" top: "hT" top: "cT" '
+                  f'recurrent_param {{ num_output: {H} expose_hidden: true }}',
+                  [(T, N, D), (T, N), (1, N, H), (1, N, H)], F64, bottom_data={1: CONT},
+                  propagate_down=[True, False, True, True])

@@ -155,8 +155,8 @@ def _train(net_text, extra, iters, gpu, dtype=np.float32, data=None):
 @pytest.mark.parametrize("rule", list(RULES))
 def test_every_solver_rule_on_the_device_matches_the_cpu(rule):
     data = _mlp_data()
-    cpu_losses, cpu_w, _ = _train(MLP_NET, RULES[rule], 4, False, data=data)
-    gpu_losses, gpu_w, solver = _train(MLP_NET, RULES[rule], 4, True, data=data)
+    cpu_losses, cpu_w, _ = _train(MLP_NET, RULES[rule], 3, False, data=data)
+    gpu_losses, gpu_w, solver = _train(MLP_NET, RULES[rule], 3, True, data=data)
     assert solver.net.gpu and all(layer.gpu for layer in solver.net.layers)
     for a, b in zip(gpu_losses, cpu_losses):
         assert abs(a - b) <= 1e-4 * max(abs(b), 1e-3), (rule, gpu_losses, cpu_losses)

@@ -163,3 +163,41 @@ def test_small_zoo_nets_at_their_published_batch(key, tmp_path):
     net.save(weights)
     again = Net(path, TEST, weights=weights)
     np.testing.assert_array_equal(again.forward(data=x)["prob"], out)
+
+
+# --- against a real BVLC Caffe, when one is at hand ------------------------------------------------------
+CAFFE = os.environ.get("DLTRAIN_CAFFE")      # path to a CPU build of BVLC Caffe's `caffe` tool
+
+
+@pytest.mark.skipif(not CAFFE, reason="set DLTRAIN_CAFFE to a BVLC Caffe `caffe` binary to compare with it")
+@pytest.mark.parametrize("key", sorted(NETS))
+def test_zoo_scores_match_bvlc_caffe(key, tmp_path):
+    """Same weights (saved by dltrain), same input (an HDF5Data layer on Caffe's side): the class
+    scores before the softmax agree to the 6 digits `caffe test` prints."""
+    import re
+    import subprocess
+    h5py = pytest.importorskip("h5py")
+    from dlcore.config import to_prototxt
+    param = zoo_param(key, batch=2)
+    net = Net(param, TEST)
+    weights = str(tmp_path / "w.caffemodel")
+    net.save(weights)
+    x = np.random.default_rng(1).uniform(-50, 50, net.blobs["data"].shape).astype(np.float32)
+    net.forward(data=x)
+    scores = param.layer[-1].bottom[0]
+    ours = net.blobs[scores].data.copy()
+    with h5py.File(tmp_path / "x.h5", "w") as f:
+        f["data"] = x
+    (tmp_path / "x.txt").write_text(f"{tmp_path / 'x.h5'}\n")
+    theirs = zoo_param(key)
+    del theirs.layer[-1]                              # the scores become the net's output
+    theirs.layer[0].ClearField("input_param")
+    theirs.layer[0].type = "HDF5Data"
+    theirs.layer[0].hdf5_data_param.source = str(tmp_path / "x.txt")
+    theirs.layer[0].hdf5_data_param.batch_size = 2
+    (tmp_path / "m.prototxt").write_text(to_prototxt(theirs))
+    proc = subprocess.run([CAFFE, "test", "-model", str(tmp_path / "m.prototxt"), "-weights", weights,
+                           "-iterations", "1"], capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    values = np.array(re.findall(r"Batch 0, \S+ = (\S+)", proc.stderr), np.float32).reshape(ours.shape)
+    np.testing.assert_allclose(ours, values, rtol=2e-5, atol=2e-5 * np.abs(values).max())

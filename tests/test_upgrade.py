@@ -492,3 +492,35 @@ def test_cli_rejects_what_is_neither_net_nor_solver(tmp_path, capsys):
     assert dltrain(["upgrade", str(src), str(tmp_path / "out.prototxt")]) == 1
     assert "neither a net nor a solver" in capsys.readouterr().err
     assert not os.path.exists(tmp_path / "out.prototxt")
+
+
+# --- against BVLC Caffe's own upgrade tools, when they are at hand -------------------------------------------
+CAFFE_TOOLS = os.path.dirname(os.environ.get("DLTRAIN_CAFFE", ""))   # the folder of a BVLC Caffe `caffe` build
+
+
+@pytest.mark.skipif(not os.path.isfile(os.path.join(CAFFE_TOOLS, "upgrade_net_proto_text")),
+                    reason="set DLTRAIN_CAFFE to a BVLC Caffe `caffe` binary with the upgrade tools beside it")
+@pytest.mark.parametrize("text", [V0_PADDED, V1_NET, "input: 'a' input_dim: 1 input_dim: 2 input_dim: 3 input_dim: 4"
+                                  " layers { name: 'r' type: RELU bottom: 'a' top: 'a' }"], ids=["V0", "V1", "input"])
+def test_upgrade_matches_caffes_upgrade_net_proto_text(tmp_path, text):
+    import subprocess
+    src, theirs, ours = (tmp_path / n for n in ("old.prototxt", "caffe.prototxt", "ours.prototxt"))
+    src.write_text(text)
+    subprocess.run([os.path.join(CAFFE_TOOLS, "upgrade_net_proto_text"), str(src), str(theirs)], check=True,
+                   capture_output=True)
+    dltrain(["upgrade", str(src), str(ours)])
+    assert load_net(str(ours)) == load_net(str(theirs))
+
+
+@pytest.mark.skipif(not os.path.isfile(os.path.join(CAFFE_TOOLS, "upgrade_net_proto_binary")),
+                    reason="set DLTRAIN_CAFFE to a BVLC Caffe `caffe` binary with the upgrade tools beside it")
+@pytest.mark.parametrize("v0", [False, True], ids=["V1", "V0"])
+def test_binary_upgrade_is_byte_identical_to_caffes(tmp_path, v0):
+    import subprocess
+    src = v1_weights(str(tmp_path / "old.caffemodel"), np.arange(12, dtype=np.float32).reshape(4, 3),
+                     np.ones(4, np.float32), v0=v0)
+    theirs, ours = tmp_path / "caffe.caffemodel", tmp_path / "ours.caffemodel"
+    subprocess.run([os.path.join(CAFFE_TOOLS, "upgrade_net_proto_binary"), src, str(theirs)], check=True,
+                   capture_output=True)
+    dltrain(["upgrade", src, str(ours)])
+    assert ours.read_bytes() == theirs.read_bytes()
