@@ -162,13 +162,7 @@ def _reduce_rows(x, y, num, dim, op, coeff):
             else:
                 acc += v
         part[tid] = acc
-        cuda.syncthreads()
-        s = RED_TPB // 2
-        while s > 0:
-            if tid < s:
-                part[tid] += part[tid + s]
-            cuda.syncthreads()
-            s //= 2
+        K.block_sum(part, tid)
         if tid == 0:
             y[i] = part[0] * coeff
         cuda.syncthreads()

@@ -225,6 +225,20 @@ def transpose(src, dst, batch, rows, cols, s_off=0, d_off=0):
 RED_TPB = 16 if SIM else 256
 
 
+@jit(device=True)
+def block_sum(part, tid):
+    """Tree-sum the RED_TPB partial sums in the shared array ``part``: the total ends in part[0].
+
+    Every thread of the block must call it (it synchronizes before and after each step)."""
+    cuda.syncthreads()
+    s = RED_TPB // 2
+    while s > 0:
+        if tid < s:
+            part[tid] += part[tid + s]
+        cuda.syncthreads()
+        s //= 2
+
+
 @_jit
 def _reduce_sum(x, off, n, squares, out, out_idx):
     """out[out_idx] += sum(x[off:off+n]) (or the sum of squares), in float64, across blocks."""
@@ -238,13 +252,7 @@ def _reduce_sum(x, off, n, squares, out, out_idx):
         else:
             acc += v
     part[tid] = acc
-    cuda.syncthreads()
-    s = RED_TPB // 2
-    while s > 0:
-        if tid < s:
-            part[tid] += part[tid + s]
-        cuda.syncthreads()
-        s //= 2
+    block_sum(part, tid)
     if tid == 0:
         cuda.atomic.add(out, out_idx, part[0])
 
@@ -308,13 +316,7 @@ def _channel_sum(data, off, N, M, P, out, out_off, accumulate):
             p = i - n * P
             acc += numba.float64(data[off + (n * M + m) * P + p])
         part[tid] = acc
-        cuda.syncthreads()
-        s = RED_TPB // 2
-        while s > 0:
-            if tid < s:
-                part[tid] += part[tid + s]
-            cuda.syncthreads()
-            s //= 2
+        block_sum(part, tid)
         if tid == 0:
             if accumulate:
                 out[out_off + m] += part[0]

@@ -39,13 +39,7 @@ def _group_moments(x, N, G, S, mean, var, want_var):
             n = i // S
             acc += numba.float64(x[(n * G + g) * S + i - n * S])
         part[tid] = acc
-        cuda.syncthreads()
-        s = RED_TPB // 2
-        while s > 0:
-            if tid < s:
-                part[tid] += part[tid + s]
-            cuda.syncthreads()
-            s //= 2
+        K.block_sum(part, tid)
         if tid == 0:
             mean[g] = part[0] / M
         cuda.syncthreads()
@@ -57,13 +51,7 @@ def _group_moments(x, N, G, S, mean, var, want_var):
                 d = x[(n * G + g) * S + i - n * S] - mu
                 acc += numba.float64(d * d)
             part[tid] = acc
-            cuda.syncthreads()
-            s = RED_TPB // 2
-            while s > 0:
-                if tid < s:
-                    part[tid] += part[tid + s]
-                cuda.syncthreads()
-                s //= 2
+            K.block_sum(part, tid)
             if tid == 0:
                 var[g] = part[0] / M
             cuda.syncthreads()
