@@ -40,6 +40,18 @@ def _finite(x):
     return not (math.isinf(x) or math.isnan(x))
 
 
+@cuda.jit(device=True, inline=True)
+def _store(w, g, i, u, apply, flags, pid):
+    """Keep the update value in the diff (as Caffe does) and subtract it from the
+    weight when ``apply``; a non-finite value is never applied, it flags the parameter."""
+    g[i] = u
+    if _finite(u):
+        if apply:
+            w[i] = w[i] - u
+    else:
+        flags[pid] = 1
+
+
 @jit
 def _sgd(w, g, h, n, flags, pid, apply, clip_scale, do_clip, norm, do_norm, decay, reg, local_rate, momentum):
     for i in range(cuda.grid(1), n, cuda.gridsize(1)):
@@ -47,12 +59,7 @@ def _sgd(w, g, h, n, flags, pid, apply, clip_scale, do_clip, norm, do_norm, deca
         hi = momentum * h[i]
         hi = local_rate * gi + hi
         h[i] = hi
-        g[i] = hi
-        if _finite(hi):
-            if apply:
-                w[i] = w[i] - hi
-        else:
-            flags[pid] = 1
+        _store(w, g, i, hi, apply, flags, pid)
 
 
 @jit
@@ -66,12 +73,7 @@ def _nesterov(w, g, h, n, flags, pid, apply, clip_scale, do_clip, norm, do_norm,
         h[i] = hi
         step_back = -momentum * old
         u = one_plus_momentum * hi + step_back
-        g[i] = u
-        if _finite(u):
-            if apply:
-                w[i] = w[i] - u
-        else:
-            flags[pid] = 1
+        _store(w, g, i, u, apply, flags, pid)
 
 
 @jit
@@ -83,12 +85,7 @@ def _adagrad(w, g, h, n, flags, pid, apply, clip_scale, do_clip, norm, do_norm, 
         u = math.sqrt(hi) + delta
         u = gi / u
         u = local_rate * u
-        g[i] = u
-        if _finite(u):
-            if apply:
-                w[i] = w[i] - u
-        else:
-            flags[pid] = 1
+        _store(w, g, i, u, apply, flags, pid)
 
 
 @jit
@@ -102,12 +99,7 @@ def _rmsprop(w, g, h, n, flags, pid, apply, clip_scale, do_clip, norm, do_norm, 
         u = math.sqrt(hi) + delta
         u = gi / u
         u = local_rate * u
-        g[i] = u
-        if _finite(u):
-            if apply:
-                w[i] = w[i] - u
-        else:
-            flags[pid] = 1
+        _store(w, g, i, u, apply, flags, pid)
 
 
 @jit
@@ -127,12 +119,7 @@ def _adadelta(w, g, h, h2, n, flags, pid, apply, clip_scale, do_clip, norm, do_n
         h2i = one_minus_momentum * (gi * gi) + h2i
         h2[i] = h2i
         gi = local_rate * gi
-        g[i] = gi
-        if _finite(gi):
-            if apply:
-                w[i] = w[i] - gi
-        else:
-            flags[pid] = 1
+        _store(w, g, i, gi, apply, flags, pid)
 
 
 @jit
@@ -149,12 +136,7 @@ def _adam(w, g, m, v, n, flags, pid, apply, clip_scale, do_clip, norm, do_norm, 
         t = math.sqrt(vi) + eps_hat
         t = mi / t
         u = rate_correction * t
-        g[i] = u
-        if _finite(u):
-            if apply:
-                w[i] = w[i] - u
-        else:
-            flags[pid] = 1
+        _store(w, g, i, u, apply, flags, pid)
 
 
 RULES = {"sgd": _sgd, "nesterov": _nesterov, "adagrad": _adagrad, "rmsprop": _rmsprop, "adadelta": _adadelta,
