@@ -111,11 +111,11 @@ def _dispatcher(module, qualname, key):
     (module, function, args) to call again; the GEMM's key is its variant)."""
     import importlib
     if key is not None and isinstance(key, tuple) and len(key) == 3 and isinstance(key[0], str) \
-            and isinstance(key[2], tuple) and key[0].startswith(("layers.", "solvers.")):
+            and isinstance(key[2], tuple) and key[0].startswith(("dltrain.layers.", "dltrain.solvers.")):
         factory = getattr(importlib.import_module(key[0]), key[1])
         return factory(*key[2]), f"{key[0]}.{key[1]}{key[2]}"
     if key is not None:
-        from layers import kernels_cuda
+        from dltrain.layers import kernels_cuda
         return kernels_cuda._kernel_for(*key)[0], f"gemm{key}"
     obj = importlib.import_module(module)
     for part in qualname.split("."):

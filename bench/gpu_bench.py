@@ -108,7 +108,7 @@ solver_mode: GPU
 
 def dltrain_lenet():
     from dlcore.config import solver_from_string
-    from solvers import get_solver
+    from dltrain.solvers import get_solver
     with contextlib.redirect_stderr(io.StringIO()):
         solver = get_solver(solver_from_string(LENET_SOLVER.format(net=os.path.join(ROOT, "configs", "lenet",
                                                                                      "lenet.prototxt"))), gpu=True)
@@ -155,7 +155,7 @@ def dltrain_lstm():
     from google.protobuf import text_format
 
     from dlcore.config import solver_from_string
-    from solvers import get_solver
+    from dltrain.solvers import get_solver
     param = solver_from_string(lstm_bench.SOLVER)
     text_format.Parse(lstm_bench.NET, param.net_param)
     with contextlib.redirect_stderr(io.StringIO()):
@@ -200,7 +200,7 @@ def conv_layer(C, H, W, M, k, stride, pad, group, batch):
 
     from dlcore import Blob
     from dlcore.registry import get_layer_class
-    from proto import caffe_pb2
+    from dltrain.proto import caffe_pb2
     lp = text_format.Parse(f'name: "conv" type: "Convolution" convolution_param {{ num_output: {M} kernel_size: {k} '
                            f'stride: {stride} pad: {pad} group: {group} weight_filler {{ type: "gaussian" std: 0.01 }} '
                            f'bias_filler {{ type: "constant" value: 0.1 }} }}', caffe_pb2.LayerParameter())
@@ -208,13 +208,13 @@ def conv_layer(C, H, W, M, k, stride, pad, group, batch):
     layer.gpu = True
     bottom, top = [Blob(batch, C, H, W)], [Blob()]
     bottom[0].data[...] = np.random.default_rng(0).standard_normal(bottom[0].shape, dtype=np.float32)
-    layer.set_up(bottom, top)
+    layer.initialize(bottom, top)
     return layer, bottom, top
 
 
 def bench_conv(batch, iterations, peak):
     import torch
-    from layers import convolution_cuda
+    from dltrain.layers import convolution_cuda
     torch.backends.cudnn.allow_tf32 = False
     torch.backends.cuda.matmul.allow_tf32 = False
     torch.backends.cudnn.benchmark = True

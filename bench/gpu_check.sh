@@ -46,7 +46,7 @@ for name in ("numpy", "numba", "numba_cuda", "google.protobuf", "yaml", "scipy",
     except Exception as err:
         print(f"  {name}: MISSING ({type(err).__name__}: {err})")
 try:
-    from proto import caffe_pb2  # noqa: F401
+    from dltrain.proto import caffe_pb2  # noqa: F401
     import dlcore
     ok, what = dlcore.gpu_available(0)
     print("dltrain GPU backend:", "OK, " + what if ok else "NOT USABLE: " + what)

@@ -72,7 +72,7 @@ def data():
 def dltrain_step():
     from google.protobuf import text_format
     from dlcore.config import solver_from_string
-    from solvers import get_solver
+    from dltrain.solvers import get_solver
     param = solver_from_string(SOLVER)
     text_format.Parse(NET, param.net_param)
     with contextlib.redirect_stderr(io.StringIO()):      # the solver's set-up log

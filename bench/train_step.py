@@ -44,7 +44,7 @@ solver_mode: CPU
 
 def dltrain_step():
     from dlcore.config import solver_from_string
-    from solvers import get_solver
+    from dltrain.solvers import get_solver
     solver = get_solver(solver_from_string(SOLVER.format(net=LENET, max_iter=10 ** 9, display=0)))
     solver.progress_enabled = False
     net = solver.net
@@ -114,7 +114,7 @@ def start_to_first_iteration(folder):
         f.write(SOLVER.format(net=LENET, max_iter=1, display=1))
     env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
     start = time.perf_counter()
-    proc = subprocess.Popen([sys.executable, "-m", "cli.main", "train", "--solver", solver], cwd=folder, env=env,
+    proc = subprocess.Popen([sys.executable, "-m", "dltrain.cli.main", "train", "--solver", solver], cwd=folder, env=env,
                             stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True)
     first = solving = None
     lines = []

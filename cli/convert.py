@@ -88,8 +88,8 @@ def image_file_to_datum(path, label, gray=False, resize_height=0, resize_width=0
 
     from PIL import Image
 
-    from layers.db_data import array_to_datum, image_to_chw
-    from proto import caffe_pb2
+    from dltrain.layers.db_data import array_to_datum, image_to_chw
+    from dltrain.proto import caffe_pb2
     resize = resize_height > 0 and resize_width > 0
     with Image.open(path) as image:
         image.load()
@@ -111,7 +111,7 @@ def convert_imageset(root, listfile, db, gray=False, shuffle=False, resize_heigh
     """Convert the images of ``listfile`` (under ``root``) to an LMDB at ``db``.
     Returns the number of records written."""
     from dlcore.rng import get_rng
-    from layers.db_data import _pillow, write_lmdb
+    from dltrain.layers.db_data import _pillow, write_lmdb
     _check_backend(backend)
     _pillow()
     lines = read_image_list(listfile)
@@ -169,7 +169,7 @@ def convert_arrays(images, labels, db, backend="lmdb"):
     """Write ``images`` (uint8 N x C x H x W or N x H x W; floats go to
     float_data) and integer ``labels`` (N) to an LMDB at ``db``.  Arrays or
     .npy paths.  Returns the number of records written."""
-    from layers.db_data import array_to_datum, write_lmdb
+    from dltrain.layers.db_data import array_to_datum, write_lmdb
     _check_backend(backend)
     images = _load_array(images, "the images")
     labels = _load_array(labels, "the labels")

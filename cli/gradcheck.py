@@ -60,7 +60,7 @@ def cmd_gradcheck(args):
     from dlcore import backend
     from dlcore.gradcheck import GradientCheckError, check_layer
     if args.gpu is not None:
-        from cli.train import _gpu_id
+        from dltrain.cli.train import _gpu_id
         backend.set_mode_gpu(_gpu_id(args.gpu))     # the layer's forward_gpu/backward_gpu are checked
     else:
         backend.set_mode_cpu()

@@ -7,16 +7,16 @@ Caffe's single-dash long flags (``-model``) are accepted as well as
 solver.prototxt``.
 """
 import argparse
-import importlib
 import os
 import sys
 
 from dlcore import DLTrainError
 from dlcore.plugins import PluginError
 
-# Modules that add subcommands; a missing one (not yet written) is skipped.
-COMMAND_MODULES = ["cli.train", "cli.time_cmd", "cli.convert", "cli.predict", "cli.gradcheck", "cli.plugins_cmd",
-                   "cli.upgrade", "cli.tools"]
+from . import convert, gradcheck, plugins_cmd, predict, time_cmd, tools, train, upgrade
+
+# The modules that add subcommands, in the order `dltrain --help` lists them.
+COMMAND_MODULES = (train, time_cmd, convert, predict, gradcheck, plugins_cmd, upgrade, tools)
 
 # Global options that take a value (skipped when looking for the bare solver-file form).
 VALUE_OPTIONS = ("--plugin", "--config")
@@ -32,13 +32,7 @@ def build_parser():
     parser.add_argument("--config", metavar="FILE",
                         help="the project config (plugins, log_dir); default: ./dltrain.yaml if present")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for name in COMMAND_MODULES:
-        try:
-            module = importlib.import_module(name)
-        except ModuleNotFoundError as err:
-            if err.name != name:
-                raise
-            continue
+    for module in COMMAND_MODULES:
         module.register(sub)
     for choice in sub.choices.values():
         choice.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,

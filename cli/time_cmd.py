@@ -23,11 +23,11 @@ def cmd_time(args):
     from dlcore import Net, backend
     sync = lambda: None       # noqa: E731
     if args.gpu is not None:
-        from cli.train import _gpu_id
+        from dltrain.cli.train import _gpu_id
         device = _gpu_id(args.gpu)
         backend.set_mode_gpu(device)
         log.info(f"Use GPU with device ID {device} ({backend.device_name(device)})")
-        from layers.kernels_cuda import synchronize as sync     # time the kernels, not their launches
+        from dlcore.device import synchronize as sync     # time the kernels, not their launches
     else:
         backend.set_mode_cpu()
     net = Net(args.model, args.phase, level=args.level, stages=args.stage)

@@ -54,8 +54,8 @@ def _check_backend(backend):
 def compute_image_mean(db, output=None, backend="lmdb"):
     """The mean image of an LMDB of Datums, as a BlobProto (also written to
     ``output`` when given).  Returns ``(blob_proto, mean array C x H x W)``."""
-    from layers.db_data import datum_to_array, open_lmdb
-    from proto import caffe_pb2
+    from dltrain.layers.db_data import datum_to_array, open_lmdb
+    from dltrain.proto import caffe_pb2
     _check_backend(backend)
     env = open_lmdb(db)
     total, count, shape = None, 0, None
@@ -111,7 +111,7 @@ FORMATS = ("lmdb", "npy")
 
 def _feature_datum(item):
     """A Datum of one item's features, as Caffe's extract_features builds it."""
-    from proto import caffe_pb2
+    from dltrain.proto import caffe_pb2
     legacy = (tuple(item.shape) + (1, 1, 1))[:3] if item.ndim <= 3 else None
     if legacy is None:     # more than 4 axes: Caffe's legacy accessors refuse; keep the count
         legacy = (item.size, 1, 1)
@@ -134,7 +134,7 @@ def extract_features(weights, net, blobs, outputs, num_batches, fmt=None, gpu=No
     per-item features to the matching path of ``outputs`` (LMDB or .npy,
     see the module docstring).  Returns ``{blob: features array}``."""
     from dlcore import TEST, Net, backend
-    from layers.db_data import write_lmdb
+    from dltrain.layers.db_data import write_lmdb
     blobs = [blobs] if isinstance(blobs, str) else list(blobs)
     outputs = [outputs] if isinstance(outputs, (str, os.PathLike)) else list(outputs)
     outputs = [os.fspath(o) for o in outputs]

@@ -17,8 +17,8 @@ def _stages(text):
 
 def _gpu_id(flag):
     """The device id of --gpu (one id; 'all' means 0), checked: a clear error if that GPU cannot be used."""
-    from solvers import device_for_solver
-    from proto import caffe_pb2
+    from dltrain.solvers import device_for_solver
+    from dltrain.proto import caffe_pb2
     return device_for_solver(caffe_pb2.SolverParameter(), flag)[1]
 
 
@@ -26,10 +26,10 @@ def cmd_train(args):
     """Train a net from a solver file (Caffe's `caffe train`)."""
     from dlcore import backend
     from dlcore.config import load_solver
-    from solvers import device_for_solver, get_solver
-    from solvers.signals import SignalHandler
-    from solvers.solver import upgrade_solver_param
-    from solvers.training_log import info
+    from dltrain.solvers import device_for_solver, get_solver
+    from dltrain.solvers.signals import SignalHandler
+    from dltrain.solvers.solver import upgrade_solver_param
+    from dltrain.solvers.training_log import info
 
     if args.snapshot and args.weights:
         raise DLTrainError("give --snapshot to resume training or --weights to fine-tune, not both")
@@ -67,7 +67,7 @@ def cmd_train(args):
 def cmd_test(args):
     """Score a trained model (Caffe's `caffe test`): per-batch outputs and their means."""
     from dlcore import Net, backend
-    from solvers.training_log import fmt, info
+    from dltrain.solvers.training_log import fmt, info
 
     if args.iterations < 1:
         raise DLTrainError(f"--iterations must be at least 1 (got {args.iterations})")

@@ -57,7 +57,7 @@ def _format_of(path, data=None):
 def _parse(data, fmt, kind, path):
     """(kind, message) of the file's bytes."""
     from dlcore.config import parse_binary, parse_text, parse_yaml
-    from proto import caffe_pb2
+    from dltrain.proto import caffe_pb2
     classes = {"net": caffe_pb2.NetParameter, "solver": caffe_pb2.SolverParameter}
     if fmt == "binary":
         if kind == "solver":

@@ -258,7 +258,7 @@ class Blob:
 
     def to_proto(self, proto=None, write_diff=False):
         """Write this blob into a BlobProto (float or double by dtype)."""
-        from proto import caffe_pb2
+        from dltrain.proto import caffe_pb2
         proto = proto if proto is not None else caffe_pb2.BlobProto()
         proto.Clear()
         proto.shape.dim.extend(self._shape)

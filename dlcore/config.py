@@ -50,7 +50,7 @@ from google.protobuf.descriptor import FieldDescriptor
 from google.protobuf.message import DecodeError, EncodeError
 
 from dlcore.errors import ConfigError
-from proto import caffe_pb2
+from dltrain.proto import caffe_pb2
 
 __all__ = [
     "TEXT_EXTENSIONS", "YAML_EXTENSIONS", "BINARY_EXTENSIONS",

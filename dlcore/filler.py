@@ -15,7 +15,7 @@ def _fans(blob):
 
 
 def _variance_n(blob, param):
-    from proto import caffe_pb2
+    from dltrain.proto import caffe_pb2
     fan_in, fan_out = _fans(blob)
     norm = param.variance_norm
     if norm == caffe_pb2.FillerParameter.AVERAGE:

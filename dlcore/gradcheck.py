@@ -28,23 +28,23 @@ class GradientChecker:
 
     # --- public entry points (Caffe's names) ---------------------------------
     @staticmethod
-    def _set_up(layer, bottom, top):
+    def _initialize(layer, bottom, top):
         # A float32 blob in a float64 check would pass with float32 accuracy: refuse it.
         for blob in list(bottom) + list(top):
             if blob.dtype != layer.dtype:
                 raise ValueError(f"gradient check of a {layer.dtype} layer given a {blob.dtype} blob")
-        layer.set_up(bottom, top)
+        layer.initialize(bottom, top)
 
     def check_gradient(self, layer, bottom, top, check_bottom=-1):
         """Objective 1/2 sum(top^2).  ``check_bottom``: -1 for every bottom, an
         index, or a list of indices (parameters are always checked)."""
         self.report = CheckReport()
-        self._set_up(layer, bottom, top)
+        self._initialize(layer, bottom, top)
         self._check_single(layer, bottom, top, check_bottom, -1, -1)
 
     def check_gradient_exhaustive(self, layer, bottom, top, check_bottom=-1):
         self.report = CheckReport()
-        self._set_up(layer, bottom, top)
+        self._initialize(layer, bottom, top)
         for i, blob in enumerate(top):
             for j in range(blob.count):
                 self._check_single(layer, bottom, top, check_bottom, i, j)
@@ -52,7 +52,7 @@ class GradientChecker:
     def check_gradient_eltwise(self, layer, bottom, top):
         """For element-wise layers: each output depends on its own input only."""
         self.report = CheckReport()
-        self._set_up(layer, bottom, top)
+        self._initialize(layer, bottom, top)
         for i, blob in enumerate(top):
             for j in range(blob.count):
                 self._check_single(layer, bottom, top, -1, i, j, element_wise=True)
@@ -189,7 +189,7 @@ def layer_param_from(definition, fmt=None, layer_name=None, source=None):
     import os
     import re
 
-    from proto import caffe_pb2
+    from dltrain.proto import caffe_pb2
 
     from .config import message_from_string
     from .errors import ConfigError
@@ -245,7 +245,7 @@ def check_layer(definition, bottom_shapes, stepsize=1e-2, threshold=1e-3, seed=1
     ``threshold * max(|analytic|, |numeric|, 1)``.  Python layers are looked
     up beside ``source`` (the definition's file) as beside a net file.
     """
-    from proto import caffe_pb2
+    from dltrain.proto import caffe_pb2
 
     from .errors import ConfigError
     from .layer import TRAIN

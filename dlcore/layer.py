@@ -27,13 +27,20 @@ class Layer:
     :class:`dlcore.plugins.PluginError` naming the layer, its type and the
     plugin's module.
 
-    GPU: ``forward_gpu``/``backward_gpu`` (same signature as the CPU pair)
-    launch CUDA kernels on the blobs' device arrays (``blob.gpu_data()``,
-    ``blob.mutable_gpu_diff()``...).  When the layer runs on the GPU
-    (``self.gpu``, set by the Net from the backend's mode) and its class
-    defines them, ``forward``/``backward`` call them; otherwise they call
-    the CPU pair, which works on host copies (the blobs copy between host
-    and device as needed), so every layer runs in a GPU net.
+    GPU: a layer's GPU code lives in a CUDA module of its own, named by the
+    class attribute ``cuda_module`` (for example
+    ``"dltrain.layers.neurons_cuda"``) and imported on first GPU use.  There,
+    ``@gpu_forward(LayerClass)`` / ``@gpu_backward(LayerClass)`` register
+    plain functions ``fn(layer, bottom, top)`` / ``fn(layer, top,
+    propagate_down, bottom)`` that launch kernels on the blobs' device arrays
+    (``blob.gpu_data()``, ``blob.mutable_gpu_diff()``...); subclasses inherit
+    them.  A plugin may instead define ``forward_gpu``/``backward_gpu``
+    methods on its class.  When the layer runs on the GPU (``self.gpu``, set
+    by the Net from the backend's mode) and has GPU code, ``forward`` /
+    ``backward`` run it; otherwise they run the CPU pair on host copies (the
+    blobs copy between host and device as needed), so every layer runs in a
+    GPU net.  Scratch device arrays and shape-derived tables go in
+    ``self.workspace`` (one per layer, created on first use).
     """
 
     type = None                      # set by register_layer
@@ -49,6 +56,7 @@ class Layer:
     params = None                    # a plugin's parameter schema: {name: dlcore.Param}
     net_source = None                # the net file this layer was built from (set by Net), or None
     gpu_capable = True               # False: always the CPU pair, even in a GPU net (Python layers)
+    cuda_module = None               # the module that registers this class's GPU code, imported on first GPU use
 
     def __init__(self, layer_param, dtype=np.float32):
         self.layer_param = layer_param
@@ -80,23 +88,50 @@ class Layer:
         raise NotImplementedError(f"{type(self).__name__} has no CPU backward")
 
     def forward_gpu(self, bottom, top):
-        """The GPU forward (CUDA kernel launches on the blobs' device arrays).
-
-        A subclass that does not override it runs ``forward_cpu`` on host copies.
-        """
-        self.forward_cpu(bottom, top)
+        """The GPU forward: the registered GPU code, or ``forward_cpu`` on host copies."""
+        code = self.gpu_code("forward")
+        if code is None:
+            self.forward_cpu(bottom, top)
+        else:
+            code(self, bottom, top)
 
     def backward_gpu(self, top, propagate_down, bottom):
-        """The GPU backward; a subclass that does not override it runs ``backward_cpu``."""
-        self.backward_cpu(top, propagate_down, bottom)
+        """The GPU backward: the registered GPU code, or ``backward_cpu`` on host copies."""
+        code = self.gpu_code("backward")
+        if code is None:
+            self.backward_cpu(top, propagate_down, bottom)
+        else:
+            code(self, top, propagate_down, bottom)
+
+    @classmethod
+    def gpu_code(cls, stage):
+        """This class's GPU ``stage`` ("forward" or "backward") as ``fn(layer, ...)``, or None.
+
+        The one place GPU code is found: walking the class's bases, the
+        first of a ``forward_gpu``-style method the class defines itself (a
+        plugin's) or a function its ``cuda_module`` registered.
+        """
+        key = (cls, stage)
+        if key not in _GPU_FOUND:
+            _GPU_FOUND[key] = _find_gpu_code(cls, stage) if cls.gpu_capable else None
+        return _GPU_FOUND[key]
 
     @classmethod
     def has_gpu_forward(cls):
-        return cls.gpu_capable and cls.forward_gpu is not Layer.forward_gpu
+        return cls.gpu_code("forward") is not None
 
     @classmethod
     def has_gpu_backward(cls):
-        return cls.gpu_capable and cls.backward_gpu is not Layer.backward_gpu
+        return cls.gpu_code("backward") is not None
+
+    @property
+    def workspace(self):
+        """This layer's :class:`dlcore.device.DeviceWorkspace` (scratch device arrays, cached tables)."""
+        work = self.__dict__.get("_workspace")
+        if work is None:
+            from .device import DeviceWorkspace
+            work = self._workspace = DeviceWorkspace()
+        return work
 
     def allow_force_backward(self, bottom_index):
         return True
@@ -104,8 +139,9 @@ class Layer:
     # --- what the net calls -------------------------------------------------
     def forward(self, bottom, top):
         try:
-            if self.gpu and self.has_gpu_forward():
-                self.forward_gpu(bottom, top)
+            code = self.gpu_code("forward") if self.gpu else None
+            if code is not None:
+                code(self, bottom, top)
             else:
                 self.forward_cpu(bottom, top)
         except Exception as err:
@@ -115,8 +151,9 @@ class Layer:
 
     def backward(self, top, propagate_down, bottom):
         try:
-            if self.gpu and self.has_gpu_backward():
-                self.backward_gpu(top, propagate_down, bottom)
+            code = self.gpu_code("backward") if self.gpu else None
+            if code is not None:
+                code(self, top, propagate_down, bottom)
             else:
                 self.backward_cpu(top, propagate_down, bottom)
         except Exception as err:
@@ -124,7 +161,7 @@ class Layer:
                 raise
             raise _failure(self, "backward", err) from err
 
-    def set_up(self, bottom, top):
+    def initialize(self, bottom, top):
         """Caffe's Layer::SetUp: check blob counts, setup, reshape, loss weights."""
         self.check_blob_counts(bottom, top)
         if self.params:
@@ -187,6 +224,45 @@ class Layer:
 
     def __repr__(self):
         return f"<{type(self).__name__} '{self.name}'>"
+
+
+_GPU_CODE = {}      # (layer class, "forward"/"backward") -> fn, registered by the CUDA modules
+_GPU_FOUND = {}     # (layer class, stage) -> what gpu_code found (None: run the CPU pair)
+
+
+def gpu_forward(layer_class):
+    """Decorator, in a CUDA module: ``fn(layer, bottom, top)`` is ``layer_class``'s GPU forward."""
+    return _register_gpu(layer_class, "forward")
+
+
+def gpu_backward(layer_class):
+    """Decorator, in a CUDA module: ``fn(layer, top, propagate_down, bottom)`` is ``layer_class``'s GPU backward."""
+    return _register_gpu(layer_class, "backward")
+
+
+def _register_gpu(layer_class, stage):
+    def register(fn):
+        _GPU_CODE[(layer_class, stage)] = fn
+        _GPU_FOUND.clear()
+        return fn
+    return register
+
+
+def _find_gpu_code(cls, stage):
+    import importlib
+    for klass in cls.__mro__:
+        if klass is Layer:
+            return None
+        method = klass.__dict__.get(stage + "_gpu")
+        if method is not None:           # a plugin's own forward_gpu/backward_gpu
+            return method
+        module = klass.__dict__.get("cuda_module")
+        if module:
+            importlib.import_module(module)
+        code = _GPU_CODE.get((klass, stage))
+        if code is not None:
+            return code
+    return None
 
 
 def _plugin_failure(layer, err):

@@ -36,7 +36,7 @@ def state_meets_rule(state, rule):
 
 def filter_net(param, where=None):
     """The layers of ``param`` that its ``state`` includes (Caffe's FilterNet)."""
-    from proto import caffe_pb2
+    from dltrain.proto import caffe_pb2
     filtered = caffe_pb2.NetParameter()
     filtered.CopyFrom(param)
     del filtered.layer[:]
@@ -70,7 +70,7 @@ def _split_blob_name(layer, blob, index, k):
 def insert_splits(param, where=None):
     """Caffe's InsertSplits: a top read by several bottoms (or read and used as a
     loss) gets a Split layer whose tops feed each reader, so diffs are summed."""
-    from proto import caffe_pb2
+    from dltrain.proto import caffe_pb2
     last_top = {}            # blob name -> (layer index, top index) of its latest producer
     source = {}              # (layer, bottom index) -> producing (layer, top index)
     uses = {}                # (layer, top index) -> number of readers (+1 for a loss)
@@ -137,7 +137,7 @@ class Net:
                 weights = arg
             else:
                 raise TypeError(f"Net(model, phase) or Net(model, weights, phase): unexpected {arg!r}")
-        from proto import caffe_pb2
+        from dltrain.proto import caffe_pb2
         self.source = None
         if isinstance(model, caffe_pb2.NetParameter):
             param = caffe_pb2.NetParameter()
@@ -242,7 +242,7 @@ class Net:
                     top.append(Blob(dtype=self.dtype))   # anonymous, kept off self.blobs
 
             try:
-                layer.set_up(bottom, top)
+                layer.initialize(bottom, top)
             except ConfigError as err:
                 if err.path is None and self.source:
                     where = self._where(layer_param.name)
@@ -305,7 +305,7 @@ class Net:
 
     def _collect_params(self):
         """Learnable parameters, their lr/decay multipliers, and sharing by name."""
-        from proto import caffe_pb2
+        from dltrain.proto import caffe_pb2
         default = caffe_pb2.ParamSpec()
         self._params = []                 # every (layer's) param blob, shared ones included
         self.param_owners = []            # -1, or the index in _params of the owner
@@ -469,9 +469,9 @@ class Net:
 
     def clear_param_diffs(self):
         if self.gpu:
-            from layers import kernels_cuda
+            from .device import fill
             for blob in self.learnable_params:
-                kernels_cuda.fill(blob.mutable_gpu_diff(), 0)
+                fill(blob.mutable_gpu_diff(), 0)
             return
         for blob in self.learnable_params:
             blob.diff[...] = 0
@@ -501,7 +501,7 @@ class Net:
         Layers absent from the source keep their values; a shape mismatch is
         an error naming the layer and both shapes.
         """
-        from proto import caffe_pb2
+        from dltrain.proto import caffe_pb2
         path = None
         if not isinstance(source, caffe_pb2.NetParameter):
             from .config import load_message
@@ -541,7 +541,7 @@ class Net:
     share_with = share_trained_layers_with      # pycaffe's name
 
     def to_proto(self, write_diff=False):
-        from proto import caffe_pb2
+        from dltrain.proto import caffe_pb2
         out = caffe_pb2.NetParameter(name=self.name)
         for layer in self.layers:
             lp = out.layer.add()

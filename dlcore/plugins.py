@@ -104,7 +104,7 @@ def _error_class(exc_type):
 
 def is_plugin_class(cls):
     """True for layer classes that are not part of dltrain itself."""
-    return cls.__module__.split(".")[0] not in ("layers", "dlcore", "solvers", "cli", "proto")
+    return cls.__module__.split(".")[0] not in ("dltrain", "dlcore")
 
 
 def layer_failure(layer, stage, err, origin=None):

@@ -21,7 +21,7 @@ def register_layer(type_name):
     plugin) is a ConfigError naming both.
     """
     def decorate(cls):
-        if not _builtins_loaded and cls.__module__.split(".")[0] not in ("layers", "dlcore"):
+        if not _builtins_loaded and not cls.__module__.startswith(("dltrain.layers.", "dlcore.")):
             _load_builtins()     # so that a plugin's clash with a built-in is seen here
         owner = _LAYERS.get(type_name)
         if owner is not None and owner is not cls:
@@ -35,12 +35,14 @@ def register_layer(type_name):
 
 
 def _load_builtins():
-    # The catalog lives in the top-level `layers` package; importing it runs
-    # every family's register_layer calls.
+    # The catalog is the `dltrain.layers` package; importing it runs every
+    # family's register_layer calls.  This is the one place dlcore names it.
+    # Marked loaded only once the import succeeded: a failed import raises
+    # its own error again at the next lookup instead of "unknown layer type".
     global _builtins_loaded
     if not _builtins_loaded:
+        importlib.import_module("dltrain.layers")
         _builtins_loaded = True
-        importlib.import_module("layers")
 
 
 def _load_installed_plugins():
@@ -77,7 +79,7 @@ def create_layer(layer_param, phase=None, dtype=None):
     defaults to float32.
     """
     import numpy as np
-    from proto import caffe_pb2
+    from dltrain.proto import caffe_pb2
     if isinstance(layer_param, str):
         from google.protobuf import text_format
         text, layer_param = layer_param, caffe_pb2.LayerParameter()

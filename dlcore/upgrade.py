@@ -50,7 +50,7 @@ __all__ = [
 
 
 def _pb():
-    from proto import caffe_pb2
+    from dltrain.proto import caffe_pb2
     return caffe_pb2
 
 

@@ -15,8 +15,8 @@ Timer classes.
 """
 import dlcore as _dlcore
 from dlcore import TEST, TRAIN, Blob, Net, set_random_seed
-from layers.python_layer import CaffeLayer as Layer
-from solvers import (AdaDeltaSolver, AdaGradSolver, AdamSolver, NesterovSolver, RMSPropSolver, SGDSolver,
+from dltrain.layers.python_layer import CaffeLayer as Layer
+from dltrain.solvers import (AdaDeltaSolver, AdaGradSolver, AdamSolver, NesterovSolver, RMSPropSolver, SGDSolver,
                      get_solver)
 
 from . import io, proto  # noqa: F401

@@ -8,7 +8,7 @@ images), so resized pixels can differ in the last digits.
 """
 import numpy as np
 
-from proto import caffe_pb2
+from dltrain.proto import caffe_pb2
 
 __all__ = ["blobproto_to_array", "array_to_blobproto", "arraylist_to_blobprotovector_str",
            "blobprotovector_str_to_arraylist", "array_to_datum", "datum_to_array", "load_image",

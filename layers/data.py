@@ -8,7 +8,7 @@ from dlcore.errors import ConfigError
 from dlcore.filler import fill
 from dlcore.layer import Layer
 from dlcore.registry import register_layer
-from proto import caffe_pb2
+from dltrain.proto import caffe_pb2
 
 
 def _reshape_top(layer, blob, shape, index):

@@ -54,7 +54,7 @@ from dlcore.errors import ConfigError, DLTrainError
 from dlcore.layer import TRAIN, Layer
 from dlcore.registry import register_layer
 from dlcore.rng import get_rng
-from proto import caffe_pb2
+from dltrain.proto import caffe_pb2
 
 __all__ = ["DataLayer", "DataTransformer", "transform_batch", "array_to_datum", "datum_to_array",
            "decode_image", "image_to_chw", "open_lmdb", "write_lmdb", "count_lmdb"]

@@ -81,7 +81,7 @@ from numba import njit
 
 from dlcore.errors import ConfigError
 from dlcore.registry import register_layer
-from proto import caffe_pb2
+from dltrain.proto import caffe_pb2
 
 from .losses import LossLayer
 

@@ -1,21 +1,10 @@
-"""CUDA kernels that many layers share: the matrix product, reductions, col2im, element-wise helpers.
+"""CUDA kernels that many layers share: the matrix product, col2im, transposes, channel sums.
 
-The GPU counterpart of :mod:`layers.kernels`.  Imported only by the layers'
-``forward_gpu``/``backward_gpu`` (and the solver's GPU update), so a CPU run
-never imports ``numba.cuda``.
-
-Conventions
------------
-* Device arrays are FLAT (1-D, what ``Blob.gpu_data()`` returns); kernels
-  take element offsets and leading dimensions instead of sliced views
-  (slicing a device array costs host time at every launch).
-* Kernels are dtype-generic: compiled per dtype on first use (float32 for
-  training, float64 for gradient checks).  Scalars are passed in the
-  arrays' dtype (:func:`scalar`), so float32 work stays float32 on the
-  device.
-* Element-wise kernels use grid-stride loops, so any launch shape is
-  correct; :func:`grid` picks one (small under the simulator, which runs
-  one OS thread per CUDA thread).
+The GPU counterpart of :mod:`dltrain.layers.kernels`, with the same names
+and argument orders where both sides have a function (``gemm``,
+``col2im``).  The device plumbing the solvers share too (launch shapes,
+fills, copies, axpby, sums) is :mod:`dlcore.device`.  Imported only by GPU
+code, so a CPU run never imports ``numba.cuda``.
 
 The matrix product
 ------------------
@@ -45,157 +34,16 @@ import numba
 import numpy as np
 from numba import cuda
 
-SIM = bool(numba.config.ENABLE_CUDASIM)
+from dlcore.device import (MAX_BLOCKS, RED_TPB, SIM, TPB, DeviceWorkspace, add_into, axpby, block_sum,  # noqa: F401
+                           copy, device_array, device_zeros, fill, grid, jit, max_host, reduce_sum, scalar, scale,
+                           sum_host, synchronize, to_device)
 
-# launch shapes: threads per block, and the most blocks a grid-stride kernel gets
-TPB = 16 if SIM else 256
-MAX_BLOCKS = 2 if SIM else 2048
-
-_jit = cuda.jit(cache=not SIM)
-
-
-def jit(fn=None, **options):
-    """``cuda.jit`` with dltrain's defaults (on-disk cache on a real GPU)."""
-    options.setdefault("cache", not SIM)
-    if fn is None:
-        return cuda.jit(**options)
-    return cuda.jit(**options)(fn)
-
-
-def grid(n, tpb=None):
-    """(blocks, threads) for a grid-stride kernel over ``n`` items."""
-    tpb = tpb or TPB
-    return max(1, min((int(n) + tpb - 1) // tpb, MAX_BLOCKS)), tpb
-
-
-def scalar(value, dtype):
-    """``value`` as a NumPy scalar of ``dtype`` (so kernels compute in the data's precision)."""
-    return np.dtype(dtype).type(value)
-
-
-def device_zeros(count, dtype):
-    """A zero-filled flat device array."""
-    out = cuda.device_array(max(int(count), 0), np.dtype(dtype))
-    if count:
-        fill(out, 0)
-    return out
-
-
-def device_array(count, dtype):
-    return cuda.device_array(max(int(count), 0), np.dtype(dtype))
-
-
-def to_device(array):
-    return cuda.to_device(np.ascontiguousarray(array))
-
-
-def synchronize():
-    cuda.synchronize()
-
-
-class DeviceWorkspace:
-    """Scratch device arrays a layer keeps between calls, re-allocated only when they must grow."""
-
-    def __init__(self):
-        self._flat = {}
-
-    def get(self, name, count, dtype):
-        """A flat device array of at least ``count`` elements (contents undefined)."""
-        dtype = np.dtype(dtype)
-        count = max(int(count), 1)
-        buf = self._flat.get(name)
-        if buf is None or buf.size < count or buf.dtype != dtype:
-            buf = cuda.device_array(count, dtype)
-            self._flat[name] = buf
-        return buf
-
-    def zeros(self, name, count, dtype):
-        buf = self.get(name, count, dtype)
-        fill(buf, 0, count)
-        return buf
-
-    def clear(self):
-        self._flat.clear()
+_jit = jit(cache=not SIM)
 
 
 # ---------------------------------------------------------------------------
-# element-wise helpers (grid-stride)
+# transposes
 # ---------------------------------------------------------------------------
-
-@_jit
-def _fill(x, off, n, value):
-    start = cuda.grid(1)
-    stride = cuda.gridsize(1)
-    for i in range(start, n, stride):
-        x[off + i] = value
-
-
-def fill(x, value, n=None, off=0):
-    """x[off:off+n] = value (n: the rest of the array)."""
-    n = x.size - off if n is None else int(n)
-    if n > 0:
-        _fill[grid(n)](x, off, n, scalar(value, x.dtype))
-
-
-@_jit
-def _copy(src, s_off, dst, d_off, n):
-    start = cuda.grid(1)
-    stride = cuda.gridsize(1)
-    for i in range(start, n, stride):
-        dst[d_off + i] = src[s_off + i]
-
-
-def copy(src, dst, n=None, s_off=0, d_off=0):
-    """dst[d_off:d_off+n] = src[s_off:s_off+n]."""
-    n = src.size - s_off if n is None else int(n)
-    if n > 0:
-        _copy[grid(n)](src, s_off, dst, d_off, n)
-
-
-@_jit
-def _axpby(a, x, b, y, n):
-    start = cuda.grid(1)
-    stride = cuda.gridsize(1)
-    for i in range(start, n, stride):
-        y[i] = a * x[i] + b * y[i]
-
-
-def axpby(a, x, b, y, n=None):
-    """y = a*x + b*y (Caffe's caffe_gpu_axpby)."""
-    n = y.size if n is None else int(n)
-    if n > 0:
-        _axpby[grid(n)](scalar(a, y.dtype), x, scalar(b, y.dtype), y, n)
-
-
-@_jit
-def _add_into(dst, src, n):
-    start = cuda.grid(1)
-    stride = cuda.gridsize(1)
-    for i in range(start, n, stride):
-        dst[i] += src[i]
-
-
-def add_into(dst, src, n=None):
-    """dst += src."""
-    n = dst.size if n is None else int(n)
-    if n > 0:
-        _add_into[grid(n)](dst, src, n)
-
-
-@_jit
-def _scale(x, y, n, alpha):
-    start = cuda.grid(1)
-    stride = cuda.gridsize(1)
-    for i in range(start, n, stride):
-        y[i] = alpha * x[i]
-
-
-def scale(x, y, alpha, n=None):
-    """y = alpha * x (y may be x)."""
-    n = x.size if n is None else int(n)
-    if n > 0:
-        _scale[grid(n)](x, y, n, scalar(alpha, y.dtype))
-
 
 @_jit
 def _transpose_batched(src, s_off, dst, d_off, B, R, Cc):
@@ -216,92 +64,6 @@ def transpose(src, dst, batch, rows, cols, s_off=0, d_off=0):
     n = batch * rows * cols
     if n > 0:
         _transpose_batched[grid(n)](src, s_off, dst, d_off, batch, rows, cols)
-
-
-# ---------------------------------------------------------------------------
-# reductions
-# ---------------------------------------------------------------------------
-
-RED_TPB = 16 if SIM else 256
-
-
-@jit(device=True)
-def block_sum(part, tid):
-    """Tree-sum the RED_TPB partial sums in the shared array ``part``: the total ends in part[0].
-
-    Every thread of the block must call it (it synchronizes before and after each step)."""
-    cuda.syncthreads()
-    s = RED_TPB // 2
-    while s > 0:
-        if tid < s:
-            part[tid] += part[tid + s]
-        cuda.syncthreads()
-        s //= 2
-
-
-@_jit
-def _reduce_sum(x, off, n, squares, out, out_idx):
-    """out[out_idx] += sum(x[off:off+n]) (or the sum of squares), in float64, across blocks."""
-    part = cuda.shared.array(RED_TPB, numba.float64)
-    tid = cuda.threadIdx.x
-    acc = 0.0
-    for i in range(cuda.grid(1), n, cuda.gridsize(1)):
-        v = numba.float64(x[off + i])
-        if squares:
-            acc += v * v
-        else:
-            acc += v
-    part[tid] = acc
-    block_sum(part, tid)
-    if tid == 0:
-        cuda.atomic.add(out, out_idx, part[0])
-
-
-def reduce_sum(x, out, out_idx=0, n=None, off=0, squares=False):
-    """Add sum(x) (``squares``: sum(x^2)) into the float64 device array ``out[out_idx]``."""
-    n = x.size - off if n is None else int(n)
-    if n > 0:
-        blocks = max(1, min((n + RED_TPB - 1) // RED_TPB, MAX_BLOCKS))
-        _reduce_sum[blocks, RED_TPB](x, off, n, squares, out, out_idx)
-
-
-def sum_host(x, n=None, squares=False):
-    """sum(x) (or sum of squares) as a Python float (one small copy back)."""
-    out = device_zeros(1, np.float64)
-    reduce_sum(x, out, 0, n, squares=squares)
-    return float(out.copy_to_host()[0])
-
-
-@_jit
-def _reduce_max(x, n, out):
-    """out[0] = max(out[0], max(x[:n])) across blocks."""
-    part = cuda.shared.array(RED_TPB, numba.float64)
-    tid = cuda.threadIdx.x
-    best = -math.inf
-    for i in range(cuda.grid(1), n, cuda.gridsize(1)):
-        v = numba.float64(x[i])
-        if v > best:
-            best = v
-    part[tid] = best
-    cuda.syncthreads()
-    s = RED_TPB // 2
-    while s > 0:
-        if tid < s and part[tid + s] > part[tid]:
-            part[tid] = part[tid + s]
-        cuda.syncthreads()
-        s //= 2
-    if tid == 0:
-        cuda.atomic.max(out, 0, part[0])
-
-
-def max_host(x, n=None):
-    """max(x) as a Python float."""
-    n = x.size if n is None else int(n)
-    out = cuda.to_device(np.array([-np.inf]))
-    if n > 0:
-        blocks = max(1, min((n + RED_TPB - 1) // RED_TPB, MAX_BLOCKS))
-        _reduce_max[blocks, RED_TPB](x, n, out)
-    return float(out.copy_to_host()[0])
 
 
 @_jit

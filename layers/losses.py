@@ -12,7 +12,7 @@ from numba import njit
 from dlcore.errors import ConfigError, DLTrainError
 from dlcore.layer import Layer
 from dlcore.registry import register_layer
-from proto import caffe_pb2
+from dltrain.proto import caffe_pb2
 
 from .softmax import softmax_forward, softmax_geometry
 

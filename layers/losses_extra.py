@@ -53,7 +53,7 @@ from numba import njit
 from dlcore.config import load_message
 from dlcore.errors import ConfigError, DLTrainError
 from dlcore.registry import register_layer
-from proto import caffe_pb2
+from dltrain.proto import caffe_pb2
 
 from .losses import _INT_LIMIT, LossLayer, _bad_label_error, loss_normalization, loss_normalizer
 from .softmax import softmax_forward, softmax_geometry

@@ -5,16 +5,23 @@ and works in place (``top[0] is bottom[0]``): backward then uses only what
 survives the forward pass (ReLU the sign of the output, Sigmoid/TanH the
 output, Dropout its mask), as Caffe's neuron layers do.
 
-Kernels run on flat 1-D views of the blobs' arrays (``flat``); they are
-dtype-generic (float32 in training, float64 in gradient checks).
+Each formula is written once (``@formula``, below) and used by the CPU
+loops here and the CUDA kernels in ``neurons_cuda.py``.  Kernels run on
+flat 1-D views of the blobs' arrays (``flat``); they are dtype-generic
+(float32 in training, float64 in gradient checks).
 """
+import math
+
 import numpy as np
 from numba import njit
 
 from dlcore.errors import ConfigError
+from dlcore.formula import formula
 from dlcore.layer import TRAIN, Layer
 from dlcore.registry import register_layer
 from dlcore.rng import get_rng
+
+CUDA_MODULE = "dltrain.layers.neurons_cuda"
 
 
 def flat(array):
@@ -27,6 +34,7 @@ class NeuronLayer(Layer):
 
     exact_num_bottom_blobs = 1
     exact_num_top_blobs = 1
+    cuda_module = CUDA_MODULE
 
     def reshape(self, bottom, top):
         if top[0] is not bottom[0]:
@@ -35,25 +43,29 @@ class NeuronLayer(Layer):
 
 # --- ReLU ---------------------------------------------------------------------
 
+@formula
+def relu(x, negative_slope):
+    # + 0.0: no negative zeros (Caffe's max(x,0) + s*min(x,0))
+    return x if x > 0 else x * negative_slope + 0.0
+
+
+@formula
+def relu_grad(x, dy, negative_slope):
+    # x is the bottom data: in place it is the top data, whose sign matches
+    # the bottom's for any negative_slope >= 0 (as in Caffe).
+    return dy if x > 0 else dy * negative_slope
+
+
 @njit(cache=True)
 def relu_forward(x, y, negative_slope):
     for i in range(x.shape[0]):
-        v = x[i]
-        if v > 0:
-            y[i] = v
-        else:
-            y[i] = v * negative_slope + 0.0   # + 0.0: no negative zeros (Caffe's max(x,0) + s*min(x,0))
+        y[i] = relu(x[i], negative_slope)
 
 
 @njit(cache=True)
 def relu_backward(x, dy, dx, negative_slope):
-    # x is the bottom data: in place it is the top data, whose sign matches
-    # the bottom's for any negative_slope >= 0 (as in Caffe).
     for i in range(x.shape[0]):
-        if x[i] > 0:
-            dx[i] = dy[i]
-        else:
-            dx[i] = dy[i] * negative_slope
+        dx[i] = relu_grad(x[i], dy[i], negative_slope)
 
 
 @register_layer("ReLU")
@@ -70,31 +82,30 @@ class ReLULayer(NeuronLayer):
         if propagate_down[0]:
             relu_backward(flat(bottom[0].data), flat(top[0].diff), flat(bottom[0].diff), self.negative_slope)
 
-    def forward_gpu(self, bottom, top):
-        from . import neurons_cuda as C
-        C.relu_forward(bottom[0].gpu_data(), top[0].mutable_gpu_data(), top[0].count, self.negative_slope)
-
-    def backward_gpu(self, top, propagate_down, bottom):
-        if propagate_down[0]:
-            from . import neurons_cuda as C
-            C.relu_backward(bottom[0].gpu_data(), top[0].gpu_diff(), bottom[0].mutable_gpu_diff(), bottom[0].count,
-                            self.negative_slope)
-
 
 # --- Sigmoid ------------------------------------------------------------------
 
+@formula
+def sigmoid(x):
+    # Caffe's form: 0.5 * tanh(0.5 x) + 0.5 never overflows.
+    return 0.5 * math.tanh(0.5 * x) + 0.5
+
+
+@formula
+def sigmoid_grad(y, dy):
+    return dy * y * (1 - y)
+
+
 @njit(cache=True)
 def sigmoid_forward(x, y):
-    # Caffe's form: 0.5 * tanh(0.5 x) + 0.5 never overflows.
     for i in range(x.shape[0]):
-        y[i] = 0.5 * np.tanh(0.5 * x[i]) + 0.5
+        y[i] = sigmoid(x[i])
 
 
 @njit(cache=True)
 def sigmoid_backward(y, dy, dx):
     for i in range(y.shape[0]):
-        s = y[i]
-        dx[i] = dy[i] * s * (1 - s)
+        dx[i] = sigmoid_grad(y[i], dy[i])
 
 
 @register_layer("Sigmoid")
@@ -108,29 +119,24 @@ class SigmoidLayer(NeuronLayer):
         if propagate_down[0]:
             sigmoid_backward(flat(top[0].data), flat(top[0].diff), flat(bottom[0].diff))
 
-    def forward_gpu(self, bottom, top):
-        from . import neurons_cuda as C
-        C.sigmoid_forward(bottom[0].gpu_data(), top[0].mutable_gpu_data(), top[0].count)
-
-    def backward_gpu(self, top, propagate_down, bottom):
-        if propagate_down[0]:
-            from . import neurons_cuda as C
-            C.sigmoid_backward(top[0].gpu_data(), top[0].gpu_diff(), bottom[0].mutable_gpu_diff(), bottom[0].count)
-
 
 # --- TanH ---------------------------------------------------------------------
+
+@formula
+def tanh_grad(y, dy):
+    return dy * (1 - y * y)
+
 
 @njit(cache=True)
 def tanh_forward(x, y):
     for i in range(x.shape[0]):
-        y[i] = np.tanh(x[i])
+        y[i] = math.tanh(x[i])
 
 
 @njit(cache=True)
 def tanh_backward(y, dy, dx):
     for i in range(y.shape[0]):
-        t = y[i]
-        dx[i] = dy[i] * (1 - t * t)
+        dx[i] = tanh_grad(y[i], dy[i])
 
 
 @register_layer("TanH")
@@ -144,26 +150,20 @@ class TanHLayer(NeuronLayer):
         if propagate_down[0]:
             tanh_backward(flat(top[0].data), flat(top[0].diff), flat(bottom[0].diff))
 
-    def forward_gpu(self, bottom, top):
-        from . import neurons_cuda as C
-        C.tanh_forward(bottom[0].gpu_data(), top[0].mutable_gpu_data(), top[0].count)
-
-    def backward_gpu(self, top, propagate_down, bottom):
-        if propagate_down[0]:
-            from . import neurons_cuda as C
-            C.tanh_backward(top[0].gpu_data(), top[0].gpu_diff(), bottom[0].mutable_gpu_diff(), bottom[0].count)
-
 
 # --- Dropout ------------------------------------------------------------------
 
+@formula
+def masked(x, keep, scale):
+    """Dropout's forward and backward in TRAIN: x * mask * scale."""
+    return x * scale if keep else x * 0
+
+
 @njit(cache=True)
 def masked_scale(x, mask, y, scale):
-    """y = x * mask * scale (Dropout's forward and backward in TRAIN)."""
+    """y = x * mask * scale."""
     for i in range(x.shape[0]):
-        if mask[i]:
-            y[i] = x[i] * scale
-        else:
-            y[i] = 0
+        y[i] = masked(x[i], mask[i], scale)
 
 
 @njit(cache=True)
@@ -193,6 +193,11 @@ class DropoutLayer(NeuronLayer):
         self.scale_train = bool(getattr(param, "scale_train", True))
         self.mask = np.zeros(0, np.uint8)
 
+    @property
+    def train_scale(self):
+        """The factor kept units get in TRAIN."""
+        return self.scale if self.scale_train else 1.0
+
     def reshape(self, bottom, top):
         super().reshape(bottom, top)
         if self.mask.size != bottom[0].count:
@@ -204,7 +209,7 @@ class DropoutLayer(NeuronLayer):
             # Bernoulli(1 - p): 1 = keep.  Drawn through get_rng() every time
             # so that set_random_seed (the gradient checker's too) applies.
             self.mask[...] = get_rng().random(x.shape[0]) < (1.0 - self.threshold)
-            masked_scale(x, self.mask, y, self.scale if self.scale_train else 1.0)
+            masked_scale(x, self.mask, y, self.train_scale)
         elif self.scale_train:
             if top[0] is not bottom[0]:
                 y[...] = x
@@ -216,43 +221,9 @@ class DropoutLayer(NeuronLayer):
             return
         dy, dx = flat(top[0].diff), flat(bottom[0].diff)
         if self.phase == TRAIN:
-            masked_scale(dy, self.mask, dx, self.scale if self.scale_train else 1.0)
+            masked_scale(dy, self.mask, dx, self.train_scale)
         elif self.scale_train:
             if top[0] is not bottom[0]:
                 dx[...] = dy
         else:
             scale_copy(dy, dx, 1.0 / self.scale)
-
-    # GPU: the mask is drawn on the host from the same RNG (see layers/neurons_cuda.py) and copied over.
-    def forward_gpu(self, bottom, top):
-        from . import kernels_cuda as K
-        from . import neurons_cuda as C
-        n = bottom[0].count
-        if self.phase == TRAIN:
-            self.mask[...] = get_rng().random(n) < (1.0 - self.threshold)
-            if getattr(self, "_gpu_mask", None) is None or self._gpu_mask.size != max(n, 1):
-                self._gpu_mask = K.device_array(n, np.uint8)
-            if n:
-                self._gpu_mask.copy_to_device(self.mask)
-            C.masked_scale(bottom[0].gpu_data(), self._gpu_mask, top[0].mutable_gpu_data(), n,
-                           self.scale if self.scale_train else 1.0)
-        elif self.scale_train:
-            if top[0] is not bottom[0]:
-                K.copy(bottom[0].gpu_data(), top[0].mutable_gpu_data(), n)
-        else:
-            K.scale(bottom[0].gpu_data(), top[0].mutable_gpu_data(), 1.0 / self.scale, n)
-
-    def backward_gpu(self, top, propagate_down, bottom):
-        if not propagate_down[0]:
-            return
-        from . import kernels_cuda as K
-        from . import neurons_cuda as C
-        n = bottom[0].count
-        if self.phase == TRAIN:
-            C.masked_scale(top[0].gpu_diff(), self._gpu_mask, bottom[0].mutable_gpu_diff(), n,
-                           self.scale if self.scale_train else 1.0)
-        elif self.scale_train:
-            if top[0] is not bottom[0]:
-                K.copy(top[0].gpu_diff(), bottom[0].mutable_gpu_diff(), n)
-        else:
-            K.scale(top[0].gpu_diff(), bottom[0].mutable_gpu_diff(), 1.0 / self.scale, n)

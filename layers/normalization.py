@@ -305,7 +305,7 @@ class BatchNormLayer(Layer):
     exact_num_top_blobs = 1
 
     def setup(self, bottom, top):
-        from proto import caffe_pb2
+        from dltrain.proto import caffe_pb2
         name = f"layer '{self.name}' (BatchNorm)"
         param = self.layer_param.batch_norm_param
         self.moving_average_fraction = float(param.moving_average_fraction)
@@ -507,7 +507,7 @@ class ScaleLayer(Layer):
     exact_num_top_blobs = 1
 
     def setup(self, bottom, top):
-        from proto import caffe_pb2
+        from dltrain.proto import caffe_pb2
         param = self.layer_param.scale_param
         loaded = len(self.blobs)
         if len(bottom) == 1 and not self.blobs:
@@ -533,7 +533,7 @@ class ScaleLayer(Layer):
             if len(self.blobs) + len(bottom) >= 3:
                 # the bias blob was loaded with the definition: the last blob
                 self.bias_layer.blobs = [self.blobs[-1]]
-            self.bias_layer.set_up([bottom[0]], top)
+            self.bias_layer.initialize([bottom[0]], top)
             if len(self.blobs) + len(bottom) < 3:
                 self.blobs.append(self.bias_layer.blobs[0])
         want = (len(bottom) == 1) + (self.bias_layer is not None)
@@ -615,7 +615,7 @@ class LRNLayer(Layer):
     exact_num_top_blobs = 1
 
     def setup(self, bottom, top):
-        from proto import caffe_pb2
+        from dltrain.proto import caffe_pb2
         name = f"layer '{self.name}' (LRN)"
         p = self.layer_param.lrn_param
         self.size = int(p.local_size)

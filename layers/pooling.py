@@ -24,7 +24,7 @@ class PoolingLayer(Layer):
     max_top_blobs = 2     # the second (MAX only) is the argmax mask
 
     def setup(self, bottom, top):
-        from proto import caffe_pb2
+        from dltrain.proto import caffe_pb2
         P = caffe_pb2.PoolingParameter
         pp = self.layer_param.pooling_param
         name = f"layer '{self.name}' (Pooling)"

@@ -294,7 +294,7 @@ def _fused_kernels(dtype):
         _fused[key] = kernels = _make_fused(numba.from_dtype(np.dtype(dtype)), config)
         for index, kernel in enumerate(kernels[:2]):
             try:    # how to make it again (bench/cuda_compile_check.py)
-                kernel._dltrain_key = ("layers.recurrent_cuda", "_fused_kernel", (np.dtype(dtype).str, index))
+                kernel._dltrain_key = ("dltrain.layers.recurrent_cuda", "_fused_kernel", (np.dtype(dtype).str, index))
             except AttributeError:
                 pass
     return _fused[key], config

@@ -164,7 +164,7 @@ class SPPLayer(Layer):
     exact_num_top_blobs = 1
 
     def setup(self, bottom, top):
-        from proto import caffe_pb2
+        from dltrain.proto import caffe_pb2
         P = caffe_pb2.SPPParameter
         param = self.layer_param.spp_param
         self.pyramid_height = int(param.pyramid_height)

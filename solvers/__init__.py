@@ -31,7 +31,7 @@ def get_solver(solver, dtype=np.float32, solver_path=None, gpu=None):
     the CPU (False), or as the backend's mode says (None, pycaffe's way).
     """
     import os
-    from proto import caffe_pb2
+    from dltrain.proto import caffe_pb2
     path = solver_path
     if isinstance(solver, caffe_pb2.SolverParameter):
         param = caffe_pb2.SolverParameter()

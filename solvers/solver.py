@@ -31,7 +31,7 @@ from dlcore import Net, TEST, TRAIN, backend
 from dlcore.config import load_message, load_net, load_solver, to_prototxt, write_binary
 from dlcore.errors import ConfigError, DLTrainError
 from dlcore.rng import set_random_seed
-from proto import caffe_pb2
+from dltrain.proto import caffe_pb2
 
 from . import diagnostics
 from .lr_policy import LearningRatePolicy

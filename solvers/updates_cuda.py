@@ -13,8 +13,8 @@ import math
 
 from numba import cuda
 
-from layers import kernels_cuda as K
-from layers.kernels_cuda import grid, jit
+from dlcore import device as K
+from dlcore.device import grid, jit
 
 __all__ = ["RULES", "update", "apply_update", "sumsq_total", "new_flags", "reset_flags", "bad_params"]
 

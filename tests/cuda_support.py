@@ -55,7 +55,7 @@ def make_layer(definition, bottom_shapes, dtype=np.float64, seed=0, integer_bott
 
     from dlcore import Blob
     from dlcore.registry import get_layer_class
-    from proto import caffe_pb2
+    from dltrain.proto import caffe_pb2
     param = text_format.Parse(definition, caffe_pb2.LayerParameter())
     if not param.name:
         param.name = param.type.lower()
@@ -78,7 +78,7 @@ def make_layer(definition, bottom_shapes, dtype=np.float64, seed=0, integer_bott
     if n_top is None:
         n_top = len(param.top) or max(cls.exact_num_top_blobs or 0, cls.min_top_blobs or 0, 1)
     top = [Blob(dtype=dtype) for _ in range(n_top)]
-    layer.set_up(bottom, top)
+    layer.initialize(bottom, top)
     for blob in layer.blobs:
         blob.data[...] = rng.uniform(-1, 1, blob.shape)
     return layer, bottom, top

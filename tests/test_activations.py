@@ -30,7 +30,7 @@ def run(layer, x, dtype=np.float64, in_place=False, dy=None):
     """Forward x (and, with dy, backward); returns (bottom, top)."""
     bottom = blob_of(x, dtype)
     top = bottom if in_place else Blob(dtype=dtype)
-    layer.set_up([bottom], [top])
+    layer.initialize([bottom], [top])
     layer.forward([bottom], [top])
     if dy is not None:
         top.diff[...] = dy
@@ -52,7 +52,7 @@ class InPlace(Layer):
 
     def setup(self, bottom, top):
         self.work.reshape_like(bottom[0])
-        self.inner.set_up([self.work], [self.work])
+        self.inner.initialize([self.work], [self.work])
         self.blobs = self.inner.blobs
 
     def reshape(self, bottom, top):
@@ -217,7 +217,7 @@ def test_prelu_forward(shared):
     x = gaussian()
     bottom = blob_of(x)
     top = Blob(dtype=np.float64)
-    layer.set_up([bottom], [top])
+    layer.initialize([bottom], [top])
     layer.blobs[0].data[...] = np.random.default_rng(2).normal(size=layer.blobs[0].shape)
     layer.forward([bottom], [top])
     np.testing.assert_array_equal(top.data, prelu_reference(x, layer.blobs[0].data, shared))
@@ -228,7 +228,7 @@ def test_prelu_hand_computed():
     x = np.array([[-2.0, 3.0], [4.0, -1.0]])           # (N=2, C=2)
     bottom = blob_of(x)
     top = Blob(dtype=np.float64)
-    layer.set_up([bottom], [top])
+    layer.initialize([bottom], [top])
     layer.blobs[0].data[...] = [0.5, -0.1]
     layer.forward([bottom], [top])
     np.testing.assert_allclose(top.data, [[-1.0, 3.0], [4.0, 0.1]])
@@ -245,7 +245,7 @@ def test_prelu_gradient(shared):
     layer = layer_of(text)
     bottom = [blob_of(gaussian())]
     top = [Blob(dtype=np.float64)]
-    layer.set_up(bottom, top)
+    layer.initialize(bottom, top)
     layer.blobs[0].data[...] = np.random.default_rng(3).normal(size=layer.blobs[0].shape)
     GradientChecker(1e-2, 1e-3, 1701, 0.0, 0.01).check_gradient_exhaustive(layer, bottom, top)
 
@@ -278,7 +278,7 @@ def test_prelu_in_place_matches(dtype):
         set_random_seed(5)
         bottom = blob_of(x, dtype)
         top = bottom if in_place else Blob(dtype=dtype)
-        layer.set_up([bottom], [top])
+        layer.initialize([bottom], [top])
         layer.blobs[0].data[...] = [0.3, -0.2, 0.7]
         layer.forward([bottom], [top])
         y = top.data.copy()

@@ -1,7 +1,7 @@
 """`dltrain time`: caffe time's report lines, and one-line errors."""
 import re
 
-from cli.main import main
+from dltrain.cli.main import main
 
 NET = """
 name: "tiny"

@@ -10,8 +10,8 @@ import time
 import numpy as np
 import pytest
 
-from cli.main import main
-from proto import caffe_pb2
+from dltrain.cli.main import main
+from dltrain.proto import caffe_pb2
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -322,7 +322,7 @@ def test_yaml_solver(tmp_path, capsys, monkeypatch):
 
 def test_progress_line_on_a_terminal():
     import io
-    from solvers.training_log import Progress, info
+    from dltrain.solvers.training_log import Progress, info
 
     class Terminal(io.StringIO):
         def isatty(self):
@@ -346,7 +346,7 @@ def test_ctrl_c_snapshots_and_stops(tmp_path):
     setup_files(tmp_path, SOLVER.replace("max_iter: 10", "max_iter: 100000000").replace("display: 2", "display: 50")
                 .replace("snapshot: 5", "snapshot: 0"))
     env = dict(os.environ, PYTHONPATH=ROOT)
-    proc = subprocess.Popen([sys.executable, "-m", "cli.main", "train", "--solver", "solver.prototxt"],
+    proc = subprocess.Popen([sys.executable, "-m", "dltrain.cli.main", "train", "--solver", "solver.prototxt"],
                             cwd=tmp_path, env=env, stderr=subprocess.PIPE, text=True)
     try:
         seen = []
@@ -373,7 +373,7 @@ def test_ctrl_c_snapshots_and_stops(tmp_path):
 def test_non_finite_values_are_traced_to_their_layer():
     from dlcore.config import solver_from_string
     from dlcore.errors import DLTrainError
-    from solvers import get_solver
+    from dltrain.solvers import get_solver
     text = """
     net_param { name: "nan"
       layer { name: "data" type: "Input" top: "x" top: "y" input_param { shape { dim: 2 dim: 3 } shape { dim: 2 dim: 1 } } }

@@ -8,7 +8,7 @@ import pytest
 
 from dlcore import config
 from dlcore.errors import ConfigError
-from proto import caffe_pb2
+from dltrain.proto import caffe_pb2
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -83,7 +83,7 @@ CASES = [
 @pytest.fixture(params=["batch", "image"])
 def layout(request, monkeypatch):
     """Run a test with each column layout (whole-batch GEMM / per-image GEMMs)."""
-    import layers.convolution as conv
+    import dltrain.layers.convolution as conv
     monkeypatch.setattr(conv, "IMAGE_LAYOUT_MIN_PIXELS", 1 << 30 if request.param == "batch" else 0)
     return request.param
 
@@ -93,7 +93,7 @@ def layout(request, monkeypatch):
 def test_matches_reference_forward_and_backward(params, shape, stride, pad, dilation, group, dtype, layout):
     layer = conv_layer(params, dtype)
     bottom, top = make_blobs([shape], dtype), [Blob(dtype=dtype)]
-    layer.set_up(bottom, top)
+    layer.initialize(bottom, top)
     x = bottom[0].data.astype(np.float64)
     w = layer.blobs[0].data.astype(np.float64)
     b = layer.blobs[1].data.astype(np.float64)
@@ -119,7 +119,7 @@ def test_simple_convolution_shapes_and_two_bottoms(layout):
     layer = conv_layer("num_output: 4 kernel_size: 3 stride: 2", np.float32)
     bottom = make_blobs([(2, 3, 6, 4), (2, 3, 6, 4)], np.float32)
     top = [Blob(), Blob()]
-    layer.set_up(bottom, top)
+    layer.initialize(bottom, top)
     assert top[0].shape == (2, 4, 2, 1) and top[1].shape == (2, 4, 2, 1)
     assert layer.blobs[0].shape == (4, 3, 3, 3) and layer.blobs[1].shape == (4,)
     layer.forward(bottom, top)
@@ -149,7 +149,7 @@ def test_sobel_equals_separable_filters():
     full = conv_layer("num_output: 1 kernel_size: 3 stride: 2 bias_term: false", blobs=[sobel], bias_filler="")
     bottom, top = [Blob(*x.shape, dtype=np.float64)], [Blob(dtype=np.float64)]
     bottom[0].data[...] = x
-    full.set_up(bottom, top)
+    full.initialize(bottom, top)
     full.forward(bottom, top)
 
     col = Blob(1, 3, 3, 1, dtype=np.float64)
@@ -157,14 +157,14 @@ def test_sobel_equals_separable_filters():
     first = conv_layer("num_output: 1 kernel_h: 3 kernel_w: 1 stride_h: 2 stride_w: 1 bias_term: false",
                        blobs=[col], bias_filler="")
     mid = [Blob(dtype=np.float64)]
-    first.set_up(bottom, mid)
+    first.initialize(bottom, mid)
     first.forward(bottom, mid)
     row = Blob(1, 1, 1, 3, dtype=np.float64)
     row.data[...] = np.array([-1, 0, 1], dtype=np.float64)
     second = conv_layer("num_output: 1 kernel_h: 1 kernel_w: 3 stride_h: 1 stride_w: 2 bias_term: false",
                         blobs=[row], bias_filler="")
     out = [Blob(dtype=np.float64)]
-    second.set_up(mid, out)
+    second.initialize(mid, out)
     second.forward(mid, out)
     assert top[0].shape == out[0].shape == (2, 1, 2, 1)
     np.testing.assert_allclose(top[0].data, out[0].data, atol=1e-4)
@@ -198,7 +198,7 @@ def test_channel_axis_and_leading_axes():
     layer = create_layer('name: "c" type: "Convolution" convolution_param { num_output: 2 kernel_size: 3 axis: 2 '
                          'weight_filler { type: "gaussian" } bias_filler { type: "gaussian" } }', dtype=np.float64)
     bottom, top = make_blobs([(2, 2, 3, 5, 4)], np.float64), [Blob(dtype=np.float64)]
-    layer.set_up(bottom, top)
+    layer.initialize(bottom, top)
     layer.forward(bottom, top)
     assert top[0].shape == (2, 2, 2, 3, 2)
     expected = reference_conv(bottom[0].data.reshape(4, 3, 5, 4), layer.blobs[0].data, layer.blobs[1].data,
@@ -207,7 +207,7 @@ def test_channel_axis_and_leading_axes():
 
 
 def test_chunked_batch_equals_whole_batch(monkeypatch, layout):
-    import layers.convolution as conv
+    import dltrain.layers.convolution as conv
     shape = (5, 3, 6, 5)
     results = []
     for limit, chunk in ((conv.COL_BUFFER_LIMIT, 5), (27 * 9 * 2, 2)):   # 27*9 column elements per image
@@ -217,7 +217,7 @@ def test_chunked_batch_equals_whole_batch(monkeypatch, layout):
         layer.blobs[0].data[...] = np.linspace(-1, 1, 108).reshape(4, 3, 3, 3)
         layer.blobs[1].data[...] = [0.1, 0.2, 0.3, 0.4]
         bottom, top = make_blobs([shape], np.float64), [Blob(dtype=np.float64)]
-        layer.set_up(bottom, top)
+        layer.initialize(bottom, top)
         assert layer.chunk == chunk
         layer.forward(bottom, top)
         top[0].diff[...] = np.cos(np.arange(top[0].count)).reshape(top[0].shape)
@@ -231,7 +231,7 @@ def test_chunked_batch_equals_whole_batch(monkeypatch, layout):
 def test_backward_accumulates_params_and_respects_propagate_down(layout):
     layer = conv_layer("num_output: 2 kernel_size: 3")
     bottom, top = make_blobs([(2, 2, 5, 5)], np.float64), [Blob(dtype=np.float64)]
-    layer.set_up(bottom, top)
+    layer.initialize(bottom, top)
     layer.forward(bottom, top)
     top[0].diff[...] = 1.0
     for blob in layer.blobs:
@@ -258,7 +258,7 @@ def test_weights_from_definition_are_kept():
     b.data[...] = [10, 20]
     layer.blobs = [w, b]
     bottom, top = make_blobs([(1, 3, 2, 2)], np.float64), [Blob(dtype=np.float64)]
-    layer.set_up(bottom, top)
+    layer.initialize(bottom, top)
     assert layer.blobs[0] is w
     layer.forward(bottom, top)
     np.testing.assert_allclose(top[0].data[0, 0], 10 + np.tensordot([1, 2, 3], bottom[0].data[0], 1))
@@ -279,7 +279,7 @@ def test_weights_from_definition_are_kept():
 def test_config_errors_name_the_layer(params, shape, message):
     layer = conv_layer(params)
     with pytest.raises(ConfigError, match=message) as err:
-        layer.set_up(make_blobs([shape], np.float64), [Blob(dtype=np.float64)])
+        layer.initialize(make_blobs([shape], np.float64), [Blob(dtype=np.float64)])
     assert "'conv'" in str(err.value)
 
 
@@ -287,4 +287,4 @@ def test_wrong_stored_weight_shape():
     layer = conv_layer("num_output: 2 kernel_size: 3")
     layer.blobs = [Blob(2, 3, 2, 2, dtype=np.float64), Blob(2, dtype=np.float64)]
     with pytest.raises(ConfigError, match="weight shape"):
-        layer.set_up(make_blobs([(1, 3, 5, 5)], np.float64), [Blob(dtype=np.float64)])
+        layer.initialize(make_blobs([(1, 3, 5, 5)], np.float64), [Blob(dtype=np.float64)])

@@ -18,7 +18,7 @@ def _device():
 
 
 def _k():
-    from layers import kernels_cuda
+    from dltrain.layers import kernels_cuda
     return kernels_cuda
 
 
@@ -114,7 +114,7 @@ def test_col2im_is_the_adjoint_of_im2col():
     # <im2col(x), c> == <x, col2im(c)> for random x, c (the CPU im2col is the reference)
     from numba import cuda
 
-    from layers import kernels as CPU
+    from dltrain.layers import kernels as CPU
     KC = _k()
     rng = np.random.default_rng(2)
     N, C, H, W, kh, kw, ph, pw, sh, sw, dh, dw = 2, 3, 6, 5, 3, 2, 1, 0, 2, 1, 1, 2

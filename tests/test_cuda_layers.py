@@ -269,7 +269,7 @@ def test_gram_plugin_gpu_pair(dtype):
 def test_lstm_unfused_steps(monkeypatch):
     # the two-launch step (a product, then the cell kernel) that the fused step replaces
     _needs_gpu_methods("LSTM")
-    from layers import recurrent_cuda
+    from dltrain.layers import recurrent_cuda
     monkeypatch.setattr(recurrent_cuda, "FUSED", False)
     compare_layer(f'type: "LSTM" bottom: "x" bottom: "c" bottom: "h0" bottom: "c0" top: "h" top: "hT" top: "cT" '
                   f'recurrent_param {{ num_output: {H} expose_hidden: true }}',

@@ -65,7 +65,7 @@ def test_infogain(dtype):
 
 
 def test_infogain_matrix_from_file(tmp_path):
-    from proto import caffe_pb2
+    from dltrain.proto import caffe_pb2
     H = np.random.default_rng(3).uniform(0.1, 2, (3, 3)).astype(np.float32)
     proto = caffe_pb2.BlobProto()
     proto.shape.dim.extend([1, 1, 3, 3])

@@ -29,7 +29,7 @@ def _cpu_mode_after():
 
 def test_blob_syncs_host_and_device():
     from dlcore import Blob
-    from layers import kernels_cuda as K
+    from dltrain.layers import kernels_cuda as K
     blob = Blob(2, 3)
     assert not blob.has_device_memory() and blob.data_head == "host"
     blob.data[...] = np.arange(6).reshape(2, 3)
@@ -50,7 +50,7 @@ def test_blob_syncs_host_and_device():
 
 def test_shared_blobs_share_both_sides():
     from dlcore import Blob
-    from layers import kernels_cuda as K
+    from dltrain.layers import kernels_cuda as K
     a, b = Blob(2, 3), Blob(6)
     b.share_data(a)
     b.share_diff(a)
@@ -120,7 +120,7 @@ def _solver(net_text, extra, iters, gpu, dtype=np.float32, data=None):
     from google.protobuf import text_format
 
     from dlcore.config import solver_from_string
-    from solvers import get_solver
+    from dltrain.solvers import get_solver
     param = solver_from_string(SOLVER.format(iters=iters, extra=extra))
     text_format.Parse(net_text, param.net_param)
     solver = get_solver(param, dtype=dtype, gpu=gpu)
@@ -255,7 +255,7 @@ def test_gpu_snapshot_and_resume(tmp_path):
 
 
 def test_cli_train_with_gpu_flag(tmp_path, monkeypatch, capsys):
-    from cli.main import main
+    from dltrain.cli.main import main
     monkeypatch.chdir(tmp_path)
     net = MLP_NET.replace('type: "Input" top: "data" top: "label"\n        input_param { shape { dim: 5 dim: 6 } shape { dim: 5 } }',
                           'type: "DummyData" top: "data" top: "label" dummy_data_param { shape { dim: 5 dim: 6 } '
@@ -325,7 +325,7 @@ def test_lstm_geoloc_net_trains_as_on_the_cpu():
 
 
 def test_cli_gradcheck_and_time_on_the_gpu(tmp_path, capsys):
-    from cli.main import main
+    from dltrain.cli.main import main
     layer = tmp_path / "layer.prototxt"
     layer.write_text('name: "sig" type: "Sigmoid"\n')
     assert main(["gradcheck", str(layer), "--bottom", "2,3", "--gpu", "0"]) == 0

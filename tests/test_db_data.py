@@ -9,10 +9,10 @@ import pytest
 import dlcore
 from dlcore import ConfigError, DLTrainError, Net
 from dlcore.config import net_from_string, write_binary
-from proto import caffe_pb2
+from dltrain.proto import caffe_pb2
 
-from cli.convert import convert_arrays, convert_imageset, read_image_list
-from layers.db_data import array_to_datum, count_lmdb, open_lmdb, write_lmdb
+from dltrain.cli.convert import convert_arrays, convert_imageset, read_image_list
+from dltrain.layers.db_data import array_to_datum, count_lmdb, open_lmdb, write_lmdb
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -567,7 +567,7 @@ def test_convert_refuses_an_existing_database(raw_db):
 
 @needs_pil
 def test_converters_from_the_command_line(tmp_path, capsys):
-    from cli.main import main
+    from dltrain.cli.main import main
     listfile, rgbs = _write_pngs(tmp_path, n=3)
     db = str(tmp_path / "cli_lmdb")
     assert main(["convert_imageset", "--gray", "--resize_height", "2", "-resize_width", "2",
@@ -665,7 +665,7 @@ def test_digits_yaml_files_match_the_prototxt_files():
 
 
 def test_digits_example_trains_on_a_short_schedule(monkeypatch, tmp_path):
-    from cli.main import main
+    from dltrain.cli.main import main
     from dlcore.config import load_solver, to_prototxt
     monkeypatch.chdir(REPO)
     solver = load_solver(os.path.join(DIGITS, "solver.prototxt"))

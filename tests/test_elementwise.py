@@ -26,7 +26,7 @@ def run(text, arrays, n_top=1, dtype=np.float64):
         blob.data[...] = a
         bottom.append(blob)
     top = [Blob(dtype=dtype) for _ in range(n_top)]
-    layer.set_up(bottom, top)
+    layer.initialize(bottom, top)
     layer.forward(bottom, top)
     return layer, bottom, top
 

@@ -23,11 +23,11 @@ FILLERS = 'weight_filler { type: "uniform" min: -10 max: 10 } bias_filler { type
 def test_setup_shapes():
     layer = layer_of(f"num_output: 10 input_dim: 5 {FILLERS}")
     bottom, top = indices_blob(np.zeros((4, 1))), Blob(dtype=np.float64)
-    layer.set_up([bottom], [top])
+    layer.initialize([bottom], [top])
     assert top.shape == (4, 1, 10)
     assert layer.blobs[0].shape == (5, 10) and layer.blobs[1].shape == (10,)
     layer = layer_of("num_output: 3 input_dim: 7 bias_term: false")
-    layer.set_up([indices_blob(np.zeros((2, 3, 4)))], [top])
+    layer.initialize([indices_blob(np.zeros((2, 3, 4)))], [top])
     assert top.shape == (2, 3, 4, 3) and len(layer.blobs) == 1
 
 
@@ -38,7 +38,7 @@ def test_forward_is_numpy_indexing(bias, dtype):
     idx = rng.integers(0, 6, (3, 4)).astype(np.float64)
     layer = layer_of(f"num_output: 5 input_dim: 6 bias_term: {str(bias).lower()} {FILLERS}", dtype)
     bottom, top = indices_blob(idx, dtype), Blob(dtype=dtype)
-    layer.set_up([bottom], [top])
+    layer.initialize([bottom], [top])
     layer.forward([bottom], [top])
     expected = layer.blobs[0].data[idx.astype(int)]
     if bias:
@@ -51,7 +51,7 @@ def test_backward_accumulates_rows():
     idx = np.array([[1, 1], [0, 3]], np.float64)
     layer = layer_of(f"num_output: 2 input_dim: 4 {FILLERS}")
     bottom, top = indices_blob(idx), Blob(dtype=np.float64)
-    layer.set_up([bottom], [top])
+    layer.initialize([bottom], [top])
     layer.forward([bottom], [top])
     top.diff[...] = np.arange(8, dtype=np.float64).reshape(2, 2, 2)
     layer.blobs[0].diff[...] = 1.0                    # backward adds into param diffs
@@ -80,7 +80,7 @@ def test_bad_index_is_an_error_naming_layer_value_and_position(value):
     idx[1, 2] = value
     layer = layer_of("num_output: 2 input_dim: 5")
     bottom, top = indices_blob(idx), Blob(dtype=np.float64)
-    layer.set_up([bottom], [top])
+    layer.initialize([bottom], [top])
     with pytest.raises(DLTrainError) as err:
         layer.forward([bottom], [top])
     message = str(err.value)
@@ -90,7 +90,7 @@ def test_bad_index_is_an_error_naming_layer_value_and_position(value):
 def test_no_gradient_to_indices():
     layer = layer_of("num_output: 2 input_dim: 5")
     bottom, top = indices_blob([[0, 1]]), Blob(dtype=np.float64)
-    layer.set_up([bottom], [top])
+    layer.initialize([bottom], [top])
     layer.forward([bottom], [top])
     with pytest.raises(DLTrainError, match="indices"):
         layer.backward([top], [True], [bottom])
@@ -100,13 +100,13 @@ def test_no_gradient_to_indices():
 def test_bad_parameters():
     for params, field in (("num_output: 0 input_dim: 5", "num_output"), ("num_output: 2", "input_dim")):
         with pytest.raises(ConfigError, match=field):
-            layer_of(params).set_up([indices_blob([[0.0]])], [Blob(dtype=np.float64)])
+            layer_of(params).initialize([indices_blob([[0.0]])], [Blob(dtype=np.float64)])
 
 
 def test_in_a_net_trains_only_the_used_rows():
     from dlcore import Net
     from dlcore.config import parse_text
-    from proto import caffe_pb2
+    from dltrain.proto import caffe_pb2
     text = f"""
     layer {{ name: "in" type: "Input" top: "x" top: "y"
              input_param {{ shape {{ dim: 3 }} shape {{ dim: 3 dim: 2 }} }} }}

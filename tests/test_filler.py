@@ -6,7 +6,7 @@ import pytest
 
 from dlcore import Blob, ConfigError, set_random_seed
 from dlcore.filler import fill
-from proto import caffe_pb2
+from dltrain.proto import caffe_pb2
 
 
 def filled(shape, **kw):

@@ -6,7 +6,7 @@ import pytest
 
 from dlcore import Blob, ConfigError, create_layer
 from dlcore.gradcheck import GradientChecker
-from layers.geoloc_loss import great_circle
+from dltrain.layers.geoloc_loss import great_circle
 
 
 def layer_of(params="", dtype=np.float64, loss_weight=None):
@@ -37,7 +37,7 @@ def run(layer, pred, label, dtype=np.float64, weight=None):
     """Forward and backward to both bottoms; returns (loss, d pred, d label)."""
     bottom = [blob_of(pred, dtype), blob_of(label, dtype)]
     top = [Blob(dtype=dtype)]
-    layer.set_up(bottom, top)
+    layer.initialize(bottom, top)
     if weight is not None:
         top[0].diff[...] = weight
     layer.forward(bottom, top)
@@ -239,19 +239,19 @@ def test_tiny_distances_keep_relative_precision():
 def test_bad_shapes_and_radius():
     layer = layer_of()
     with pytest.raises(ConfigError, match="N x 2"):
-        layer.set_up([blob_of(np.zeros((4, 3))), blob_of(np.zeros((4, 3)))], [Blob(dtype=np.float64)])
+        layer.initialize([blob_of(np.zeros((4, 3))), blob_of(np.zeros((4, 3)))], [Blob(dtype=np.float64)])
     layer = layer_of()
     with pytest.raises(ConfigError, match="first dimension"):
-        layer.set_up([blob_of(np.zeros((4, 2))), blob_of(np.zeros((3, 2)))], [Blob(dtype=np.float64)])
+        layer.initialize([blob_of(np.zeros((4, 2))), blob_of(np.zeros((3, 2)))], [Blob(dtype=np.float64)])
     with pytest.raises(ConfigError, match="radius"):
-        layer_of("radius: -1").set_up([blob_of(np.zeros((4, 2))), blob_of(np.zeros((4, 2)))],
+        layer_of("radius: -1").initialize([blob_of(np.zeros((4, 2))), blob_of(np.zeros((4, 2)))],
                                       [Blob(dtype=np.float64)])
 
 
 def test_in_a_net_with_default_loss_weight():
     from dlcore import Net
     from dlcore.config import parse_text
-    from proto import caffe_pb2
+    from dltrain.proto import caffe_pb2
     text = """
     layer { name: "in" type: "Input" top: "p" top: "y" input_param { shape { dim: 3 dim: 2 } } }
     layer { name: "loss" type: "GeolocLoss" bottom: "p" bottom: "y" top: "loss"

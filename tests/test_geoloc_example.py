@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from dlcore.config import load_message
-from proto import caffe_pb2
+from dltrain.proto import caffe_pb2
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 EXAMPLE = os.path.join(ROOT, "configs", "geoloc")
@@ -44,7 +44,7 @@ def short_solver(tmp_path, solver, iterations):
 
 def test_data_matches_codec_and_layout():
     h5py = pytest.importorskip("h5py")
-    from cli.predict import CharCodec
+    from dltrain.cli.predict import CharCodec
     codec = CharCodec.load(os.path.join(EXAMPLE, "charcodec.json"))
     with h5py.File(os.path.join(EXAMPLE, "data", "test.h5"), "r") as f:
         chars, cont, label = f["chars"][0], f["cont"][0], f["label"][0]
@@ -59,7 +59,7 @@ def test_data_matches_codec_and_layout():
 
 
 def test_train_a_few_iterations_then_predict(tmp_path, capsys):
-    from cli.main import main
+    from dltrain.cli.main import main
     solver, weights = short_solver(tmp_path, "solver.prototxt", 3)
     assert main(["train", "--solver", solver]) == 0
     assert os.path.exists(weights)
@@ -77,7 +77,7 @@ def test_train_a_few_iterations_then_predict(tmp_path, capsys):
 
 
 def test_bag_baseline_trains(tmp_path):
-    from cli.main import main
+    from dltrain.cli.main import main
     solver, weights = short_solver(tmp_path, "bag_solver.prototxt", 5)
     assert main(["train", "--solver", solver]) == 0
     import sys
@@ -93,13 +93,13 @@ def test_bag_baseline_trains(tmp_path):
 
 
 def test_predict_errors(tmp_path):
-    from cli.main import main
+    from dltrain.cli.main import main
     assert main(["predict", "--model", os.path.join(EXAMPLE, "deploy.prototxt"), "--weights", "x.caffemodel"]) == 1
     assert main(["predict", "--model", str(tmp_path / "deploy.prototxt"), "--weights", "w", "Paris"]) == 1
 
 
 def test_codec_encoding():
-    from cli.predict import CharCodec, normalize_latlon
+    from dltrain.cli.predict import CharCodec, normalize_latlon
     codec = CharCodec({"alphabet": "abc", "max_length": 4, "padding": "left"})
     chars, cont = codec.encode(["ab", "cabbage", "é"])
     assert chars.shape == (4, 3) and cont.shape == (4, 3)

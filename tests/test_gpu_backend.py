@@ -75,8 +75,8 @@ def test_net_and_solver_refuse_a_missing_gpu(no_gpu):
 
 
 def test_solver_mode_decision(no_gpu):
-    from proto import caffe_pb2
-    from solvers import device_for_solver
+    from dltrain.proto import caffe_pb2
+    from dltrain.solvers import device_for_solver
     param = caffe_pb2.SolverParameter()                   # solver_mode GPU is Caffe's default
     use, device, notice = device_for_solver(param)
     assert not use and notice.startswith("solver_mode is GPU but no GPU can be used (no NVIDIA driver found")
@@ -90,7 +90,7 @@ def test_solver_mode_decision(no_gpu):
 
 def test_layer_dispatch():
     from dlcore import Layer
-    from proto import caffe_pb2
+    from dltrain.proto import caffe_pb2
     calls = []
 
     class WithGpu(Layer):
@@ -114,7 +114,7 @@ def test_layer_dispatch():
     layer.backward([], [], [])             # no backward_gpu: the CPU code (on host copies)
     assert calls == ["cpu", "gpu", "bcpu"]
     assert WithGpu.has_gpu_forward() and not WithGpu.has_gpu_backward()
-    from layers.python_layer import PythonLayer
+    from dltrain.layers.python_layer import PythonLayer
     assert not PythonLayer.has_gpu_forward()
 
 
@@ -123,7 +123,7 @@ def test_cpu_training_never_imports_numba_cuda(tmp_path):
     code = f"""
 import sys
 sys.path.insert(0, {ROOT!r})
-from cli.main import main
+from dltrain.cli.main import main
 open('net.prototxt', 'w').write('layer {{ name: "d" type: "DummyData" top: "x" top: "y" dummy_data_param {{ shape {{ dim: 2 dim: 3 }} shape {{ dim: 2 dim: 3 }} data_filler {{ type: "gaussian" }} }} }} layer {{ name: "ip" type: "InnerProduct" bottom: "x" top: "z" inner_product_param {{ num_output: 3 }} }} layer {{ name: "l" type: "EuclideanLoss" bottom: "z" bottom: "y" top: "l" }}')
 open('solver.prototxt', 'w').write('net: "net.prototxt" base_lr: 0.1 lr_policy: "fixed" max_iter: 2 snapshot_after_train: false')
 assert main(['train', '--solver', 'solver.prototxt']) == 0

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 import dltrain_caffe.fallback  # noqa: F401  (`import caffe` in the layer modules below)
-from cli.main import main
+from dltrain.cli.main import main
 from dlcore import ConfigError
 from dlcore.gradcheck import GradientCheckError, check_layer
 

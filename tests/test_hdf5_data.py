@@ -39,7 +39,7 @@ def make_files(tmp_path, rows=(10, 10)):
 
 def forward(layer, ntops):
     tops = [Blob() for _ in range(ntops)]
-    layer.set_up([], tops)
+    layer.initialize([], tops)
     return tops
 
 
@@ -103,7 +103,7 @@ def test_relative_names_are_resolved_beside_the_list(tmp_path, monkeypatch):
 def test_in_a_net(tmp_path):
     from dlcore import Net
     from dlcore.config import parse_text
-    from proto import caffe_pb2
+    from dltrain.proto import caffe_pb2
     files = make_files(tmp_path, (6,))
     source = write_list(tmp_path / "list.txt", files)
     text = f"""

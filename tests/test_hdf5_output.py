@@ -30,7 +30,7 @@ def test_writes_data_and_label_as_caffe(tmp_path):
     path = tmp_path / "out.h5"
     layer = layer_of(path)
     bottom = blobs(data, label)
-    layer.set_up(bottom, [])
+    layer.initialize(bottom, [])
     assert path.exists()                        # created at setup, as Caffe's H5Fcreate
     layer.forward(bottom, [])
     with h5py.File(path, "r") as f:
@@ -44,7 +44,7 @@ def test_fewer_axes_are_written_4d_and_float64_nets_write_doubles(tmp_path):
     path = tmp_path / "out.h5"
     layer = layer_of(path, np.float64)
     bottom = blobs(np.arange(6.0).reshape(3, 2), [1.0, 2.0, 3.0], np.float64)
-    layer.set_up(bottom, [])
+    layer.initialize(bottom, [])
     layer.forward(bottom, [])
     with h5py.File(path, "r") as f:
         assert f["data"].shape == (3, 2, 1, 1) and f["label"].shape == (3, 1, 1, 1)
@@ -56,7 +56,7 @@ def test_later_batches_are_appended(tmp_path):
     path = tmp_path / "out.h5"
     layer = layer_of(path)
     bottom = blobs(np.zeros((2, 3)), np.zeros(2))
-    layer.set_up(bottom, [])
+    layer.initialize(bottom, [])
     for k in range(3):
         bottom[0].data[...] = k
         bottom[1].data[...] = [10 * k, 10 * k + 1]
@@ -75,23 +75,23 @@ def test_setup_truncates_an_existing_file(tmp_path):
     with h5py.File(path, "w") as f:
         f.create_dataset("old", data=[1, 2])
     layer = layer_of(path)
-    layer.set_up(blobs(np.zeros((1, 1)), np.zeros(1)), [])
+    layer.initialize(blobs(np.zeros((1, 1)), np.zeros(1)), [])
     with h5py.File(path, "r") as f:
         assert list(f.keys()) == []
 
 
 def test_errors(tmp_path):
     with pytest.raises(ConfigError, match="file_name is not set"):
-        create_layer('name: "o" type: "HDF5Output" hdf5_output_param { }').set_up(blobs([[1]], [1]), [])
+        create_layer('name: "o" type: "HDF5Output" hdf5_output_param { }').initialize(blobs([[1]], [1]), [])
     with pytest.raises(ConfigError, match="failed to create HDF5 file"):
-        layer_of(tmp_path / "no" / "such" / "dir.h5").set_up(blobs([[1]], [1]), [])
+        layer_of(tmp_path / "no" / "such" / "dir.h5").initialize(blobs([[1]], [1]), [])
     layer = layer_of(tmp_path / "o.h5")
     bottom = blobs(np.zeros((3, 2)), np.zeros(2))
-    layer.set_up(bottom, [])
+    layer.initialize(bottom, [])
     with pytest.raises(DLTrainError, match="same batch size"):
         layer.forward(bottom, [])
     with pytest.raises(ConfigError, match="takes 2 bottom"):
-        create_layer(f'name: "o" type: "HDF5Output" hdf5_output_param {{ file_name: "{tmp_path}/x.h5" }}').set_up(
+        create_layer(f'name: "o" type: "HDF5Output" hdf5_output_param {{ file_name: "{tmp_path}/x.h5" }}').initialize(
             blobs([[1]], [1])[:1], [])
 
 

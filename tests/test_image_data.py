@@ -43,7 +43,7 @@ def layer_of(source, batch_size, extra="", transform="", phase=TRAIN, dtype=np.f
 
 def setup(layer):
     top = [Blob(dtype=layer.dtype), Blob(dtype=layer.dtype)]
-    layer.set_up([], top)
+    layer.initialize([], top)
     return top
 
 
@@ -113,7 +113,7 @@ def reference_resize(image, h, w):
 
 
 def test_resize_matches_opencv_on_known_cases():
-    from layers.image_data import resize_image
+    from dltrain.layers.image_data import resize_image
     up = resize_image(np.array([[[0, 100]]], np.uint8), 1, 4)
     np.testing.assert_array_equal(up, [[[0, 25, 75, 100]]])          # cv2.resize(..., (4, 1)) gives these
     down = resize_image(np.array([[[10, 20, 30, 41]]], np.uint8), 1, 2)

@@ -20,7 +20,7 @@ def test_forward_positive_weights_and_bias_in_1_2(transpose, dtype):
     layer = ip_layer(f"num_output: 10 transpose: {transpose}", dtype,
                      'weight_filler { type: "uniform" } bias_filler { type: "uniform" min: 1 max: 2 }')
     bottom, top = make_blobs([(2, 3, 4, 5)], dtype, low=0.0, high=1.0), [Blob(dtype=dtype)]
-    layer.set_up(bottom, top)
+    layer.initialize(bottom, top)
     assert top[0].shape == (2, 10)
     assert layer.blobs[0].shape == ((60, 10) if transpose == "true" else (10, 60))
     assert np.all((layer.blobs[1].data >= 1) & (layer.blobs[1].data <= 2))
@@ -35,7 +35,7 @@ def test_transpose_is_equivalent():
     # Caffe's TestForwardTranspose / TestBackwardTranspose: same results with W^T stored.
     bottom, top = make_blobs([(2, 3, 4, 5)], np.float64), [Blob(dtype=np.float64)]
     plain = ip_layer("num_output: 7")
-    plain.set_up(bottom, top)
+    plain.initialize(bottom, top)
     plain.forward(bottom, top)
     out_plain = top[0].data.copy()
     top[0].diff[...] = np.sin(np.arange(top[0].count)).reshape(top[0].shape)
@@ -47,7 +47,7 @@ def test_transpose_is_equivalent():
     trans.blobs[0].data[...] = plain.blobs[0].data.T
     trans.blobs[1].data[...] = plain.blobs[1].data
     top2 = [Blob(dtype=np.float64)]
-    trans.set_up(bottom, top2)
+    trans.initialize(bottom, top2)
     trans.forward(bottom, top2)
     np.testing.assert_allclose(top2[0].data, out_plain, rtol=1e-12)
     top2[0].diff[...] = top[0].diff
@@ -61,14 +61,14 @@ def test_transpose_is_equivalent():
 def test_axis_keeps_leading_shape():
     layer = ip_layer("num_output: 4 axis: 2")
     bottom, top = make_blobs([(2, 3, 4, 5)], np.float64), [Blob(dtype=np.float64)]
-    layer.set_up(bottom, top)
+    layer.initialize(bottom, top)
     assert top[0].shape == (2, 3, 4) and layer.blobs[0].shape == (4, 20)
     layer.forward(bottom, top)
     expected = bottom[0].data.reshape(6, 20) @ layer.blobs[0].data.T + layer.blobs[1].data
     np.testing.assert_allclose(top[0].data.reshape(6, 4), expected, rtol=1e-12)
     # Negative axis counts from the end.
     layer = ip_layer("num_output: 4 axis: -1")
-    layer.set_up(bottom, top)
+    layer.initialize(bottom, top)
     assert top[0].shape == (2, 3, 4, 4) and layer.blobs[0].shape == (4, 5)
 
 
@@ -83,7 +83,7 @@ def test_gradient(params):
 def test_backward_accumulates_params_and_respects_propagate_down():
     layer = ip_layer("num_output: 3")
     bottom, top = make_blobs([(4, 6)], np.float64), [Blob(dtype=np.float64)]
-    layer.set_up(bottom, top)
+    layer.initialize(bottom, top)
     layer.forward(bottom, top)
     top[0].diff[...] = 1.0
     for blob in layer.blobs:
@@ -100,11 +100,11 @@ def test_backward_accumulates_params_and_respects_propagate_down():
 
 def test_errors():
     with pytest.raises(ConfigError, match="num_output") as err:
-        ip_layer("num_output: 0").set_up(make_blobs([(2, 3)], np.float64), [Blob(dtype=np.float64)])
+        ip_layer("num_output: 0").initialize(make_blobs([(2, 3)], np.float64), [Blob(dtype=np.float64)])
     assert "'ip'" in str(err.value)
     layer = ip_layer("num_output: 2")
     bottom, top = make_blobs([(2, 3)], np.float64), [Blob(dtype=np.float64)]
-    layer.set_up(bottom, top)
+    layer.initialize(bottom, top)
     bottom[0].reshape(2, 4)
     with pytest.raises(ConfigError, match="incompatible"):
         layer.reshape(bottom, top)
@@ -115,4 +115,4 @@ def test_errors():
     layer = ip_layer("num_output: 2")
     layer.blobs = [Blob(3, 2, dtype=np.float64), Blob(2, dtype=np.float64)]
     with pytest.raises(ConfigError, match="weight shape"):
-        layer.set_up(make_blobs([(2, 3)], np.float64), [Blob(dtype=np.float64)])
+        layer.initialize(make_blobs([(2, 3)], np.float64), [Blob(dtype=np.float64)])

@@ -9,7 +9,7 @@ import pytest
 
 from dlcore import Blob, ConfigError, DLTrainError, create_layer
 from dlcore.gradcheck import GradientChecker
-from proto import caffe_pb2
+from dltrain.proto import caffe_pb2
 
 THRESH = float(np.float32(1e-20))
 
@@ -29,7 +29,7 @@ def run(text, bottoms, weight=1.0, propagate_down=None, tops=1, dtype=np.float64
     layer = layer_of(text, dtype)
     bottom = [blob_of(b, dtype) for b in bottoms]
     top = [Blob(dtype=dtype) for _ in range(tops)]
-    layer.set_up(bottom, top)
+    layer.initialize(bottom, top)
     layer.forward(bottom, top)
     top[0].diff[...] = weight
     if propagate_down is None:

@@ -7,8 +7,8 @@ import pytest
 
 from dlcore.config import solver_from_string
 from dlcore.errors import ConfigError
-from solvers import get_solver
-from solvers.lr_policy import LearningRatePolicy, learning_rate
+from dltrain.solvers import get_solver
+from dltrain.solvers.lr_policy import LearningRatePolicy, learning_rate
 
 F32 = lambda x: float(np.float32(x))   # proto float fields hold float32 values
 

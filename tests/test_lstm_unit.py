@@ -34,7 +34,7 @@ def make(cont, dtype=np.float64, seed=0):
     bottom[2].data[...] = np.asarray(cont).reshape(1, N)
     layer = create_layer('name: "unit" type: "LSTMUnit"', dtype=dtype)
     top = [Blob(dtype=dtype), Blob(dtype=dtype)]
-    layer.set_up(bottom, top)
+    layer.initialize(bottom, top)
     return layer, bottom, top
 
 
@@ -61,7 +61,7 @@ def test_backward_by_hand_one_cell():
     bottom[1].data[...] = [[[xi, xf, xo, xg]]]
     bottom[2].data[...] = 1
     top = [Blob(dtype=np.float64), Blob(dtype=np.float64)]
-    layer.set_up(bottom, top)
+    layer.initialize(bottom, top)
     layer.forward(bottom, top)
     i, f, o, g = sig(xi), sig(xf), sig(xo), np.tanh(xg)
     c = f * cp + i * g
@@ -110,10 +110,10 @@ def test_shape_errors():
     layer = create_layer('name: "u" type: "LSTMUnit"', dtype=np.float64)
     bad = [Blob(1, 2, 3, dtype=np.float64), Blob(1, 2, 11, dtype=np.float64), Blob(1, 2, dtype=np.float64)]
     with pytest.raises(ConfigError, match="4 \\* H"):
-        layer.set_up(bad, [Blob(dtype=np.float64), Blob(dtype=np.float64)])
+        layer.initialize(bad, [Blob(dtype=np.float64), Blob(dtype=np.float64)])
     bad = [Blob(2, 2, 3, dtype=np.float64), Blob(2, 2, 12, dtype=np.float64), Blob(2, 2, dtype=np.float64)]
     with pytest.raises(ConfigError, match="1 x N x H"):
-        layer.set_up(bad, [Blob(dtype=np.float64), Blob(dtype=np.float64)])
+        layer.initialize(bad, [Blob(dtype=np.float64), Blob(dtype=np.float64)])
 
 
 def test_matches_one_step_of_the_lstm_layer():
@@ -128,7 +128,7 @@ def test_matches_one_step_of_the_lstm_layer():
         b.data[...] = rng.uniform(-1, 1, b.shape)
     bottom[1].data[...] = [[1, 0, 1]]
     top = [Blob(dtype=np.float64) for _ in range(3)]
-    lstm.set_up(bottom, top)
+    lstm.initialize(bottom, top)
     for p in lstm.blobs:
         p.data[...] = rng.uniform(-1, 1, p.shape)
     lstm.forward(bottom, top)

@@ -4,7 +4,7 @@ import pytest
 
 from dlcore import TEST, TRAIN, Blob, ConfigError, DLTrainError, Net, create_layer, set_random_seed
 from dlcore.config import net_from_string
-from proto import caffe_pb2
+from dltrain.proto import caffe_pb2
 
 # --- MemoryData ------------------------------------------------------------------------------------
 
@@ -18,7 +18,7 @@ def memory_layer(batch=BATCH, dtype=np.float32, extra=""):
 
 def setup(layer):
     top = [Blob(dtype=layer.dtype), Blob(dtype=layer.dtype)]
-    layer.set_up([], top)
+    layer.initialize([], top)
     return top
 
 
@@ -150,7 +150,7 @@ def bgr(rgb):
 
 
 def test_window_file_parsing(window_set):
-    from layers.image_data import read_window_file
+    from dltrain.layers.image_data import read_window_file
     folder, _ = window_set
     images, fg, bg, hist = read_window_file(f"{folder}/windows.txt", "root/", 0.5, 0.3)
     assert images == {0: ("root/im0.png", [3, 12, 12]), 1: ("root/im1.png", [3, 12, 12])}
@@ -164,7 +164,7 @@ def test_window_batches_sample_background_then_foreground(window_set):
     set_random_seed(3)
     layer = window_layer(folder, batch=8, extra="fg_fraction: 0.25")
     top = [Blob(), Blob()]
-    layer.set_up([], top)
+    layer.initialize([], top)
     assert top[0].shape == (8, 3, 8, 8) and top[1].shape == (8,)
     layer.forward([], top)
     labels = top[1].data
@@ -182,7 +182,7 @@ def test_window_mean_values_scale_and_mirror(window_set):
     layer = window_layer(folder, batch=16, extra="fg_fraction: 1 scale: 0.5",
                          transform="crop_size: 8 mirror: true mean_value: 1 mean_value: 2 mean_value: 3")
     top = [Blob(dtype=np.float64), Blob(dtype=np.float64)]
-    layer.set_up([], top)
+    layer.initialize([], top)
     layer.forward([], top)
     mean = np.array([1.0, 2, 3])[:, None, None]
     plain = (bgr(rgbs[0])[:, 0:8, 0:8] - mean) * 0.5
@@ -206,7 +206,7 @@ def test_window_mean_file_is_read_at_its_centre(window_set, tmp_path):
     layer = window_layer(folder, batch=8, extra="fg_fraction: 1",
                          transform=f'crop_size: 8 mean_file: "{tmp_path}/mean.binaryproto"')
     top = [Blob(dtype=np.float64), Blob(dtype=np.float64)]
-    layer.set_up([], top)
+    layer.initialize([], top)
     layer.forward([], top)
     assert set(top[1].data) == {1, 3}
     centre = mean[:, 2:10, 2:10]                   # offset (12 - 8) // 2 on both axes
@@ -216,7 +216,7 @@ def test_window_mean_file_is_read_at_its_centre(window_set, tmp_path):
 
 
 def test_window_geometry_context_pad_and_square():
-    from layers.image_data import window_geometry
+    from dltrain.layers.image_data import window_geometry
     # crop 10, context_pad 2: the region grows by 10/6 about its centre
     assert window_geometry(2, 2, 7, 7, 20, 20, 10, 2, False, False, np.float64) == ((0, 0, 10, 10), (10, 10), (0, 0))
     # near the corner the grown region leaves the image: clipped, warped smaller, padded (mirrored padding)
@@ -238,7 +238,7 @@ def test_window_context_padding_leaves_zeros(window_set):
     layer = window_layer(folder, batch=8, extra="fg_fraction: 1 context_pad: 2",
                          transform="crop_size: 10 mean_value: 100")
     top = [Blob(), Blob()]
-    layer.set_up([], top)
+    layer.initialize([], top)
     layer.forward([], top)
     assert set(top[1].data) == {1, 3}
     for k, label in enumerate(top[1].data):
@@ -258,7 +258,7 @@ def test_window_cache_images_gives_the_same_batches(window_set):
         set_random_seed(9)
         layer = window_layer(folder, batch=6, extra=extra, transform="crop_size: 5 mirror: true")
         top = [Blob(), Blob()]
-        layer.set_up([], top)
+        layer.initialize([], top)
         layer.forward([], top)
         out.append((top[0].data.copy(), top[1].data.copy()))
     np.testing.assert_array_equal(out[0][0], out[1][0])
@@ -268,20 +268,20 @@ def test_window_cache_images_gives_the_same_batches(window_set):
 def test_window_errors(window_set):
     folder, _ = window_set
     with pytest.raises(ConfigError, match="crop_size must be set"):
-        window_layer(folder, transform="").set_up([], [Blob(), Blob()])
+        window_layer(folder, transform="").initialize([], [Blob(), Blob()])
     with pytest.raises(ConfigError, match="no foreground windows"):
-        window_layer(folder, extra="fg_threshold: 0.99").set_up([], [Blob(), Blob()])
+        window_layer(folder, extra="fg_threshold: 0.99").initialize([], [Blob(), Blob()])
     text = (folder / "windows.txt").read_text()
     (folder / "windows.txt").write_text(text.replace("# 1", "% 1"))
     with pytest.raises(ConfigError, match="line 10: expected '#'"):
-        window_layer(folder).set_up([], [Blob(), Blob()])
+        window_layer(folder).initialize([], [Blob(), Blob()])
     (folder / "windows.txt").write_text(text.replace("1 0.9 0 0 7 7", "0 0.9 0 0 7 7"))
     with pytest.raises(ConfigError, match="foreground classes must be > 0"):
-        window_layer(folder).set_up([], [Blob(), Blob()])
+        window_layer(folder).initialize([], [Blob(), Blob()])
     (folder / "windows.txt").write_text(text.replace("1 0.9 0 0 7 7", "1 0.9 0 0 7 12"))
     layer = window_layer(folder, extra="fg_fraction: 1")
     top = [Blob(), Blob()]
-    layer.set_up([], top)
+    layer.initialize([], top)
     with pytest.raises(DLTrainError, match="lies outside its image"):
         for _ in range(5):
             layer.forward([], top)

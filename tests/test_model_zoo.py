@@ -12,7 +12,7 @@ import os
 import numpy as np
 import pytest
 
-import layers  # noqa: F401  (registers the layer types)
+import dltrain.layers  # noqa: F401  (registers the layer types)
 from dlcore import TEST, Net
 from dlcore.config import load_net
 

@@ -285,7 +285,7 @@ def test_save_and_copy_from_round_trip(tmp_path):
         for a, b in zip(net.params[name], other.params[name]):
             np.testing.assert_array_equal(a.data, b.data)
     # The file decodes with the schema and names every layer's blobs.
-    from proto import caffe_pb2
+    from dltrain.proto import caffe_pb2
     decoded = caffe_pb2.NetParameter.FromString(path.read_bytes())
     ip = [layer for layer in decoded.layer if layer.name == "ip"][0]
     assert list(ip.blobs[0].shape.dim) == [4, 3] and len(ip.blobs[0].data) == 12

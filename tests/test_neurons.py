@@ -19,7 +19,7 @@ def run(layer, x, dtype=np.float64, in_place=False):
     bottom = Blob(*x.shape, dtype=dtype)
     bottom.data[...] = x
     top = bottom if in_place else Blob(dtype=dtype)
-    layer.set_up([bottom], [top])
+    layer.initialize([bottom], [top])
     layer.forward([bottom], [top])
     return bottom, top
 
@@ -38,7 +38,7 @@ class InPlace(Layer):
 
     def setup(self, bottom, top):
         self.work.reshape_like(bottom[0])
-        self.inner.set_up([self.work], [self.work])
+        self.inner.initialize([self.work], [self.work])
 
     def reshape(self, bottom, top):
         self.work.reshape_like(bottom[0])
@@ -196,7 +196,7 @@ def test_dropout_without_scale_train():
     layer = layer_of('type: "Dropout" dropout_param { dropout_ratio: 0.25 }')
     bottom, top = Blob(400, dtype=np.float64), Blob(dtype=np.float64)
     bottom.data[...] = x
-    layer.set_up([bottom], [top])
+    layer.initialize([bottom], [top])
     layer.scale_train = False
     layer.forward([bottom], [top])
     kept = top.data != 0

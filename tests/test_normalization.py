@@ -34,7 +34,7 @@ def gaussian(shape, seed=1701):
 def setup_run(layer, xs, dtype=np.float64, in_place=False):
     bottom = [blob_of(x, dtype) for x in xs]
     top = [bottom[0] if in_place else Blob(dtype=dtype)]
-    layer.set_up(bottom, top)
+    layer.initialize(bottom, top)
     layer.forward(bottom, top)
     return bottom, top
 
@@ -56,7 +56,7 @@ class Wrapped(Layer):
 
     def setup(self, bottom, top):
         self.work.reshape_like(bottom[0])
-        self.inner.set_up(*self._io(bottom, top))
+        self.inner.initialize(*self._io(bottom, top))
         self.blobs = [] if self.hide else self.inner.blobs
 
     def reshape(self, bottom, top):
@@ -161,7 +161,7 @@ def test_batch_norm_global_stats(text, phase):
     layer = layer_of(text, phase)
     bottom = [blob_of(x)]
     top = [Blob(dtype=np.float64)]
-    layer.set_up(bottom, top)
+    layer.initialize(bottom, top)
     assert layer.use_global_stats
     set_stats(layer, [2.0, -4.0, 0.0], [8.0, 2.0, 4.0], 2.0)
     layer.forward(bottom, top)
@@ -226,7 +226,7 @@ def test_batch_norm_gradient_global_stats(in_place):
     inner = layer_of('type: "BatchNorm"', TEST)
     layer = Wrapped(inner, in_place=in_place, hide_blobs=True)
     bottom, top = [blob_of(gaussian((2, 3, 2, 2)))], [Blob(dtype=np.float64)]
-    layer.set_up(bottom, top)
+    layer.initialize(bottom, top)
     set_stats(inner, [0.5, -1.0, 2.0], [3.0, 0.5, 1.0], 1.5)
     GRAD_BN.check_gradient_exhaustive(layer, bottom, top)
 
@@ -242,7 +242,7 @@ def test_batch_norm_in_place_matches(use_global, dtype):
                          dtype=dtype)
         bottom = [blob_of(x, dtype)]
         top = [bottom[0] if in_place else Blob(dtype=dtype)]
-        layer.set_up(bottom, top)
+        layer.initialize(bottom, top)
         set_stats(layer, [0.3, -0.2], [1.5, 0.7], 1.2)
         layer.forward(bottom, top)
         y = top[0].data.copy()
@@ -397,7 +397,7 @@ def test_scale_hand_computed_backward():
     layer = layer_of('type: "Scale" scale_param { axis: 1 }')
     bottom = [blob_of(x)]
     top = [Blob(dtype=np.float64)]
-    layer.set_up(bottom, top)
+    layer.initialize(bottom, top)
     layer.blobs[0].data[...] = s
     layer.forward(bottom, top)
     np.testing.assert_array_equal(top[0].data, [[2.0, -2.0], [6.0, -4.0]])
@@ -409,7 +409,7 @@ def test_scale_hand_computed_backward():
     # from a second bottom: its diff is written, not accumulated
     layer = layer_of('type: "Scale"')
     bottom = [blob_of(x), blob_of(s)]
-    layer.set_up(bottom, top)
+    layer.initialize(bottom, top)
     layer.forward(bottom, top)
     top[0].diff[...] = [[1.0, 1.0], [0.5, 2.0]]
     bottom[1].diff[...] = 100.0
@@ -422,7 +422,7 @@ def test_bias_hand_computed_backward():
     x, b = np.zeros((2, 2, 3)), np.array([1.0, -2.0])
     bottom = [blob_of(x), blob_of(b)]
     top = [Blob(dtype=np.float64)]
-    layer.set_up(bottom, top)
+    layer.initialize(bottom, top)
     layer.forward(bottom, top)
     np.testing.assert_array_equal(top[0].data[:, 0], 1.0)
     np.testing.assert_array_equal(top[0].data[:, 1], -2.0)
@@ -434,7 +434,7 @@ def test_bias_hand_computed_backward():
     np.testing.assert_allclose(bottom[1].diff, dy.sum(axis=(0, 2)))
     learned = layer_of('type: "Bias"')
     bottom = [blob_of(x)]
-    learned.set_up(bottom, top)
+    learned.initialize(bottom, top)
     learned.forward(bottom, top)
     learned.blobs[0].diff[...] = 50.0
     learned.backward(top, [False], bottom)
@@ -487,7 +487,7 @@ def test_broadcast_in_place_matches(text, second, dtype):
         layer = layer_of(text, dtype=dtype)
         bottom = [blob_of(x, dtype)] + ([blob_of(gaussian(second, 2), dtype)] if second else [])
         top = [bottom[0] if in_place else Blob(dtype=dtype)]
-        layer.set_up(bottom, top)
+        layer.initialize(bottom, top)
         for i, blob in enumerate(layer.blobs):
             blob.data[...] = gaussian(blob.shape, 10 + i)
         layer.forward(bottom, top)
@@ -670,7 +670,7 @@ def test_batch_norm_statistics_untouched_by_the_solver():
     statistics (lr_mult 0): after two iterations s = 1 + lambda exactly; the TEST net
     (sharing the trained blobs) normalizes with the global statistics."""
     from dlcore.config import solver_from_string
-    from solvers import get_solver
+    from dltrain.solvers import get_solver
     net = '''
         layer { name: "data" type: "DummyData" top: "x" top: "t"
                 dummy_data_param { shape { dim: 8 dim: 3 } shape { dim: 8 dim: 2 }

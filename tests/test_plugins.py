@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 import dltrain_caffe.fallback  # noqa: F401  (`import caffe` even where dltrain's .pth is not installed)
-from cli.main import _normalize_argv, main
+from dltrain.cli.main import _normalize_argv, main
 from dlcore import (TEST, TRAIN, ConfigError, DLTrainError, Layer, Net, Param, PluginError, create_layer,
                     get_layer_class, load_plugins, register_layer)
 from dlcore import plugins, registry
@@ -142,7 +142,7 @@ def test_param_names_must_not_clash_with_layer_attributes(isolated):
             pass
 
     with pytest.raises(ConfigError, match="parameter name 'blobs' clashes"):
-        create_layer(f'name: "c" type: "{Clashy.type}"').set_up([], [])
+        create_layer(f'name: "c" type: "{Clashy.type}"').initialize([], [])
 
 
 def test_bad_plugin_parameter_in_a_net_file_names_file_line_layer_parameter(isolated, tmp_path):
@@ -175,7 +175,7 @@ def test_plugin_type_clashing_with_a_builtin_names_both(isolated):
             pass
     text = str(info.value)
     assert "layer type 'ReLU' is registered twice" in text
-    assert "built-in layer layers.neurons.ReLULayer" in text and "plugin test_plugins" in text and "MyReLU" in text
+    assert "built-in layer dltrain.layers.neurons.ReLULayer" in text and "plugin test_plugins" in text and "MyReLU" in text
 
 
 def test_two_plugins_registering_one_type_is_an_error_naming_both(isolated, in_tmp):
@@ -385,7 +385,7 @@ def test_training_run_dying_in_a_plugin_keeps_its_snapshots(isolated, in_tmp, ca
     assert not [f for f in os.listdir(in_tmp / "snap") if "tmp" in f or f.startswith(".")]
     Net("net.prototxt", TEST, weights="snap/p_iter_4.caffemodel")
 
-    proc = subprocess.run([sys.executable, "-m", "cli.main", "--debug", "--plugin", module, "solver.prototxt"],
+    proc = subprocess.run([sys.executable, "-m", "dltrain.cli.main", "--debug", "--plugin", module, "solver.prototxt"],
                           capture_output=True, text=True, cwd=in_tmp,
                           env={**os.environ, "PYTHONPATH": os.pathsep.join([ROOT, str(in_tmp)])})
     assert proc.returncode == 1
@@ -399,7 +399,7 @@ def test_example_gram_plugin_trains_on_a_short_schedule(isolated, monkeypatch):
     monkeypatch.chdir(ROOT)
     sys.path.insert(0, GRAM_PACKAGE)
     load_plugins(["dltrain_gram.gram"], plugins.ProjectConfig(), entry_points=False)
-    from solvers import get_solver
+    from dltrain.solvers import get_solver
     from dlcore.config import load_solver
     param = load_solver("configs/plugins/gram_solver.prototxt", resolve_paths=True)
     param.max_iter = 400
@@ -426,8 +426,8 @@ def test_example_gram_gradcheck_command(isolated, in_tmp, capsys):
 def test_caffe_face():
     import caffe
     import dlcore
-    from proto import caffe_pb2
-    from solvers import SGDSolver, get_solver
+    from dltrain.proto import caffe_pb2
+    from dltrain.solvers import SGDSolver, get_solver
     assert caffe.Net is dlcore.Net and caffe.get_solver is get_solver and caffe.SGDSolver is SGDSolver
     assert (caffe.TRAIN, caffe.TEST) == (0, 1)
     from caffe.proto import caffe_pb2 as pb2

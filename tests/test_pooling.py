@@ -17,7 +17,7 @@ def run(params, x, ntop=1, dtype=np.float64):
     bottom = [Blob(*x.shape, dtype=dtype)]
     bottom[0].data[...] = x
     top = [Blob(dtype=dtype) for _ in range(ntop)]
-    layer.set_up(bottom, top)
+    layer.initialize(bottom, top)
     layer.forward(bottom, top)
     return layer, bottom, top
 
@@ -223,11 +223,11 @@ def test_2x2_max_matches_reference(stride, pad, size):
 ])
 def test_config_errors(params, message):
     with pytest.raises(ConfigError, match=message) as err:
-        pool_layer(params).set_up(make_blobs([(1, 1, 4, 4)], np.float64), [Blob(dtype=np.float64)])
+        pool_layer(params).initialize(make_blobs([(1, 1, 4, 4)], np.float64), [Blob(dtype=np.float64)])
     assert "'pool'" in str(err.value)
 
 
 def test_mask_top_only_for_max():
     with pytest.raises(ConfigError, match="mask"):
-        pool_layer("pool: AVE kernel_size: 2").set_up(make_blobs([(1, 1, 4, 4)], np.float64),
+        pool_layer("pool: AVE kernel_size: 2").initialize(make_blobs([(1, 1, 4, 4)], np.float64),
                                                      [Blob(dtype=np.float64), Blob(dtype=np.float64)])

@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from proto import caffe_pb2
+from dltrain.proto import caffe_pb2
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PROTO_DIR = os.path.join(ROOT, "proto")

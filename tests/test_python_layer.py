@@ -18,10 +18,10 @@ import numpy as np
 import pytest
 
 import dltrain_caffe.fallback  # noqa: F401  (`import caffe` even where dltrain's .pth is not installed)
-from cli.main import main
+from dltrain.cli.main import main
 from dlcore import TEST, TRAIN, ConfigError, Net, PluginError
 from dlcore.gradcheck import GradientCheckError, check_layer
-from solvers import get_solver
+from dltrain.solvers import get_solver
 
 LAYERS = '''
 """Python layers as Caffe users write them."""

@@ -16,7 +16,7 @@ import pytest
 
 from dlcore import Blob, ConfigError, Net, create_layer, set_random_seed
 from dlcore.gradcheck import GradientChecker
-from proto import caffe_pb2
+from dltrain.proto import caffe_pb2
 from google.protobuf import text_format
 
 F64 = np.float64
@@ -115,7 +115,7 @@ def params_of(layer):
 
 def run(layer, bottom, ntop):
     top = [Blob(dtype=layer.dtype) for _ in range(ntop)]
-    layer.set_up(bottom, top)
+    layer.initialize(bottom, top)
     layer.forward(bottom, top)
     return top
 
@@ -378,7 +378,7 @@ def test_state_carries_across_batches_gradients_do_not(kind):
         _, state[0].data[...] = rnn_reference(params_of(layer), x[:t], cont[:t])
     b2e = [blob(x[t:]), blob(cont[t:])] + state
     tope = [Blob(dtype=F64) for _ in range(1 + nrec)]
-    carried.set_up(b2e, tope)
+    carried.initialize(b2e, tope)
     for src, dst in zip(layer.blobs, carried.blobs):
         dst.data[...] = src.data
         dst.diff[...] = 0
@@ -658,7 +658,7 @@ def test_blobs_in_the_definition_are_used_legacy_shapes_included():
 def test_worker_thread_gives_the_same_results(kind, monkeypatch):
     # big layers hand part of the work to a second thread (layers/recurrent.py,
     # "Two streams of work"); forced here on a small one, it must change nothing
-    from layers import recurrent
+    from dltrain.layers import recurrent
     recurrent._Streams._setup()
     if recurrent._Streams._worker is None:
         pytest.skip("no second core or no per-thread BLAS control: everything runs in order anyway")

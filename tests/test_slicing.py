@@ -31,7 +31,7 @@ def run(text, arrays, n_top=1, dtype=np.float64):
     layer = layer_of(text, dtype)
     bottom = blobs_of(arrays, dtype)
     top = [Blob(dtype=dtype) for _ in range(n_top)]
-    layer.set_up(bottom, top)
+    layer.initialize(bottom, top)
     layer.forward(bottom, top)
     return layer, bottom, top
 
@@ -234,7 +234,7 @@ def test_batch_reindex_gradient():
 def test_parameter_layer_shares_its_blob():
     layer = layer_of('type: "Parameter" parameter_param { shape { dim: 2 dim: 3 } }')
     top = [Blob(dtype=np.float64)]
-    layer.set_up([], top)
+    layer.initialize([], top)
     assert len(layer.blobs) == 1 and layer.blobs[0].shape == (2, 3)
     np.testing.assert_array_equal(layer.blobs[0].data, 0)                 # Caffe: no filler, zeros
     layer.blobs[0].data[...] = np.arange(6.0).reshape(2, 3)
@@ -259,13 +259,13 @@ def test_parameter_layer_learns_in_a_net():
 
 
 def test_parameter_layer_keeps_stored_blob():
-    from proto import caffe_pb2
+    from dltrain.proto import caffe_pb2
     from google.protobuf import text_format
     param = text_format.Parse('name: "p" type: "Parameter" parameter_param { shape { dim: 3 } } '
                               'blobs { shape { dim: 3 } data: 1 data: 2 data: 3 }', caffe_pb2.LayerParameter())
     layer = create_layer(param, dtype=np.float64)
     top = [Blob(dtype=np.float64)]
-    layer.set_up([], top)
+    layer.initialize([], top)
     layer.forward([], top)
     np.testing.assert_array_equal(top[0].data, [1, 2, 3])
 

@@ -8,8 +8,8 @@ import pytest
 import dlcore.config
 from dlcore.config import load_message, solver_from_string
 from dlcore.errors import ConfigError, DLTrainError
-from proto import caffe_pb2
-from solvers import get_solver
+from dltrain.proto import caffe_pb2
+from dltrain.solvers import get_solver
 
 # Deterministic: Input blobs the test sets (no RNG draws after the fillers).
 NET = """

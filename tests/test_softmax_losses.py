@@ -32,7 +32,7 @@ def test_softmax_forward(axis, shape, dtype):
     x = np.random.default_rng(1).normal(0, 3, shape)
     bottom, top = blob_of(x, dtype), Blob(dtype=dtype)
     layer = layer_of(f'type: "Softmax" softmax_param {{ axis: {axis} }}', dtype)
-    layer.set_up([bottom], [top])
+    layer.initialize([bottom], [top])
     layer.forward([bottom], [top])
     assert top.shape == shape and top.data.dtype == dtype
     np.testing.assert_allclose(top.data.sum(axis=axis), 1.0, atol=1e-3)
@@ -44,7 +44,7 @@ def test_softmax_forward(axis, shape, dtype):
 def test_softmax_is_stable_for_large_inputs():
     bottom, top = blob_of([[1000.0, 1001.0, -1000.0]], np.float32), Blob(dtype=np.float32)
     layer = layer_of('type: "Softmax"', np.float32)
-    layer.set_up([bottom], [top])
+    layer.initialize([bottom], [top])
     layer.forward([bottom], [top])
     assert np.isfinite(top.data).all()
     np.testing.assert_allclose(top.data, [[1 / (1 + np.e), np.e / (1 + np.e), 0.0]], rtol=1e-6)
@@ -64,7 +64,7 @@ def test_softmax_in_place():
         bottom = blob_of(x)
         top = bottom if in_place else Blob(dtype=np.float64)
         layer = layer_of('type: "Softmax"')
-        layer.set_up([bottom], [top])
+        layer.initialize([bottom], [top])
         layer.forward([bottom], [top])
         y = top.data.copy()
         top.diff[...] = dy
@@ -107,7 +107,7 @@ def run_softmax_loss(text, x, labels, weight=1.0, tops=1, dtype=np.float64):
     layer = layer_of(f'type: "SoftmaxWithLoss" {text}', dtype)
     bottom = [blob_of(x, dtype), blob_of(labels, dtype)]
     top = [Blob(dtype=dtype) for _ in range(tops)]
-    layer.set_up(bottom, top)
+    layer.initialize(bottom, top)
     layer.forward(bottom, top)
     top[0].diff[...] = weight
     layer.backward(top, [True, False], bottom)
@@ -188,7 +188,7 @@ def test_softmax_loss_bad_label(bad):
     labels = np.array([0.0, bad])
     layer = layer_of('type: "SoftmaxWithLoss" loss_param { ignore_label: 255 }')
     bottom, top = [blob_of(np.zeros((2, 3))), blob_of(labels)], [Blob(dtype=np.float64)]
-    layer.set_up(bottom, top)
+    layer.initialize(bottom, top)
     with pytest.raises(DLTrainError, match="layer 'l'.*label"):
         layer.forward(bottom, top)
 
@@ -196,7 +196,7 @@ def test_softmax_loss_bad_label(bad):
 def test_softmax_loss_label_count_mismatch():
     layer = layer_of('type: "SoftmaxWithLoss"')
     with pytest.raises(ConfigError, match="number of labels"):
-        layer.set_up([blob_of(np.zeros((2, 3, 2))), blob_of(np.zeros((2, 1)))], [Blob(dtype=np.float64)])
+        layer.initialize([blob_of(np.zeros((2, 3, 2))), blob_of(np.zeros((2, 1)))], [Blob(dtype=np.float64)])
 
 
 def test_softmax_loss_refuses_label_backprop():
@@ -213,7 +213,7 @@ def test_euclidean_forward_backward():
     a, b = rng.normal(size=(3, 2, 2)), rng.normal(size=(3, 4))
     layer = layer_of('type: "EuclideanLoss"')
     bottom, top = [blob_of(a), blob_of(b)], [Blob(dtype=np.float64)]
-    layer.set_up(bottom, top)
+    layer.initialize(bottom, top)
     assert layer.loss_weights == [1.0] and top[0].shape == ()
     layer.forward(bottom, top)
     d = a.reshape(3, 4) - b
@@ -231,7 +231,7 @@ def test_euclidean_gradient():
 
 def test_euclidean_shape_mismatch():
     with pytest.raises(ConfigError, match="same dimension"):
-        layer_of('type: "EuclideanLoss"').set_up(make_blobs([(3, 2), (3, 3)]), [Blob(dtype=np.float64)])
+        layer_of('type: "EuclideanLoss"').initialize(make_blobs([(3, 2), (3, 3)]), [Blob(dtype=np.float64)])
 
 
 # --- Accuracy -----------------------------------------------------------------
@@ -240,7 +240,7 @@ def run_accuracy(text, scores, labels, tops=1):
     layer = layer_of(f'type: "Accuracy" {text}')
     bottom = [blob_of(scores), blob_of(labels)]
     top = [Blob(dtype=np.float64) for _ in range(tops)]
-    layer.set_up(bottom, top)
+    layer.initialize(bottom, top)
     layer.forward(bottom, top)
     return layer, bottom, top
 
@@ -339,7 +339,7 @@ def test_float32_losses_match_float64():
                              ('type: "Accuracy"', labels)):
             layer = layer_of(text, dtype)
             bottom, top = [blob_of(a, dtype), blob_of(second, dtype)], [Blob(dtype=dtype)]
-            layer.set_up(bottom, top)
+            layer.initialize(bottom, top)
             layer.forward(bottom, top)
             assert top[0].data.dtype == dtype
             out.append(float(top[0].data))
@@ -357,4 +357,4 @@ def test_bad_axis_names_the_layer():
         layer = layer_of(text)
         bottom = make_blobs([(2, 3), (2,)])[:layer.exact_num_bottom_blobs]
         with pytest.raises(ConfigError, match="layer 'l'.*axis"):
-            layer.set_up(bottom, [Blob(dtype=np.float64)])
+            layer.initialize(bottom, [Blob(dtype=np.float64)])

@@ -17,8 +17,8 @@ import pytest
 from dlcore import Layer, register_layer
 from dlcore.config import solver_from_string
 from dlcore.errors import ConfigError
-from proto import caffe_pb2
-from solvers import (AdaDeltaSolver, AdaGradSolver, AdamSolver, NesterovSolver, RMSPropSolver, SGDSolver,
+from dltrain.proto import caffe_pb2
+from dltrain.solvers import (AdaDeltaSolver, AdaGradSolver, AdamSolver, NesterovSolver, RMSPropSolver, SGDSolver,
                      get_solver)
 
 N, D = 24, 3            # samples, features

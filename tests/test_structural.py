@@ -14,7 +14,7 @@ def layer_of(text, dtype=np.float64):
 def setup_forward(text, bottom, ntop=1, dtype=np.float64):
     layer = layer_of(text, dtype)
     top = [Blob(dtype=dtype) for _ in range(ntop)]
-    layer.set_up(bottom, top)
+    layer.initialize(bottom, top)
     layer.forward(bottom, top)
     return layer, top
 
@@ -48,7 +48,7 @@ def test_flatten_gradient_and_in_place():
                                                [Blob(dtype=np.float64)])
     bottom = make_blobs([(2, 3)])
     with pytest.raises(ConfigError, match="in-place"):
-        layer_of('type: "Flatten"').set_up(bottom, bottom)
+        layer_of('type: "Flatten"').initialize(bottom, bottom)
 
 
 # --- Reshape ------------------------------------------------------------------
@@ -181,7 +181,7 @@ def test_concat_errors():
 def test_silence():
     bottom = make_blobs([(2, 3), (4,)])
     layer = layer_of('type: "Silence"')
-    layer.set_up(bottom, [])
+    layer.initialize(bottom, [])
     layer.forward(bottom, [])
     for b in bottom:
         b.diff[...] = 5.0

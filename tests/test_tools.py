@@ -4,14 +4,14 @@ import os
 import numpy as np
 import pytest
 
-import layers  # noqa: F401  (registers the layer types)
-from cli.convert import convert_arrays
-from cli.main import main as dltrain
-from cli.tools import compute_image_mean, extract_features
+import dltrain.layers  # noqa: F401  (registers the layer types)
+from dltrain.cli.convert import convert_arrays
+from dltrain.cli.main import main as dltrain
+from dltrain.cli.tools import compute_image_mean, extract_features
 from dlcore import TEST, ConfigError, DLTrainError, Net
 from dlcore.config import net_from_string
-from layers.db_data import array_to_datum, write_lmdb
-from proto import caffe_pb2
+from dltrain.layers.db_data import array_to_datum, write_lmdb
+from dltrain.proto import caffe_pb2
 
 
 def read_lmdb(path):

@@ -6,12 +6,12 @@ import os
 import numpy as np
 import pytest
 
-import layers  # noqa: F401  (registers the layer types)
-from cli.main import main as dltrain
+import dltrain.layers  # noqa: F401  (registers the layer types)
+from dltrain.cli.main import main as dltrain
 from dlcore import TEST, TRAIN, ConfigError, Net
 from dlcore import upgrade
 from dlcore.config import load_net, net_from_string, solver_from_string, to_prototxt
-from proto import caffe_pb2
+from dltrain.proto import caffe_pb2
 
 
 def net(text):
@@ -380,8 +380,8 @@ def test_solver_type_and_type_together_is_an_error():
 
 
 def test_solvers_still_import_upgrade_solver_param():
-    from solvers import upgrade_solver_param
-    from solvers.solver import upgrade_solver_param as again
+    from dltrain.solvers import upgrade_solver_param
+    from dltrain.solvers.solver import upgrade_solver_param as again
     assert upgrade_solver_param is upgrade.upgrade_solver_param is again
 
 

@@ -34,7 +34,7 @@ def run(text, arrays, n_top=1, dtype=np.float64):
     layer = layer_of(text, dtype)
     bottom = blobs_of(arrays, dtype)
     top = [Blob(dtype=dtype) for _ in range(n_top)]
-    layer.set_up(bottom, top)
+    layer.initialize(bottom, top)
     layer.forward(bottom, top)
     return layer, bottom, top
 
@@ -79,7 +79,7 @@ def test_im2col_is_what_convolution_multiplies():
     conv = layer_of('type: "Convolution" convolution_param { num_output: 4 kernel_size: 3 stride: 2 pad: 1 '
                     'bias_term: false weight_filler { type: "gaussian" } }')
     bottom, top = blobs_of([X]), [Blob(dtype=np.float64)]
-    conv.set_up(bottom, top)
+    conv.initialize(bottom, top)
     conv.forward(bottom, top)
     _, _, cols = run('type: "Im2col" convolution_param { kernel_size: 3 stride: 2 pad: 1 }', [X])
     w = conv.blobs[0].data.reshape(4, -1)
@@ -183,7 +183,7 @@ def test_spp_output_sizes_as_caffe():
     for shape, height, channels in (((10, 3, 7, 7), 3, 63), ((1, 3, 1024, 765), 5, 1023)):
         layer = layer_of(f'type: "SPP" spp_param {{ pyramid_height: {height} }}', np.float32)
         top = [Blob(dtype=np.float32)]
-        layer.set_up([Blob(*shape, dtype=np.float32)], top)
+        layer.initialize([Blob(*shape, dtype=np.float32)], top)
         assert top[0].shape == (shape[0], channels)
 
 
@@ -226,11 +226,11 @@ def test_deconvolution_setup_as_caffe():
     layer = layer_of('type: "Deconvolution" convolution_param { num_output: 4 kernel_size: 3 stride: 2 }')
     bottom = [Blob(2, 3, 6, 4, dtype=np.float64), Blob(2, 3, 6, 4, dtype=np.float64)]
     top = [Blob(dtype=np.float64), Blob(dtype=np.float64)]
-    layer.set_up(bottom, top)
+    layer.initialize(bottom, top)
     assert top[0].shape == (2, 4, 13, 9) and top[1].shape == (2, 4, 13, 9)
     assert layer.blobs[0].shape == (3, 4, 3, 3) and layer.blobs[1].shape == (4,)
     layer = layer_of('type: "Deconvolution" convolution_param { num_output: 6 kernel_size: 3 group: 3 }')
-    layer.set_up([Blob(2, 3, 6, 4, dtype=np.float64)], top[:1])
+    layer.initialize([Blob(2, 3, 6, 4, dtype=np.float64)], top[:1])
     assert layer.blobs[0].shape == (3, 2, 3, 3) and top[0].shape == (2, 6, 8, 6)
 
 
@@ -270,7 +270,7 @@ def test_deconvolution_is_the_transposed_convolution(params):
     deconv = layer_of(f'type: "Deconvolution" convolution_param {{ {params} weight_filler {{ type: "gaussian" }} '
                       'bias_filler { type: "gaussian" } }')
     bottom, top = blobs_of([x]), [Blob(dtype=np.float64)]
-    deconv.set_up(bottom, top)
+    deconv.initialize(bottom, top)
     deconv.forward(bottom, top)
     cp = deconv.layer_param.convolution_param
     M = deconv.num_output
@@ -280,7 +280,7 @@ def test_deconvolution_is_the_transposed_convolution(params):
         conv_params += " bias_term: false"
     conv = layer_of(f'type: "Convolution" convolution_param {{ {conv_params} }}')
     cb, ct = [Blob(2, M, *top[0].shape[2:], dtype=np.float64)], [Blob(dtype=np.float64)]
-    conv.set_up(cb, ct)
+    conv.initialize(cb, ct)
     assert ct[0].shape == x.shape
     conv.blobs[0].data[...] = deconv.blobs[0].data
     # forward: the convolution's data gradient of top diff x, plus the bias
@@ -308,7 +308,7 @@ def test_deconvolution_is_the_transposed_convolution(params):
 
 
 def test_deconvolution_accumulates_param_diffs_and_chunks():
-    import layers.vision_extra as V
+    import dltrain.layers.vision_extra as V
     rng = np.random.default_rng(4)
     x = rng.uniform(-1, 1, (5, 2, 3, 3))
     text = 'type: "Deconvolution" convolution_param { num_output: 3 kernel_size: 2 stride: 2 ' \
@@ -319,7 +319,7 @@ def test_deconvolution_accumulates_param_diffs_and_chunks():
         try:
             layer = layer_of(text)
             bottom, top = blobs_of([x]), [Blob(dtype=np.float64)]
-            layer.set_up(bottom, top)
+            layer.initialize(bottom, top)
             layer.blobs[0].data[...] = np.linspace(-1, 1, layer.blobs[0].count).reshape(layer.blobs[0].shape)
             layer.blobs[1].data[...] = [0.1, -0.2, 0.3]
             assert layer.chunk == (5 if limit == old else 2)

@@ -40,7 +40,7 @@ SETS = {"train": os.path.join("configs", "digits", "digits_train_lmdb"),
 
 def dltrain(*args):
     """Run a dltrain command (the installed CLI's module, with this Python) from the repository root."""
-    command = [sys.executable, "-m", "cli.main", *map(str, args)]
+    command = [sys.executable, "-m", "dltrain.cli.main", *map(str, args)]
     print("$ dltrain " + " ".join(map(str, args)), flush=True)
     subprocess.run(command, cwd=REPO, check=True)
 
@@ -61,7 +61,7 @@ def largest_divisor(n, limit=512):
 def extraction_net(source, count, path):
     """The train/test net reading ``source`` once in the TEST phase; returns the number of batches."""
     from dlcore.config import load_net, to_prototxt
-    from proto import caffe_pb2
+    from dltrain.proto import caffe_pb2
     param = load_net(os.path.join(REPO, NET))
     batch = largest_divisor(count)
     kept = []
@@ -83,8 +83,8 @@ def extraction_net(source, count, path):
 def read_features(path, fmt):
     if fmt == "npy":
         return np.load(path)
-    from layers.db_data import datum_to_array, open_lmdb
-    from proto import caffe_pb2
+    from dltrain.layers.db_data import datum_to_array, open_lmdb
+    from dltrain.proto import caffe_pb2
     with open_lmdb(path).begin() as txn:
         return np.stack([datum_to_array(caffe_pb2.Datum.FromString(v)).reshape(-1) for _, v in txn.cursor()])
 
@@ -118,7 +118,7 @@ def main(argv=None):
     parser.add_argument("--out", help="keep the extraction nets and features in this folder")
     parser.add_argument("--format", choices=("npy", "lmdb"), default="npy", help="feature file format")
     args = parser.parse_args(argv)
-    from layers.db_data import count_lmdb
+    from dltrain.layers.db_data import count_lmdb
 
     weights = os.path.abspath(args.weights) if args.weights else trained_weights(args.iterations)
     with tempfile.TemporaryDirectory() as tmp:

@@ -43,7 +43,7 @@ def load_split():
 
 
 def main():
-    from cli.convert import convert_arrays
+    from dltrain.cli.convert import convert_arrays
     train, test = load_split()
     for name, (x, y) in (("digits_train_lmdb", train), ("digits_test_lmdb", test)):
         db = os.path.join(HERE, name)

@@ -66,7 +66,7 @@ def spherical_median(latlon, iterations=500, tol=1e-12):
 
 
 def train_bag():
-    from cli.main import main as dltrain
+    from dltrain.cli.main import main as dltrain
     start = time.time()
     rc = dltrain(["train", "--solver", BAG_SOLVER])
     if rc:

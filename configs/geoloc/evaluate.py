@@ -36,7 +36,7 @@ def load_split(split, data_dir=os.path.join(HERE, "data")):
 
 def errors_km(pred, label):
     """Great-circle distances (km) between rows of (lat, lon) degrees."""
-    from layers.geoloc_loss import great_circle
+    from dltrain.layers.geoloc_loss import great_circle
     return great_circle(pred, label, "degrees", EARTH_RADIUS_KM)
 
 
@@ -55,7 +55,7 @@ def table_row(label, m):
 
 def predict_split(model, weights, split="test", codec_path=None):
     """(predictions N x 2 degrees, labels N x 2, names) of a trained deploy net on a split."""
-    from cli.predict import CharCodec, normalize_latlon
+    from dltrain.cli.predict import CharCodec, normalize_latlon
     from dlcore import TEST, Net
     codec = CharCodec.load(codec_path or os.path.join(HERE, "charcodec.json"))
     net = Net(model, TEST)

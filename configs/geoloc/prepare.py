@@ -39,7 +39,7 @@ import numpy as np
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, ROOT)
 
-from cli.predict import CharCodec  # noqa: E402  (the encoding shared with `dltrain predict`)
+from dltrain.cli.predict import CharCodec  # noqa: E402  (the encoding shared with `dltrain predict`)
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 CODEC = os.path.join(HERE, "charcodec.json")

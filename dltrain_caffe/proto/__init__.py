@@ -3,7 +3,7 @@
 dltrain's Net and solvers take)."""
 import sys
 
-from proto import caffe_pb2
+from dltrain.proto import caffe_pb2
 
 sys.modules[__name__ + ".caffe_pb2"] = caffe_pb2
 

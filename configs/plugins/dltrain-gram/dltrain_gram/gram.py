@@ -20,7 +20,7 @@ In a net file (parameters as YAML in param_str, checked by the schema below):
 
 CPU kernels: ``gram_forward`` / ``gram_backward`` (@njit, any float dtype).
 GPU: ``forward_gpu`` / ``backward_gpu`` are batched products of dltrain's
-shared CUDA matrix product (``layers.kernels_cuda.gemm``) on the blobs'
+shared CUDA matrix product (``dltrain.layers.kernels_cuda.gemm``) on the blobs'
 device arrays; they import it inside the methods, so a CPU run never loads
 ``numba.cuda``.
 """
@@ -97,7 +97,7 @@ class GramLayer(Layer):
                           self.factor)
 
     def forward_gpu(self, bottom, top):
-        from layers import kernels_cuda as K
+        from dltrain.layers import kernels_cuda as K
         C, M = self.channels, self.size
         # G[n] = factor * F[n] F[n]^T, for every sample n at once
         K.gemm(C, C, M, bottom[0].gpu_data(), bottom[0].gpu_data(), top[0].mutable_gpu_data(), tb=True,
@@ -106,7 +106,7 @@ class GramLayer(Layer):
     def backward_gpu(self, top, propagate_down, bottom):
         if not propagate_down[0]:
             return
-        from layers import kernels_cuda as K
+        from dltrain.layers import kernels_cuda as K
         C, M = self.channels, self.size
         x, dy, dx = bottom[0].gpu_data(), top[0].gpu_diff(), bottom[0].mutable_gpu_diff()
         # dF[n] = factor * dG[n] F[n] + factor * dG[n]^T F[n]

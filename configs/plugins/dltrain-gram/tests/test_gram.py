@@ -14,7 +14,7 @@ except ImportError:       # not installed: use the source tree beside this file
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     import dltrain_gram.gram  # noqa: F401
 
-from cli.main import main
+from dltrain.cli.main import main
 from dlcore import Blob, ConfigError, create_layer
 from dlcore.gradcheck import GradientCheckError, check_layer
 
@@ -27,7 +27,7 @@ def gram(param_str="", shape=(2, 3, 4, 5), dtype=np.float64, seed=0):
     x = np.random.default_rng(seed).normal(size=shape)
     bottom, top = Blob(*shape, dtype=dtype), Blob(dtype=dtype)
     bottom.data[...] = x
-    layer.set_up([bottom], [top])
+    layer.initialize([bottom], [top])
     layer.forward([bottom], [top])
     return layer, x, bottom, top
 

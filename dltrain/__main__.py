@@ -1,0 +1,4 @@
+"""``python -m dltrain ...`` is the ``dltrain`` command."""
+from dltrain.cli.main import main
+
+raise SystemExit(main())
