@@ -1,6 +1,6 @@
 """Compile every CUDA kernel dltrain launches to PTX (and, with ptxas, to SASS), without a GPU.
 
-    python bench/cuda_compile_check.py [--cc 9.0] [--record-only FILE] [--from FILE]
+    python bench/cuda_compile_check.py [--cc 9.0] [--tests tests/test_cuda_x.py ...] [--record-only FILE] [--from FILE]
 
 Numba's CUDA simulator does no type inference, so a kernel that mixes
 types in a way the real CUDA target refuses passes the simulator tests.
@@ -28,6 +28,9 @@ import tempfile
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 def _tests():
     import glob
+    chosen = os.environ.get("DLTRAIN_COMPILE_CHECK_TESTS")
+    if chosen:
+        return [os.path.abspath(path) for path in chosen.split(os.pathsep)]
     return sorted(glob.glob(os.path.join(ROOT, "tests", "test_cuda_*.py")))
 
 
@@ -167,6 +170,8 @@ def compile_all(entries, cc):
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--cc", default="9.0", help="compute capability to compile for (default 9.0: H100/H200)")
+    parser.add_argument("--tests", nargs="+", metavar="FILE",
+                        help="record the launches of these test files only (default: tests/test_cuda_*.py)")
     parser.add_argument("--record-only", metavar="FILE", help="(internal) record the launches into FILE and stop")
     parser.add_argument("--from", dest="source", metavar="FILE", help="compile the launches recorded in FILE")
     args = parser.parse_args()
@@ -179,6 +184,8 @@ def main():
     if path is None:
         path = os.path.join(tempfile.mkdtemp(), "launches.pkl")
         env = dict(os.environ, NUMBA_ENABLE_CUDASIM="1")
+        if args.tests:
+            env["DLTRAIN_COMPILE_CHECK_TESTS"] = os.pathsep.join(os.path.abspath(t) for t in args.tests)
         proc = subprocess.run([sys.executable, os.path.abspath(__file__), "--record-only", path], env=env, cwd=ROOT)
         if proc.returncode != 0:
             print(f"(the simulator tests exited {proc.returncode}; compiling what was recorded)")
