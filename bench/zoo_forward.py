@@ -47,7 +47,7 @@ def zoo_file(name):
 def dltrain_net(name, batch):
     """A forward pass of the zoo net at ``batch`` (warmed up), as a function."""
     import dlcore
-    import layers  # noqa: F401
+    import dltrain.layers  # noqa: F401
     from dlcore.config import load_net
     param = load_net(zoo_file(name))
     param.layer[0].input_param.shape[0].dim[0] = batch

@@ -67,6 +67,7 @@ def cmd_train(args):
 def cmd_test(args):
     """Score a trained model (Caffe's `caffe test`): per-batch outputs and their means."""
     from dlcore import Net, backend
+    from dltrain.solvers import output_loss_weights
     from dltrain.solvers.training_log import fmt, info
 
     if args.iterations < 1:
@@ -83,10 +84,7 @@ def cmd_test(args):
         if path:
             net.copy_from(path)
     info(f"Running for {args.iterations} iterations.")
-    loss_weight = {}
-    for name, layer in zip(net.layer_names, net.layers):
-        for top, weight in zip(net.top_names[name], layer.loss_weights):
-            loss_weight[top] = weight
+    loss_weight = dict(zip(net.outputs, output_loss_weights(net)))
     dtype = net.dtype.type
     scores, score_names = [], []
     loss = 0.0

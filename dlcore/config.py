@@ -59,7 +59,7 @@ __all__ = [
     "parse_net_text", "parse_solver_text",
     "message_from_string", "net_from_string", "solver_from_string",
     "to_yaml", "to_prototxt",
-    "resolve_solver_net_paths", "find_layer_line",
+    "resolve_solver_net_paths", "find_layer_line", "field_line",
 ]
 
 TEXT_EXTENSIONS = frozenset({".prototxt", ".pt", ".txt", ".pbtxt"})
@@ -713,6 +713,17 @@ def _read_lines(path):
         with open(path, "r", encoding="utf-8", errors="replace") as f:
             return f.read().splitlines()
     except OSError:
+        return None
+
+
+def field_line(path, field, value=None):
+    """1-based line of ``field: value`` (or just ``field:``) in the text file ``path``, for an
+    error's location; None when there is no path or the line cannot be found (best effort)."""
+    if not path:
+        return None
+    try:
+        return _find_field_line(path, field, value)
+    except Exception:   # a best-effort location only
         return None
 
 

@@ -12,18 +12,31 @@ So a layer family's module defines its formulas once, its CPU loops call
 them, and its ``*_cuda.py`` sibling's kernels call the same ones: a change
 made on one side is made on both, and the CUDA simulator tests, which do no
 type checking, compare the very same arithmetic.  Formulas may call other
-formulas.  Keep device-specific tricks out of them (the CPU's rational
+formulas, and may take a small record (a NamedTuple of scalars) for their
+hyper-parameters.  ``float(x)`` of a float32 stays float32 under Numba:
+cast with ``numba.float64(x)`` where float64 is meant.  Keep device-specific tricks out of them (the CPU's rational
 tanh in the LSTM stays in the CPU loop).
 
 Numba's on-disk cache keys a kernel on its own file: after editing a
 formula in another file, clear the cache (``find . -name '*.nb[ic]' -delete``)
 or touch the kernels' files.
 """
-from numba.extending import register_jitable
+from numba.extending import overload, register_jitable
 
 __all__ = ["formula"]
 
 
-def formula(fn):
-    """Decorator: ``fn`` (scalars in, a scalar or tuple out) compiles for @njit and @cuda.jit callers."""
-    return register_jitable(fn)
+def formula(fn=None, *, inline_cpu=False):
+    """Decorator: ``fn`` (scalars in, a scalar or tuple out) compiles for @njit and @cuda.jit callers.
+
+    ``@formula(inline_cpu=True)``: also have Numba inline it into its CPU callers before LLVM sees
+    them.  LLVM leaves a formula with loops or many branches a call, which can cost a per-element
+    CPU loop up to 2x; Numba's own inliner does not work for the CUDA target, so CUDA callers keep
+    the (NVVM-inlined) device function.
+    """
+    def make(fn):
+        register_jitable(fn)
+        if inline_cpu:            # a CPU-only overload: Numba prefers it to the generic one there
+            overload(fn, target="cpu", inline="always", strict=False)(lambda *args, **kwargs: fn)
+        return fn
+    return make if fn is None else make(fn)

@@ -28,8 +28,8 @@ class Layer:
     plugin's module.
 
     GPU: a layer's GPU code lives in a CUDA module of its own, named by the
-    class attribute ``cuda_module`` (for example
-    ``"dltrain.layers.neurons_cuda"``) and imported on first GPU use.  There,
+    class attribute ``cuda_module`` (``".neurons_cuda"``: the module beside
+    the class's own; or an absolute name) and imported on first GPU use.  There,
     ``@gpu_forward(LayerClass)`` / ``@gpu_backward(LayerClass)`` register
     plain functions ``fn(layer, bottom, top)`` / ``fn(layer, top,
     propagate_down, bottom)`` that launch kernels on the blobs' device arrays
@@ -56,7 +56,7 @@ class Layer:
     params = None                    # a plugin's parameter schema: {name: dlcore.Param}
     net_source = None                # the net file this layer was built from (set by Net), or None
     gpu_capable = True               # False: always the CPU pair, even in a GPU net (Python layers)
-    cuda_module = None               # the module that registers this class's GPU code, imported on first GPU use
+    cuda_module = None               # the module registering this class's GPU code (".x_cuda": beside the class's)
 
     def __init__(self, layer_param, dtype=np.float32):
         self.layer_param = layer_param
@@ -250,19 +250,28 @@ def _register_gpu(layer_class, stage):
 
 def _find_gpu_code(cls, stage):
     import importlib
-    for klass in cls.__mro__:
-        if klass is Layer:
-            return None
+    bases = [klass for klass in cls.__mro__ if issubclass(klass, Layer) and klass is not Layer]
+    for klass in bases:                  # first load every CUDA module the bases name: code a base's
+        module = klass.__dict__.get("cuda_module")     # module registers may be for a subclass
+        if module:
+            importlib.import_module(_sibling(module, klass.__module__))
+    for klass in bases:
         method = klass.__dict__.get(stage + "_gpu")
         if method is not None:           # a plugin's own forward_gpu/backward_gpu
             return method
-        module = klass.__dict__.get("cuda_module")
-        if module:
-            importlib.import_module(module)
         code = _GPU_CODE.get((klass, stage))
         if code is not None:
             return code
     return None
+
+
+def _sibling(module, owner):
+    """``cuda_module`` as an absolute name: ".foo_cuda" is the module beside ``owner`` (in its package,
+    or top-level for a top-level plugin module)."""
+    if not module.startswith("."):
+        return module
+    package = owner.rpartition(".")[0]
+    return f"{package}{module}" if package else module[1:]
 
 
 def _plugin_failure(layer, err):

@@ -35,6 +35,7 @@ upgrade_net_proto_text, upgrade_net_proto_binary and
 upgrade_solver_proto_text in one command).
 """
 from . import log
+from .config import field_line
 from .errors import ConfigError
 
 __all__ = [
@@ -525,23 +526,13 @@ def solver_needs_type_upgrade(param):
     return param.HasField("solver_type")
 
 
-def _field_line(path, field):
-    if not path:
-        return None
-    try:
-        from .config import _find_field_line
-        return _find_field_line(path, field)
-    except Exception:   # a best-effort location only
-        return None
-
-
 def upgrade_solver_param(param, path=None, notice=True):
     """Caffe's UpgradeSolverAsNeeded (in place): the legacy ``solver_type``
     enum becomes ``type``; returns ``param``."""
     if param.HasField("solver_type"):
         if param.HasField("type"):
             raise ConfigError("give the solver type as 'type' (a string) or the deprecated 'solver_type' (an "
-                              "enum), not both", path=path, line=_field_line(path, "solver_type"),
+                              "enum), not both", path=path, line=field_line(path, "solver_type"),
                               field="solver_type")
         name = _pb().SolverParameter.SolverType.Name(param.solver_type)
         param.type = _SOLVER_TYPES[name]

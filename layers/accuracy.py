@@ -8,44 +8,45 @@ import numpy as np
 from numba import njit
 
 from dlcore.errors import ConfigError, DLTrainError
+from dlcore.formula import formula
 from dlcore.layer import Layer
 from dlcore.registry import register_layer
 
+from .losses import BAD_LABEL, IGNORED, Labels, bad_label_error, flat, label_class
 from .softmax import canonical_axis
 
-_INT_LIMIT = 2147483648.0
+
+@formula
+def in_top_k(scores, base, stride, channels, label, top_k):
+    """Caffe's test at one position (class c's score at base + c * stride): fewer than ``top_k``
+    other classes score at least as high as the label's (a tie counts against the prediction)."""
+    true_score = scores[base + label * stride]
+    better = -1            # the true class itself is counted below
+    c = 0
+    while c < channels and better < top_k:
+        if scores[base + c * stride] >= true_score:
+            better += 1
+        c += 1
+    return better < top_k
 
 
 @njit(cache=True)
-def accuracy_count(scores, label, outer, channels, inner, top_k, has_ignore, ignore_label,
-                   correct_per_class, seen_per_class):
+def accuracy_count(scores, label, labels, top_k, correct_per_class, seen_per_class):
     """Returns (correct, counted, index of the first bad label or -1).
 
     ``correct_per_class``/``seen_per_class`` (length ``channels``) are
     incremented per non-ignored label.
     """
-    dim = channels * inner
-    correct = 0
-    counted = 0
-    for i in range(outer):
-        for j in range(inner):
-            raw = label[i * inner + j]
-            if not (-_INT_LIMIT < raw < _INT_LIMIT):
-                return correct, counted, i * inner + j
-            value = int(raw)
-            if has_ignore and value == ignore_label:
+    correct = counted = 0
+    for i in range(labels.outer):
+        for j in range(labels.inner):
+            value = label_class(label[i * labels.inner + j], labels)
+            if value == IGNORED:
                 continue
-            if value < 0 or value >= channels:
-                return correct, counted, i * inner + j
+            if value == BAD_LABEL:
+                return correct, counted, i * labels.inner + j
             seen_per_class[value] += 1
-            true_score = scores[i * dim + value * inner + j]
-            better = -1            # the true class itself is counted below
-            c = 0
-            while c < channels and better < top_k:
-                if scores[i * dim + c * inner + j] >= true_score:
-                    better += 1
-                c += 1
-            if better < top_k:
+            if in_top_k(scores, i * labels.channels * labels.inner + j, labels.inner, labels.channels, value, top_k):
                 correct += 1
                 correct_per_class[value] += 1
             counted += 1
@@ -59,6 +60,7 @@ class AccuracyLayer(Layer):
     exact_num_bottom_blobs = 2
     min_top_blobs = 1
     max_top_blobs = 2
+    cuda_module = ".accuracy_cuda"
 
     def setup(self, bottom, top):
         param = self.layer_param.accuracy_param
@@ -80,6 +82,7 @@ class AccuracyLayer(Layer):
                 f"layer '{self.name}' (Accuracy): number of labels must match number of predictions: "
                 f"scores {bottom[0].shape_string()} with label axis {axis} need {self.outer * self.inner} "
                 f"labels, bottom 1 has {bottom[1].count}")
+        self.labels = Labels(self.outer, self.channels, self.inner, self.has_ignore_label, self.ignore_label)
         top[0].reshape(())
         if len(top) > 1:
             top[1].reshape(self.channels)
@@ -87,25 +90,14 @@ class AccuracyLayer(Layer):
     def forward_cpu(self, bottom, top):
         correct_per_class = np.zeros(self.channels, np.int64)
         seen_per_class = np.zeros(self.channels, np.int64)
-        correct, counted, bad = accuracy_count(
-            bottom[0].data.reshape(-1), bottom[1].data.reshape(-1), self.outer, self.channels, self.inner,
-            self.top_k, self.has_ignore_label, self.ignore_label, correct_per_class, seen_per_class)
-        self._write_tops(bottom, top, correct, counted, bad, correct_per_class, seen_per_class)
+        correct, counted, bad = accuracy_count(flat(bottom[0].data), flat(bottom[1].data), self.labels, self.top_k,
+                                               correct_per_class, seen_per_class)
+        self.set_accuracy(bottom, top, correct, counted, bad, correct_per_class, seen_per_class)
 
-    def forward_gpu(self, bottom, top):
-        from . import accuracy_cuda as C
-        correct, counted, bad, correct_per_class, seen_per_class = C.accuracy_counts(
-            bottom[0].gpu_data(), bottom[1].gpu_data(), self.outer, self.channels, self.inner, self.top_k,
-            self.has_ignore_label, self.ignore_label)
-        self._write_tops(bottom, top, correct, counted, bad, correct_per_class, seen_per_class)
-
-    def _write_tops(self, bottom, top, correct, counted, bad, correct_per_class, seen_per_class):
+    def set_accuracy(self, bottom, top, correct, counted, bad, correct_per_class, seen_per_class):
+        """The end of a forward, on the host (both devices): the label check and the tops."""
         if bad >= 0:
-            value = bottom[1].cpu_data().reshape(-1)[bad]
-            raise DLTrainError(f"layer '{self.name}' (Accuracy): label {float(value):g} at position {bad} of bottom 1 "
-                               f"is outside [0, {self.channels})"
-                               + (f" and is not the ignore_label {self.ignore_label}"
-                                  if self.has_ignore_label else ""))
+            raise bad_label_error(self, bottom[1].cpu_data(), bad, self.channels)
         top[0].data[...] = correct / counted if counted else 0.0
         if len(top) > 1:
             seen = np.maximum(seen_per_class, 1)

@@ -5,16 +5,23 @@ parameters, formulas and special cases (src/caffe/layers/<name>_layer.cpp).
 One bottom, one top of its shape (NeuronLayer); kernels run on flat views
 and are dtype-generic (float32 training, float64 gradient checks).
 
+Each formula is written once (``@formula``, below; PReLU reuses ReLU's and
+Swish the sigmoid of layers/neurons.py).  A layer names its formulas and
+their operands (``forward_map``/``backward_map``); the CPU maps a formula
+over the arrays with one @njit loop per formula (``cpu_map``), the GPU with
+one kernel per formula (layers/activations_cuda.py), and both get the
+layer's hyper-parameters in the data's dtype (``forward_params``/
+``backward_params``).  PReLU's per-channel slope has loops of its own.
+
 In place (``top[0] is bottom[0]``): layers whose backward needs the input
 keep a copy of it during forward when they run in place -- PReLU as Caffe
 does, and also Power, Log, BNLL and Clip (Caffe's own backward of these
 reads the already overwritten bottom in place, which is wrong; dltrain
 computes the true gradient).  ELU, Exp and Swish need only what survives
 in place (as in Caffe).  AbsVal refuses to run in place, as Caffe does.
-
-The GPU kernels are in layers/activations_cuda.py (same formulas).
 """
 import math
+from typing import Callable, NamedTuple, Tuple
 
 import numpy as np
 from numba import njit
@@ -22,96 +29,190 @@ from numba import njit
 from dlcore.blob import Blob
 from dlcore.errors import ConfigError, DLTrainError
 from dlcore.filler import fill
+from dlcore.formula import formula
 from dlcore.registry import register_layer
 
-from .neurons import NeuronLayer, flat
+from .neurons import NeuronLayer, flat, relu, relu_grad, sigmoid
+
+CUDA_MODULE = ".activations_cuda"
 
 KBNLL_THRESHOLD = 50.0    # Caffe's kBNLL_THRESHOLD
 
 
-def _cuda():
-    from . import activations_cuda
-    return activations_cuda
+# --- the element-wise map ------------------------------------------------------------------------
+
+def _map_loop(f, inputs, outputs):
+    """loop(*inputs, *outputs, *params): outputs[..][i] = f(inputs[0][i], ..., *params) for every i."""
+    if outputs == 2:
+        if inputs == 1:
+            def loop(a, u, v, *p):
+                for i in range(np.uint64(a.shape[0])):
+                    u[i], v[i] = f(a[i], *p)
+        elif inputs == 2:
+            def loop(a, b, u, v, *p):
+                for i in range(np.uint64(a.shape[0])):
+                    u[i], v[i] = f(a[i], b[i], *p)
+        else:
+            def loop(a, b, c, u, v, *p):
+                for i in range(np.uint64(a.shape[0])):
+                    u[i], v[i] = f(a[i], b[i], c[i], *p)
+    elif inputs == 1:
+        def loop(a, u, *p):
+            for i in range(np.uint64(a.shape[0])):
+                u[i] = f(a[i], *p)
+    elif inputs == 2:
+        def loop(a, b, u, *p):
+            for i in range(np.uint64(a.shape[0])):
+                u[i] = f(a[i], b[i], *p)
+    else:
+        def loop(a, b, c, u, *p):
+            for i in range(np.uint64(a.shape[0])):
+                u[i] = f(a[i], b[i], c[i], *p)
+    return loop
 
 
-class _KeepsBottom(NeuronLayer):
+_LOOPS = {}
+
+
+def cpu_map(f, inputs, outputs):
+    """The @njit loop ``loop(*inputs, *outputs, *params)`` of the formula ``f``: 1-3 input and 1-2 output
+    arrays of one length (a formula returning a pair fills two).  Made once, cached on disk with this
+    file's kernels: after editing a formula of another file, clear the cache (dlcore/formula.py)."""
+    key = (f, inputs, outputs)
+    loop = _LOOPS.get(key)
+    if loop is None:
+        if not (1 <= inputs <= 3 and 1 <= outputs <= 2):
+            raise ValueError(f"cpu_map: {inputs} inputs, {outputs} outputs (1-3 and 1-2 supported)")
+        loop = _LOOPS[key] = njit(cache=True, error_model="numpy")(_map_loop(f, inputs, outputs))
+    return loop
+
+
+class Map(NamedTuple):
+    """One pass of an activation: its formula over the elements of some operands.
+
+    On the CPU through ``cpu_map``, on the GPU through activations_cuda.map_formula.  Operands: "x"
+    the forward's input (the kept copy when the layer keeps one), "y" the top data, "dy" the top
+    diff, "dx" the bottom diff, "s" Swish's sigmoid.
+    """
+    formula: Callable
+    reads: Tuple[str, ...]
+    writes: Tuple[str, ...]
+
+    @property
+    def cpu_loop(self):
+        return cpu_map(self.formula, len(self.reads), len(self.writes))
+
+
+class ActivationLayer(NeuronLayer):
+    """A neuron layer of this module: a forward and a backward ``Map`` (the GPU code, in
+    activations_cuda.py, is registered for this class).
+
+    ``forward_params()``/``backward_params()``: the hyper-parameters the formulas take after the
+    array elements, in the data's dtype (the CPU loops and the CUDA kernels get the very same
+    scalars).
+    """
+
+    cuda_module = CUDA_MODULE
+    forward_map = backward_map = None
+
+    def keeps_bottom(self, bottom, top):
+        """Does forward keep a copy of the input (in place, for backward)?"""
+        return False
+
+    def keep_input(self, bottom, top):
+        if self.keeps_bottom(bottom, top):
+            np.copyto(self.bottom_memory.data, bottom[0].data)
+
+    def input_blob(self, bottom, top):
+        """The blob holding the forward's input (the kept copy when the layer keeps one)."""
+        return self.bottom_memory if self.keeps_bottom(bottom, top) else bottom[0]
+
+    def operand(self, name, bottom, top):
+        """A ``Map`` operand: (its blob, whether it is the blob's diff)."""
+        if name == "x":
+            return self.input_blob(bottom, top), False
+        if name == "s":
+            return self.sigmoid_output, False
+        if name == "dx":
+            return bottom[0], True
+        return top[0], name == "dy"
+
+    def forward_params(self):
+        return ()
+
+    def backward_params(self):
+        return self.forward_params()
+
+    def run_cpu(self, m, bottom, top, params):
+        operands = (self.operand(name, bottom, top) for name in m.reads + m.writes)
+        m.cpu_loop(*[flat(blob.diff if diff else blob.data) for blob, diff in operands], *params)
+
+    def forward_cpu(self, bottom, top):
+        self.keep_input(bottom, top)
+        self.run_cpu(self.forward_map, bottom, top, self.forward_params())
+
+    def backward_cpu(self, top, propagate_down, bottom):
+        if propagate_down[0]:
+            self.run_cpu(self.backward_map, bottom, top, self.backward_params())
+
+
+class _KeepsBottom(ActivationLayer):
     """A neuron layer whose backward needs the input: in place, forward keeps a copy."""
+
+    def keeps_bottom(self, bottom, top):
+        return top[0] is bottom[0]
 
     def reshape(self, bottom, top):
         super().reshape(bottom, top)
-        if top[0] is bottom[0]:
+        if self.keeps_bottom(bottom, top):
             if not hasattr(self, "bottom_memory"):
                 self.bottom_memory = Blob(dtype=self.dtype)
             self.bottom_memory.reshape_like(bottom[0])
 
-    def _keep_cpu(self, bottom, top):
-        if top[0] is bottom[0]:
-            np.copyto(self.bottom_memory.data, bottom[0].data)
-
-    def _keep_gpu(self, bottom, top):
-        if top[0] is bottom[0]:
-            from . import kernels_cuda as KC
-            KC.copy(bottom[0].gpu_data(), self.bottom_memory.mutable_gpu_data(), bottom[0].count)
-
-    def _input(self, bottom, top):
-        """The blob holding the forward's input (the kept copy in place)."""
-        return self.bottom_memory if top[0] is bottom[0] else bottom[0]
-
-
-def _param_down(layer, i):
-    ppd = layer.param_propagate_down
-    return i >= len(ppd) or bool(ppd[i])
-
 
 # --- PReLU ---------------------------------------------------------------------
+# y = relu(x, a_c) and dx = relu_grad(x, dy, a_c) (layers/neurons.py) with the slope a_c of the
+# element's channel.  Element i is (n, c, j) with c = (i // dim) % channels; the slope index is
+# c // div_factor (div_factor = channels when the slope is shared: always 0).
 
-# Element i is (n, c, j) with c = (i // dim) % channels; the slope index is c // div_factor
-# (div_factor = channels when the slope is shared: always 0).
+class PReLUGeometry(NamedTuple):
+    dim: int            # elements per (item, channel): the product of the axes after 1 (at least 1)
+    channels: int       # axis 1
+    div_factor: int     # channels when the slope is shared, else 1
 
-@njit(cache=True, error_model="numpy")
-def prelu_forward(x, y, slope, dim, channels, div_factor):
-    outer = x.shape[0] // max(dim * channels, 1)
-    for n in range(outer):
-        for c in range(channels):
-            a = slope[c // div_factor]
-            b = np.uint64((n * channels + c) * dim)
-            for j in range(np.uint64(dim)):
-                v = x[b + j]
-                if v > 0:
-                    y[b + j] = v
-                else:
-                    y[b + j] = a * v + 0        # max(x, 0) + slope * min(x, 0); + 0: no negative zeros
+
+@formula
+def prelu_slope_term(x, dy):
+    """An element's part of its slope's gradient: dy * x where x <= 0."""
+    return dy * x if x <= 0 else 0.0
 
 
 @njit(cache=True, error_model="numpy")
-def prelu_backward(x, dy, dx, slope, dim, channels, div_factor):
-    outer = x.shape[0] // max(dim * channels, 1)
-    for n in range(outer):
-        for c in range(channels):
-            a = slope[c // div_factor]
-            b = np.uint64((n * channels + c) * dim)
-            for j in range(np.uint64(dim)):
-                if x[b + j] > 0:
-                    dx[b + j] = dy[b + j]
-                else:
-                    dx[b + j] = dy[b + j] * a
+def prelu_map(x, dy, out, slope, g, backward):
+    """out = relu(x, a_c), or with ``backward`` the bottom diff relu_grad(x, dy, a_c) (dy: unused forward)."""
+    for n in range(x.shape[0] // max(g.dim * g.channels, 1)):
+        for c in range(g.channels):
+            a = slope[c // g.div_factor]
+            b = np.uint64((n * g.channels + c) * g.dim)
+            if backward:
+                for j in range(np.uint64(g.dim)):
+                    out[b + j] = relu_grad(x[b + j], dy[b + j], a)
+            else:
+                for j in range(np.uint64(g.dim)):
+                    out[b + j] = relu(x[b + j], a)
 
 
 @njit(cache=True, error_model="numpy", fastmath={"reassoc", "nsz", "contract"})
-def prelu_slope_grad(x, dy, slope_diff, dim, channels, div_factor):
+def prelu_slope_grad(x, dy, slope_diff, g):
     """slope_diff[c] += sum of dy * x over x <= 0 (float64 accumulation)."""
     acc = np.zeros(slope_diff.shape[0])
-    outer = x.shape[0] // max(dim * channels, 1)
-    for n in range(outer):
-        for c in range(channels):
-            k = c // div_factor
-            b = np.uint64((n * channels + c) * dim)
+    for n in range(x.shape[0] // max(g.dim * g.channels, 1)):
+        for c in range(g.channels):
+            b = np.uint64((n * g.channels + c) * g.dim)
             t = 0.0
-            for j in range(np.uint64(dim)):
-                v = x[b + j]
-                if v <= 0:
-                    t += dy[b + j] * v
-            acc[k] += t
+            for j in range(np.uint64(g.dim)):
+                t += prelu_slope_term(x[b + j], dy[b + j])
+            acc[c // g.div_factor] += t
     for c in range(slope_diff.shape[0]):
         slope_diff[c] += acc[c]
 
@@ -152,63 +253,40 @@ class PReLULayer(_KeepsBottom):
                               f"got shape {bottom[0].shape_string()}")
         super().reshape(bottom, top)
 
-    def _geometry(self, bottom):
+    def slope_propagates(self):
+        """Does backward compute the slope gradient (``param_propagate_down``, default yes)?"""
+        return not self.param_propagate_down or bool(self.param_propagate_down[0])
+
+    def geometry(self, bottom):
         channels = bottom[0].shape[1]
-        dim = bottom[0].count_range(2)
-        return max(dim, 1), channels, (channels if self.channel_shared else 1)
+        return PReLUGeometry(max(bottom[0].count_range(2), 1), channels, channels if self.channel_shared else 1)
 
     def forward_cpu(self, bottom, top):
-        self._keep_cpu(bottom, top)
-        x = flat(self._input(bottom, top).data)
-        prelu_forward(x, flat(top[0].data), flat(self.blobs[0].data), *self._geometry(bottom))
+        self.keep_input(bottom, top)
+        x = flat(self.input_blob(bottom, top).data)
+        prelu_map(x, x, flat(top[0].data), flat(self.blobs[0].data), self.geometry(bottom), False)
 
     def backward_cpu(self, top, propagate_down, bottom):
-        x = flat(self._input(bottom, top).data)
-        geo = self._geometry(bottom)
+        x = flat(self.input_blob(bottom, top).data)
+        geo = self.geometry(bottom)
         dy = flat(top[0].diff)
         # the slope gradient first: in place, writing the bottom diff overwrites the top diff
-        if _param_down(self, 0):
-            prelu_slope_grad(x, dy, flat(self.blobs[0].diff), *geo)
+        if self.slope_propagates():
+            prelu_slope_grad(x, dy, flat(self.blobs[0].diff), geo)
         if propagate_down[0]:
-            prelu_backward(x, dy, flat(bottom[0].diff), flat(self.blobs[0].data), *geo)
-
-    def forward_gpu(self, bottom, top):
-        self._keep_gpu(bottom, top)
-        _cuda().prelu_forward(self._input(bottom, top).gpu_data(), top[0].mutable_gpu_data(),
-                              self.blobs[0].gpu_data(), top[0].count, *self._geometry(bottom))
-
-    def backward_gpu(self, top, propagate_down, bottom):
-        C = _cuda()
-        x = self._input(bottom, top).gpu_data()
-        geo = self._geometry(bottom)
-        n = bottom[0].count
-        if _param_down(self, 0):
-            dim, channels, _ = geo
-            C.prelu_slope_grad(x, top[0].gpu_diff(), self.blobs[0].mutable_gpu_diff(), n, dim, channels,
-                               self.channel_shared, self)
-        if propagate_down[0]:
-            C.prelu_backward(x, top[0].gpu_diff(), bottom[0].mutable_gpu_diff(), self.blobs[0].gpu_data(), n, *geo)
+            prelu_map(x, dy, flat(bottom[0].diff), flat(self.blobs[0].data), geo, True)
 
 
 # --- ELU ----------------------------------------------------------------------
 
-@njit(cache=True, error_model="numpy")
-def elu_forward(x, y, alpha):
-    for i in range(np.uint64(x.shape[0])):
-        v = x[i]
-        if v > 0:
-            y[i] = v
-        else:
-            y[i] = alpha * (np.exp(v) - 1)
+@formula
+def elu(x, alpha):
+    return x if x > 0 else alpha * (math.exp(x) - 1)
 
 
-@njit(cache=True, error_model="numpy")
-def elu_backward(x, y, dy, dx, alpha):
-    for i in range(np.uint64(x.shape[0])):
-        if x[i] > 0:
-            dx[i] = dy[i]
-        else:
-            dx[i] = dy[i] * (alpha + y[i])
+@formula
+def elu_grad(x, y, dy, alpha):
+    return dy if x > 0 else dy * (alpha + y)
 
 
 @register_layer("ELU")
@@ -219,145 +297,96 @@ class ELULayer(_KeepsBottom):
     Caffe); with a negative alpha the input is kept.
     """
 
+    forward_map = Map(elu, ("x",), ("y",))
+    backward_map = Map(elu_grad, ("x", "y", "dy"), ("dx",))
+
     def setup(self, bottom, top):
         self.alpha = float(self.layer_param.elu_param.alpha)
 
-    def _keeps(self, bottom, top):
+    def keeps_bottom(self, bottom, top):
         return top[0] is bottom[0] and self.alpha < 0
 
-    def reshape(self, bottom, top):
-        NeuronLayer.reshape(self, bottom, top)
-        if self._keeps(bottom, top):
-            _KeepsBottom.reshape(self, bottom, top)
-
-    def _x(self, bottom, top):
-        return self.bottom_memory if self._keeps(bottom, top) else bottom[0]
-
-    def forward_cpu(self, bottom, top):
-        if self._keeps(bottom, top):
-            self._keep_cpu(bottom, top)
-        elu_forward(flat(self._x(bottom, top).data), flat(top[0].data), self.dtype.type(self.alpha))
-
-    def backward_cpu(self, top, propagate_down, bottom):
-        if propagate_down[0]:
-            elu_backward(flat(self._x(bottom, top).data), flat(top[0].data), flat(top[0].diff),
-                         flat(bottom[0].diff), self.dtype.type(self.alpha))
-
-    def forward_gpu(self, bottom, top):
-        if self._keeps(bottom, top):
-            self._keep_gpu(bottom, top)
-        _cuda().elu_forward(self._x(bottom, top).gpu_data(), top[0].mutable_gpu_data(), top[0].count, self.alpha)
-
-    def backward_gpu(self, top, propagate_down, bottom):
-        if propagate_down[0]:
-            _cuda().elu_backward(self._x(bottom, top).gpu_data(), top[0].gpu_data(), top[0].gpu_diff(),
-                                 bottom[0].mutable_gpu_diff(), bottom[0].count, self.alpha)
+    def forward_params(self):
+        return (self.dtype.type(self.alpha),)
 
 
 # --- AbsVal -------------------------------------------------------------------
 
-@njit(cache=True, error_model="numpy")
-def absval_forward(x, y):
-    for i in range(np.uint64(x.shape[0])):
-        y[i] = abs(x[i])
+@formula
+def absval(x):
+    return abs(x)
 
 
-@njit(cache=True, error_model="numpy")
-def absval_backward(x, dy, dx):
-    for i in range(np.uint64(x.shape[0])):
-        v = x[i]
-        if v > 0:
-            dx[i] = dy[i]
-        elif v < 0:
-            dx[i] = -dy[i]
-        else:
-            dx[i] = dy[i] * 0           # sign(0) = 0, as caffe_cpu_sign
+@formula
+def absval_grad(x, dy):
+    if x > 0:
+        return dy
+    if x < 0:
+        return -dy
+    return dy * 0           # sign(0) = 0, as caffe_cpu_sign
 
 
 @register_layer("AbsVal")
-class AbsValLayer(NeuronLayer):
+class AbsValLayer(ActivationLayer):
     """y = |x|; dy/dx = sign(x) (0 at 0).  Not in place (Caffe refuses it too)."""
+
+    forward_map = Map(absval, ("x",), ("y",))
+    backward_map = Map(absval_grad, ("x", "dy"), ("dx",))
 
     def setup(self, bottom, top):
         if top[0] is bottom[0]:
             raise ConfigError(f"layer '{self.name}' (AbsVal) does not allow in-place computation")
-
-    def forward_cpu(self, bottom, top):
-        absval_forward(flat(bottom[0].data), flat(top[0].data))
-
-    def backward_cpu(self, top, propagate_down, bottom):
-        if propagate_down[0]:
-            absval_backward(flat(bottom[0].data), flat(top[0].diff), flat(bottom[0].diff))
-
-    def forward_gpu(self, bottom, top):
-        _cuda().absval_forward(bottom[0].gpu_data(), top[0].mutable_gpu_data(), top[0].count)
-
-    def backward_gpu(self, top, propagate_down, bottom):
-        if propagate_down[0]:
-            _cuda().absval_backward(bottom[0].gpu_data(), top[0].gpu_diff(), bottom[0].mutable_gpu_diff(),
-                                    bottom[0].count)
 
 
 # --- Power --------------------------------------------------------------------
 # Shared with LRN's WITHIN_CHANNEL mode (layers/normalization.py), which Caffe
 # builds from Power layers.
 
-@njit(cache=True, error_model="numpy")
-def power_forward(x, y, power, scale, shift):
-    """y = (shift + scale x)^power with Caffe's special cases."""
-    un = np.uint64(x.shape[0])
+@formula
+def scaled(v, factor):
+    """v * factor, as Caffe computes it: no multiply by 1."""
+    return v * factor if factor != 1 else v
+
+
+@formula
+def affine(x, scale, shift):
+    """shift + scale x, as Caffe computes it: no multiply by 1, no add of 0."""
+    v = scaled(x, scale)
+    return v + shift if shift != 0 else v
+
+
+@formula
+def shifted_power(x, power, scale, shift):
+    """(shift + scale x)^power; Caffe's constant case power * scale == 0 gives 1 (power 0) or shift^power."""
     if power * scale == 0:
-        # the input does not matter: y = 1 (power 0) or shift^power (scale 0)
-        value = shift ** power if power != 0 else power * 0 + 1
-        for i in range(un):
-            y[i] = value
-        return
-    for i in range(un):
-        v = x[i]
-        if scale != 1:
-            v = v * scale
-        if shift != 0:
-            v = v + shift
-        if power != 1:
-            v = v ** power
-        y[i] = v
+        return shift ** power if power != 0 else power * 0 + 1
+    v = affine(x, scale, shift)
+    return v ** power if power != 1 else v
 
 
-@njit(cache=True, error_model="numpy")
-def power_backward(x, y, dy, dx, power, scale, shift):
-    """dx = dy * power scale (shift + scale x)^(power - 1), in Caffe's special-case forms."""
-    un = np.uint64(x.shape[0])
+@formula
+def shifted_power_grad(x, y, dy, power, scale, shift):
+    """dy * power scale (shift + scale x)^(power - 1), in Caffe's special-case forms."""
     diff_scale = power * scale
     if diff_scale == 0:
-        for i in range(un):
-            dx[i] = diff_scale          # 0: Caffe sets the diff without the top diff
-        return
+        return diff_scale           # 0: Caffe sets the diff without the top diff
     if power == 1:
-        for i in range(un):
-            dx[i] = dy[i] * diff_scale
-    elif power == 2:
+        return dy * diff_scale
+    if power == 2:
         # dy/dx = 2 scale (shift + scale x) = diff_scale scale x + diff_scale shift
-        a = diff_scale * scale
-        b = diff_scale * shift
-        for i in range(un):
-            g = a * x[i]
-            if shift != 0:
-                g = g + b
-            dx[i] = dy[i] * g
-    elif shift == 0:
-        # dy/dx = power y / x
-        for i in range(un):
-            dx[i] = dy[i] * (y[i] / x[i] * power)
-    else:
-        # dy/dx = diff_scale y / (shift + scale x)
-        for i in range(un):
-            v = x[i]
-            if scale != 1:
-                v = v * scale
-            g = y[i] / (v + shift)
-            if diff_scale != 1:
-                g = g * diff_scale
-            dx[i] = dy[i] * g
+        g = diff_scale * scale * x
+        if shift != 0:
+            g = g + diff_scale * shift
+        return dy * g
+    if shift == 0:
+        return dy * (y / x * power)                                 # dy/dx = power y / x
+    return dy * scaled(y / affine(x, scale, shift), diff_scale)     # dy/dx = diff_scale y / (shift + scale x)
+
+
+# y = (shift + scale x)^power and its gradient on flat arrays: power_forward(x, y, power, scale, shift),
+# power_backward(x, y, dy, dx, power, scale, shift)
+power_forward = cpu_map(shifted_power, 1, 1)
+power_backward = cpu_map(shifted_power_grad, 3, 1)
 
 
 @register_layer("Power")
@@ -369,56 +398,29 @@ class PowerLayer(_KeepsBottom):
     own gradient forms (``power y / x`` for shift 0).
     """
 
+    forward_map = Map(shifted_power, ("x",), ("y",))
+    backward_map = Map(shifted_power_grad, ("x", "y", "dy"), ("dx",))
+
     def setup(self, bottom, top):
         param = self.layer_param.power_param
         self.power, self.scale, self.shift = float(param.power), float(param.scale), float(param.shift)
 
-    def _params(self):
+    def forward_params(self):
         t = self.dtype.type
         return t(self.power), t(self.scale), t(self.shift)
-
-    def forward_cpu(self, bottom, top):
-        self._keep_cpu(bottom, top)
-        power_forward(flat(self._input(bottom, top).data), flat(top[0].data), *self._params())
-
-    def backward_cpu(self, top, propagate_down, bottom):
-        if propagate_down[0]:
-            power_backward(flat(self._input(bottom, top).data), flat(top[0].data), flat(top[0].diff),
-                           flat(bottom[0].diff), *self._params())
-
-    def forward_gpu(self, bottom, top):
-        self._keep_gpu(bottom, top)
-        _cuda().power_forward(self._input(bottom, top).gpu_data(), top[0].mutable_gpu_data(), top[0].count,
-                              self.power, self.scale, self.shift)
-
-    def backward_gpu(self, top, propagate_down, bottom):
-        if propagate_down[0]:
-            _cuda().power_backward(self._input(bottom, top).gpu_data(), top[0].gpu_data(), top[0].gpu_diff(),
-                                   bottom[0].mutable_gpu_diff(), bottom[0].count, self.power, self.scale,
-                                   self.shift)
 
 
 # --- Exp ----------------------------------------------------------------------
 
-@njit(cache=True, error_model="numpy")
-def exp_forward(x, y, inner_scale, outer_scale):
-    for i in range(np.uint64(x.shape[0])):
-        v = x[i]
-        if inner_scale != 1:
-            v = v * inner_scale
-        v = np.exp(v)
-        if outer_scale != 1:
-            v = v * outer_scale
-        y[i] = v
+@formula
+def exp_scaled(x, inner_scale, outer_scale):
+    """outer_scale exp(inner_scale x)."""
+    return scaled(math.exp(scaled(x, inner_scale)), outer_scale)
 
 
-@njit(cache=True, error_model="numpy")
-def exp_backward(y, dy, dx, inner_scale):
-    for i in range(np.uint64(y.shape[0])):
-        g = dy[i] * y[i]
-        if inner_scale != 1:
-            g = g * inner_scale
-        dx[i] = g
+@formula
+def exp_grad(y, dy, inner_scale):
+    return scaled(dy * y, inner_scale)
 
 
 def _log_base(layer, kind, base):
@@ -434,12 +436,15 @@ def _log_base(layer, kind, base):
 
 
 @register_layer("Exp")
-class ExpLayer(NeuronLayer):
+class ExpLayer(ActivationLayer):
     """y = base^(shift + scale x) (``exp_param { base (-1: e) scale shift }``).
 
     As Caffe: ``inner_scale = log(base) scale``, ``outer_scale = base^shift``,
     y = outer_scale exp(inner_scale x); backward from the output.
     """
+
+    forward_map = Map(exp_scaled, ("x",), ("y",))
+    backward_map = Map(exp_grad, ("y", "dy"), ("dx",))
 
     def setup(self, bottom, top):
         param = self.layer_param.exp_param
@@ -452,57 +457,33 @@ class ExpLayer(NeuronLayer):
         else:
             self.outer_scale = math.exp(shift) if base == -1 else math.pow(base, shift)
 
-    def forward_cpu(self, bottom, top):
+    def forward_params(self):
         t = self.dtype.type
-        exp_forward(flat(bottom[0].data), flat(top[0].data), t(self.inner_scale), t(self.outer_scale))
+        return t(self.inner_scale), t(self.outer_scale)
 
-    def backward_cpu(self, top, propagate_down, bottom):
-        if propagate_down[0]:
-            exp_backward(flat(top[0].data), flat(top[0].diff), flat(bottom[0].diff), self.dtype.type(self.inner_scale))
-
-    def forward_gpu(self, bottom, top):
-        _cuda().exp_forward(bottom[0].gpu_data(), top[0].mutable_gpu_data(), top[0].count, self.inner_scale,
-                            self.outer_scale)
-
-    def backward_gpu(self, top, propagate_down, bottom):
-        if propagate_down[0]:
-            _cuda().exp_backward(top[0].gpu_data(), top[0].gpu_diff(), bottom[0].mutable_gpu_diff(), bottom[0].count,
-                                 self.inner_scale)
+    def backward_params(self):
+        return (self.dtype.type(self.inner_scale),)
 
 
 # --- Log ----------------------------------------------------------------------
 
-@njit(cache=True, error_model="numpy")
-def log_forward(x, y, scale, shift, base_scale):
-    for i in range(np.uint64(x.shape[0])):
-        v = x[i]
-        if scale != 1:
-            v = v * scale
-        if shift != 0:
-            v = v + shift
-        v = np.log(v)
-        if base_scale != 1:
-            v = v * base_scale
-        y[i] = v
+@formula
+def log_scaled(x, scale, shift, base_scale):
+    """base_scale log(shift + scale x)."""
+    return scaled(math.log(affine(x, scale, shift)), base_scale)
 
 
-@njit(cache=True, error_model="numpy")
-def log_backward(x, dy, dx, scale, shift, backward_num_scale):
-    for i in range(np.uint64(x.shape[0])):
-        v = x[i]
-        if scale != 1:
-            v = v * scale
-        if shift != 0:
-            v = v + shift
-        g = v ** -1
-        if backward_num_scale != 1:
-            g = g * backward_num_scale
-        dx[i] = dy[i] * g
+@formula
+def log_grad(x, dy, scale, shift, backward_num_scale):
+    return dy * scaled(affine(x, scale, shift) ** -1, backward_num_scale)
 
 
 @register_layer("Log")
 class LogLayer(_KeepsBottom):
     """y = log_base(shift + scale x) (``log_param { base (-1: e) scale shift }``)."""
+
+    forward_map = Map(log_scaled, ("x",), ("y",))
+    backward_map = Map(log_grad, ("x", "dy"), ("dx",))
 
     def setup(self, bottom, top):
         param = self.layer_param.log_param
@@ -513,46 +494,27 @@ class LogLayer(_KeepsBottom):
         self.scale, self.shift = float(param.scale), float(param.shift)
         self.backward_num_scale = float(t(self.scale) / log_base)
 
-    def forward_cpu(self, bottom, top):
-        self._keep_cpu(bottom, top)
+    def forward_params(self):
         t = self.dtype.type
-        log_forward(flat(self._input(bottom, top).data), flat(top[0].data), t(self.scale), t(self.shift),
-                    t(self.base_scale))
+        return t(self.scale), t(self.shift), t(self.base_scale)
 
-    def backward_cpu(self, top, propagate_down, bottom):
-        if propagate_down[0]:
-            t = self.dtype.type
-            log_backward(flat(self._input(bottom, top).data), flat(top[0].diff), flat(bottom[0].diff), t(self.scale),
-                         t(self.shift), t(self.backward_num_scale))
-
-    def forward_gpu(self, bottom, top):
-        self._keep_gpu(bottom, top)
-        _cuda().log_forward(self._input(bottom, top).gpu_data(), top[0].mutable_gpu_data(), top[0].count,
-                            self.scale, self.shift, self.base_scale)
-
-    def backward_gpu(self, top, propagate_down, bottom):
-        if propagate_down[0]:
-            _cuda().log_backward(self._input(bottom, top).gpu_data(), top[0].gpu_diff(), bottom[0].mutable_gpu_diff(),
-                                 bottom[0].count, self.scale, self.shift, self.backward_num_scale)
+    def backward_params(self):
+        t = self.dtype.type
+        return t(self.scale), t(self.shift), t(self.backward_num_scale)
 
 
 # --- BNLL ---------------------------------------------------------------------
 
-@njit(cache=True, error_model="numpy")
-def bnll_forward(x, y):
-    for i in range(np.uint64(x.shape[0])):
-        v = x[i]
-        if v > 0:
-            y[i] = v + np.log(1.0 + np.exp(-v))
-        else:
-            y[i] = np.log(1.0 + np.exp(v))
+@formula
+def bnll(x):
+    """log(1 + exp(x)) in Caffe's stable form."""
+    return x + math.log(1.0 + math.exp(-x)) if x > 0 else math.log(1.0 + math.exp(x))
 
 
-@njit(cache=True, error_model="numpy")
-def bnll_backward(x, dy, dx, threshold):
-    for i in range(np.uint64(x.shape[0])):
-        e = np.exp(min(x[i], threshold))
-        dx[i] = dy[i] * e / (e + 1.0)
+@formula
+def bnll_grad(x, dy, threshold):
+    e = math.exp(min(x, threshold))
+    return dy * e / (e + 1.0)
 
 
 @register_layer("BNLL")
@@ -560,81 +522,64 @@ class BNLLLayer(_KeepsBottom):
     """y = log(1 + exp(x)) in Caffe's stable form (x + log(1 + exp(-x)) for x > 0);
     dy/dx = e / (e + 1) with e = exp(min(x, 50))."""
 
-    def forward_cpu(self, bottom, top):
-        self._keep_cpu(bottom, top)
-        bnll_forward(flat(self._input(bottom, top).data), flat(top[0].data))
+    forward_map = Map(bnll, ("x",), ("y",))
+    backward_map = Map(bnll_grad, ("x", "dy"), ("dx",))
 
-    def backward_cpu(self, top, propagate_down, bottom):
-        if propagate_down[0]:
-            bnll_backward(flat(self._input(bottom, top).data), flat(top[0].diff), flat(bottom[0].diff),
-                          self.dtype.type(KBNLL_THRESHOLD))
-
-    def forward_gpu(self, bottom, top):
-        self._keep_gpu(bottom, top)
-        _cuda().bnll_forward(self._input(bottom, top).gpu_data(), top[0].mutable_gpu_data(), top[0].count)
-
-    def backward_gpu(self, top, propagate_down, bottom):
-        if propagate_down[0]:
-            _cuda().bnll_backward(self._input(bottom, top).gpu_data(), top[0].gpu_diff(), bottom[0].mutable_gpu_diff(),
-                                  bottom[0].count, KBNLL_THRESHOLD)
+    def backward_params(self):
+        return (self.dtype.type(KBNLL_THRESHOLD),)
 
 
 # --- Threshold ----------------------------------------------------------------
 
-@njit(cache=True, error_model="numpy")
-def threshold_forward(x, y, threshold):
-    for i in range(np.uint64(x.shape[0])):
-        if x[i] > threshold:
-            y[i] = 1
-        else:
-            y[i] = 0
+@formula
+def threshold_step(x, threshold):
+    return 1 if x > threshold else 0
 
 
 @register_layer("Threshold")
-class ThresholdLayer(NeuronLayer):
+class ThresholdLayer(ActivationLayer):
     """y = 1 if x > threshold else 0 (``threshold_param { threshold }``, default 0).
 
     It has no gradient: backward into the bottom is an error, as in Caffe
     (NOT_IMPLEMENTED).
     """
 
+    forward_map = Map(threshold_step, ("x",), ("y",))
+
     def setup(self, bottom, top):
         self.threshold = float(self.layer_param.threshold_param.threshold)
 
-    def forward_cpu(self, bottom, top):
-        threshold_forward(flat(bottom[0].data), flat(top[0].data), self.dtype.type(self.threshold))
+    def forward_params(self):
+        return (self.dtype.type(self.threshold),)
 
     def backward_cpu(self, top, propagate_down, bottom):
         if propagate_down[0]:
             raise DLTrainError(f"layer '{self.name}' (Threshold) has no backward pass: it cannot propagate a "
                                "gradient to its bottom (set propagate_down: false, or do not train through it)")
 
-    def forward_gpu(self, bottom, top):
-        _cuda().threshold_forward(bottom[0].gpu_data(), top[0].mutable_gpu_data(), top[0].count, self.threshold)
-
 
 # --- Swish --------------------------------------------------------------------
 
-@njit(cache=True, error_model="numpy")
-def swish_forward(x, s, y, beta):
-    for i in range(np.uint64(x.shape[0])):
-        v = x[i]
-        t = 0.5 * np.tanh(0.5 * (v * beta)) + 0.5        # Caffe's sigmoid of beta x
-        s[i] = t
-        y[i] = v * t
+@formula
+def swish(x, beta):
+    """(sigmoid(beta x), x sigmoid(beta x)): the sigmoid backward needs, and the output."""
+    s = sigmoid(x * beta)
+    return s, x * s
 
 
-@njit(cache=True, error_model="numpy")
-def swish_backward(y, s, dy, dx, beta):
-    for i in range(np.uint64(y.shape[0])):
-        by = beta * y[i]
-        dx[i] = dy[i] * (by + s[i] * (1 - by))
+@formula
+def swish_grad(y, s, dy, beta):
+    by = beta * y
+    return dy * (by + s * (1 - by))
 
 
 @register_layer("Swish")
-class SwishLayer(NeuronLayer):
+class SwishLayer(ActivationLayer):
     """y = x sigmoid(beta x) (``swish_param { beta }``, default 1);
     dy/dx = beta y + sigmoid(beta x) (1 - beta y), from the output and the kept sigmoid."""
+
+    forward_map = Map(swish, ("x",), ("s", "y"))
+    backward_map = Map(swish_grad, ("y", "s", "dy"), ("dx",))
 
     def setup(self, bottom, top):
         self.beta = float(self.layer_param.swish_param.beta)
@@ -644,52 +589,34 @@ class SwishLayer(NeuronLayer):
         super().reshape(bottom, top)
         self.sigmoid_output.reshape_like(bottom[0])
 
-    def forward_cpu(self, bottom, top):
-        swish_forward(flat(bottom[0].data), flat(self.sigmoid_output.data), flat(top[0].data),
-                      self.dtype.type(self.beta))
-
-    def backward_cpu(self, top, propagate_down, bottom):
-        if propagate_down[0]:
-            swish_backward(flat(top[0].data), flat(self.sigmoid_output.data), flat(top[0].diff),
-                           flat(bottom[0].diff), self.dtype.type(self.beta))
-
-    def forward_gpu(self, bottom, top):
-        _cuda().swish_forward(bottom[0].gpu_data(), self.sigmoid_output.mutable_gpu_data(),
-                              top[0].mutable_gpu_data(), top[0].count, self.beta)
-
-    def backward_gpu(self, top, propagate_down, bottom):
-        if propagate_down[0]:
-            _cuda().swish_backward(top[0].gpu_data(), self.sigmoid_output.gpu_data(), top[0].gpu_diff(),
-                                   bottom[0].mutable_gpu_diff(), bottom[0].count, self.beta)
+    def forward_params(self):
+        return (self.dtype.type(self.beta),)
 
 
 # --- Clip ---------------------------------------------------------------------
 
-@njit(cache=True, error_model="numpy")
-def clip_forward(x, y, lo, hi):
-    for i in range(np.uint64(x.shape[0])):
-        v = x[i]
-        if v > hi:
-            v = hi
-        if v < lo:
-            v = lo
-        y[i] = v
+@formula
+def clip(x, lo, hi):
+    v = x
+    if v > hi:
+        v = hi
+    if v < lo:
+        v = lo
+    return v
 
 
-@njit(cache=True, error_model="numpy")
-def clip_backward(x, dy, dx, lo, hi):
-    for i in range(np.uint64(x.shape[0])):
-        v = x[i]
-        if v >= lo and v <= hi:        # inclusive at both ends, as Caffe
-            dx[i] = dy[i]
-        else:
-            dx[i] = dy[i] * 0
+@formula
+def clip_grad(x, dy, lo, hi):
+    return dy if x >= lo and x <= hi else dy * 0        # inclusive at both ends, as Caffe
 
 
 @register_layer("Clip")
 class ClipLayer(_KeepsBottom):
     """y = max(min, min(x, max)) (``clip_param { min max }``, both required);
     the gradient passes where min <= x <= max (both ends included, as Caffe)."""
+
+    forward_map = Map(clip, ("x",), ("y",))
+    backward_map = Map(clip_grad, ("x", "dy"), ("dx",))
 
     def setup(self, bottom, top):
         param = self.layer_param.clip_param
@@ -699,26 +626,9 @@ class ClipLayer(_KeepsBottom):
                               "must be given")
         self.min, self.max = float(param.min), float(param.max)
 
-    def forward_cpu(self, bottom, top):
-        self._keep_cpu(bottom, top)
+    def forward_params(self):
         t = self.dtype.type
-        clip_forward(flat(self._input(bottom, top).data), flat(top[0].data), t(self.min), t(self.max))
-
-    def backward_cpu(self, top, propagate_down, bottom):
-        if propagate_down[0]:
-            t = self.dtype.type
-            clip_backward(flat(self._input(bottom, top).data), flat(top[0].diff), flat(bottom[0].diff), t(self.min),
-                          t(self.max))
-
-    def forward_gpu(self, bottom, top):
-        self._keep_gpu(bottom, top)
-        _cuda().clip_forward(self._input(bottom, top).gpu_data(), top[0].mutable_gpu_data(), top[0].count,
-                             self.min, self.max)
-
-    def backward_gpu(self, top, propagate_down, bottom):
-        if propagate_down[0]:
-            _cuda().clip_backward(self._input(bottom, top).gpu_data(), top[0].gpu_diff(), bottom[0].mutable_gpu_diff(),
-                                  bottom[0].count, self.min, self.max)
+        return t(self.min), t(self.max)
 
 
 __all__ = ["PReLULayer", "ELULayer", "AbsValLayer", "PowerLayer", "ExpLayer", "LogLayer", "BNLLLayer",

@@ -15,12 +15,14 @@ COL_BUFFER_LIMIT elements.  Buffers are kept on the layer between calls.
 The columns of the last forward are reused by backward for the weight
 gradient (no second im2col): backward differentiates the forward that was
 last run, so the bottom data must not be changed in between.
+
+The GPU side (``convolution_cuda.py``) computes the same products as
+implicit GEMMs.  ``read_geometry`` / ``read_groups`` read convolution_param
+for Deconvolution and Im2col too (layers/vision_extra.py).
 """
 import numpy as np
 
-from dlcore.blob import Blob
 from dlcore.errors import ConfigError
-from dlcore.filler import fill
 from dlcore.layer import Layer
 from dlcore.registry import register_layer
 
@@ -56,103 +58,119 @@ def _spatial_values(layer, param, name, repeated, h_name, w_name, default, num_s
     return [int(repeated[0 if n == 1 else i]) for i in range(num_spatial)]
 
 
-@register_layer("Convolution")
-class ConvolutionLayer(Layer):
+def read_geometry(layer, bottom):
+    """convolution_param's channel axis and (h, w) kernel, stride, pad and dilation, with Caffe's checks
+    (Convolution, Deconvolution and Im2col read them alike)."""
+    cp = layer.layer_param.convolution_param
+    name = f"layer '{layer.name}' ({layer.type})"
+    channel_axis = bottom[0].canonical_axis(cp.axis)
+    num_spatial = bottom[0].num_axes - channel_axis - 1
+    if num_spatial != 2:
+        raise ConfigError(f"{name}: only 2-D convolution geometry is supported (bottom "
+                          f"{bottom[0].shape_string()} has {num_spatial} spatial axes after channel axis "
+                          f"{channel_axis})")
+    kernel = _spatial_values(layer, cp, "kernel_size", cp.kernel_size, "kernel_h", "kernel_w", None, num_spatial)
+    stride = _spatial_values(layer, cp, "stride", cp.stride, "stride_h", "stride_w", 1, num_spatial)
+    pad = _spatial_values(layer, cp, "pad", cp.pad, "pad_h", "pad_w", 0, num_spatial)
+    nd = len(cp.dilation)
+    if nd not in (0, 1, num_spatial):
+        raise ConfigError(f"{name}: dilation must be specified once, or once per spatial dimension "
+                          f"(dilation specified {nd} times; {num_spatial} spatial dims)")
+    dilation = [1] * num_spatial if nd == 0 else [int(cp.dilation[0 if nd == 1 else i]) for i in range(num_spatial)]
+    if min(kernel) <= 0:
+        raise ConfigError(f"{name}: filter dimensions must be nonzero (kernel {kernel})")
+    if min(stride) <= 0:
+        raise ConfigError(f"{name}: stride dimensions must be nonzero (stride {stride})")
+    if min(dilation) <= 0:
+        raise ConfigError(f"{name}: dilation must be nonzero (dilation {dilation})")
+    return channel_axis, kernel, stride, pad, dilation
+
+
+def read_groups(layer, channels):
+    """convolution_param's num_output and group, with Caffe's checks against the ``channels`` in."""
+    cp = layer.layer_param.convolution_param
+    name = f"layer '{layer.name}' ({layer.type})"
+    num_output, group = int(cp.num_output), int(cp.group)
+    if num_output <= 0:
+        raise ConfigError(f"{name}: convolution_param.num_output must be > 0 (got {num_output})")
+    if group <= 0:
+        raise ConfigError(f"{name}: convolution_param.group must be > 0 (got {group})")
+    if channels % group:
+        raise ConfigError(f"{name}: the input channels ({channels}) must be a multiple of group ({group})")
+    if num_output % group:
+        raise ConfigError(f"{name}: num_output ({num_output}) must be a multiple of group ({group})")
+    return num_output, group
+
+
+def set_output_geometry(layer):
+    """``layer.geometry`` (a kernels.ConvGeometry) of the layer's channels x height x width images
+    and convolution_param settings, and its output size ``out_h``, ``out_w`` (Caffe's check: the
+    kernel fits)."""
+    g = K.conv_geometry(layer.channels, layer.height, layer.width, layer.kernel, layer.pad, layer.stride,
+                        layer.dilation)
+    if g.OH <= 0 or g.OW <= 0:
+        raise ConfigError(f"layer '{layer.name}' ({layer.type}): the (dilated) kernel {g.kh}x{g.kw} does not fit "
+                          f"the padded input {g.H}x{g.W} (pad {layer.pad}, dilation {layer.dilation})")
+    layer.geometry = g
+    layer.out_h, layer.out_w = g.OH, g.OW
+
+
+class WeightedConvolution(Layer):
+    """What Convolution and Deconvolution share: convolution_param, the weights and bias, Caffe's
+    checks of the bottoms; one top per bottom, shared weights.  The weights are (num_output,
+    channels / group, kh, kw), or, ``transposed``, (channels, num_output / group, kh, kw)."""
+
     min_bottom_blobs = 1
     min_top_blobs = 1
     equal_num_bottom_top_blobs = True
+    transposed = False
 
     def setup(self, bottom, top):
         cp = self.layer_param.convolution_param
-        self.channel_axis = bottom[0].canonical_axis(cp.axis)
-        num_spatial = bottom[0].num_axes - self.channel_axis - 1
-        if num_spatial != 2:
-            raise ConfigError(f"layer '{self.name}' (Convolution): only 2-D convolution supported "
-                              f"(bottom '{bottom[0].shape_string()}' has {num_spatial} spatial axes after "
-                              f"channel axis {self.channel_axis})")
-        self.kernel = _spatial_values(self, cp, "kernel_size", cp.kernel_size, "kernel_h", "kernel_w",
-                                      None, num_spatial)
-        self.stride = _spatial_values(self, cp, "stride", cp.stride, "stride_h", "stride_w", 1, num_spatial)
-        self.pad = _spatial_values(self, cp, "pad", cp.pad, "pad_h", "pad_w", 0, num_spatial)
-        nd = len(cp.dilation)
-        if nd not in (0, 1, num_spatial):
-            raise ConfigError(f"layer '{self.name}': dilation must be specified once, or once per spatial "
-                              f"dimension (dilation specified {nd} times; {num_spatial} spatial dims)")
-        self.dilation = [1] * num_spatial if nd == 0 else [int(cp.dilation[0 if nd == 1 else i])
-                                                           for i in range(num_spatial)]
-        if min(self.kernel) <= 0:
-            raise ConfigError(f"layer '{self.name}': filter dimensions must be nonzero (kernel {self.kernel})")
-        if min(self.stride) <= 0:
-            raise ConfigError(f"layer '{self.name}': stride dimensions must be nonzero (stride {self.stride})")
-        if min(self.dilation) <= 0:
-            raise ConfigError(f"layer '{self.name}': dilation must be nonzero (dilation {self.dilation})")
-
+        self.channel_axis, self.kernel, self.stride, self.pad, self.dilation = read_geometry(self, bottom)
         self.channels = bottom[0].shape[self.channel_axis]
-        self.num_output = int(cp.num_output)
-        self.group = int(cp.group)
-        if self.num_output <= 0:
-            raise ConfigError(f"layer '{self.name}': convolution_param.num_output must be > 0 "
-                              f"(got {self.num_output})")
-        if self.group <= 0:
-            raise ConfigError(f"layer '{self.name}': convolution_param.group must be > 0 (got {self.group})")
-        if self.channels % self.group:
-            raise ConfigError(f"layer '{self.name}': the input channels ({self.channels}) must be a multiple "
-                              f"of group ({self.group})")
-        if self.num_output % self.group:
-            raise ConfigError(f"layer '{self.name}': num_output ({self.num_output}) must be a multiple "
-                              f"of group ({self.group})")
+        self.num_output, self.group = read_groups(self, self.channels)
         self.bias_term = bool(cp.bias_term)
-        weight_shape = (self.num_output, self.channels // self.group) + tuple(self.kernel)
-        bias_shape = (self.num_output,)
-        if self.blobs:
-            if len(self.blobs) != 1 + self.bias_term:
-                raise ConfigError(f"layer '{self.name}': incorrect number of weight blobs "
-                                  f"(expected {1 + self.bias_term}, got {len(self.blobs)})")
-            if self.blobs[0].shape != weight_shape:
-                raise ConfigError(f"layer '{self.name}': incorrect weight shape: expected shape "
-                                  f"{' '.join(map(str, weight_shape))}; instead, shape was "
-                                  f"{self.blobs[0].shape_string()}")
-            if self.bias_term and self.blobs[1].shape != bias_shape:
-                raise ConfigError(f"layer '{self.name}': incorrect bias shape: expected shape "
-                                  f"{self.num_output}; instead, shape was {self.blobs[1].shape_string()}")
-        else:
-            self.blobs = [Blob(*weight_shape, dtype=self.dtype)]
-            fill(self.blobs[0], cp.weight_filler)
-            if self.bias_term:
-                self.blobs.append(Blob(*bias_shape, dtype=self.dtype))
-                fill(self.blobs[1], cp.bias_filler)
+        rows, cols = (self.channels, self.num_output) if self.transposed else (self.num_output, self.channels)
+        K.learnable_blobs(self, cp, (rows, cols // self.group) + tuple(self.kernel),
+                          (self.num_output,) if self.bias_term else None)
         self.work = K.Workspace()
-        self._zeros = np.zeros(self.num_output, self.dtype)   # the bias when bias_term is false
-        self._col_cache = {}     # bottom index -> bottom data array whose columns are in "col<i>"
 
-    def _param_down(self, i):
-        # (the net may leave the list short: unset means True, as in Caffe)
-        ppd = self.param_propagate_down
-        return i >= len(ppd) or bool(ppd[i])
-
-    def reshape(self, bottom, top):
+    def check_bottoms(self, bottom):
+        """The bottoms' batch size and spatial size (h, w), after Caffe's checks."""
+        name = f"layer '{self.name}' ({self.type})"
         ax = self.channel_axis
         shape0 = bottom[0].shape
         if len(shape0) != ax + 3:
-            raise ConfigError(f"layer '{self.name}': bottom num_axes may not change "
-                              f"(now {bottom[0].shape_string()})")
+            raise ConfigError(f"{name}: bottom num_axes may not change (now {bottom[0].shape_string()})")
         if shape0[ax] != self.channels:
-            raise ConfigError(f"layer '{self.name}': input size incompatible with convolution kernel: bottom "
-                              f"has {shape0[ax]} channels, the weights expect {self.channels}")
+            raise ConfigError(f"{name}: input size incompatible with the weights: bottom has {shape0[ax]} "
+                              f"channels, the weights expect {self.channels}")
         for b in bottom[1:]:
             if b.shape != shape0:
-                raise ConfigError(f"layer '{self.name}': all inputs must have the same shape "
-                                  f"({bottom[0].shape_string()} vs {b.shape_string()})")
-        self.num = int(np.prod(shape0[:ax], dtype=np.int64))
-        self.height, self.width = shape0[ax + 1], shape0[ax + 2]
+                raise ConfigError(f"{name}: all inputs must have the same shape ({bottom[0].shape_string()} vs "
+                                  f"{b.shape_string()})")
+        return int(np.prod(shape0[:ax], dtype=np.int64)), shape0[ax + 1], shape0[ax + 2]
+
+
+@register_layer("Convolution")
+class ConvolutionLayer(WeightedConvolution):
+    """Caffe's convolution (see the module docstring)."""
+
+    cuda_module = ".convolution_cuda"
+
+    def setup(self, bottom, top):
+        super().setup(bottom, top)
+        self._zeros = np.zeros(self.num_output, self.dtype)   # the bias when bias_term is false
+        self._col_cache = {}     # bottom index -> bottom data array whose columns are in "col<i>"
+
+    def reshape(self, bottom, top):
+        self.num, self.height, self.width = self.check_bottoms(bottom)
+        set_output_geometry(self)
+        ax = self.channel_axis
         kh, kw = self.kernel
-        self.out_h = K.conv_out_size(self.height, kh, self.pad[0], self.stride[0], self.dilation[0])
-        self.out_w = K.conv_out_size(self.width, kw, self.pad[1], self.stride[1], self.dilation[1])
-        if self.out_h <= 0 or self.out_w <= 0:
-            raise ConfigError(f"layer '{self.name}': the (dilated) kernel {kh}x{kw} does not fit the padded "
-                              f"input {self.height}x{self.width} (pad {self.pad}, dilation {self.dilation})")
         for t in top:
-            t.reshape(shape0[:ax] + (self.num_output, self.out_h, self.out_w))
+            t.reshape(bottom[0].shape[:ax] + (self.num_output, self.out_h, self.out_w))
         self.kernel_dim = (self.channels // self.group) * kh * kw
         P = self.out_h * self.out_w
         per_image = self.kernel_dim * self.group * P
@@ -167,10 +185,6 @@ class ConvolutionLayer(Layer):
         self._col_cache.clear()
 
     # --- helpers -------------------------------------------------------------
-    def _args(self):
-        return (self.kernel[0], self.kernel[1], self.pad[0], self.pad[1],
-                self.stride[0], self.stride[1], self.dilation[0], self.dilation[1])
-
     def _images(self, array):
         return array.reshape(self.num, self.channels, self.height, self.width)
 
@@ -197,8 +211,7 @@ class ConvolutionLayer(Layer):
         return col, (cnt * P, P)
 
     def _im2col(self, x, cnt, col, strides):
-        K.im2col(x.reshape(-1), cnt, self.channels, self.height, self.width, *self._args(), col.reshape(-1),
-                 *strides)
+        K.im2col(x.reshape(-1), cnt, self.geometry, col.reshape(-1), *strides)
         if self.fold_bias:
             col[:, -1, :] = 1
 
@@ -233,7 +246,7 @@ class ConvolutionLayer(Layer):
                     # One GEMM per group for the whole chunk, then into (N, M, P) with the bias.
                     out = self.work.get("out", (M, cnt * P), self.dtype)
                     for g in range(G):
-                        K.gemm(weight[g * Mg:(g + 1) * Mg], col[g * Kg:(g + 1) * Kg], out[g * Mg:(g + 1) * Mg])
+                        K.matmul(weight[g * Mg:(g + 1) * Mg], col[g * Kg:(g + 1) * Kg], out[g * Mg:(g + 1) * Mg])
                     bias = self.blobs[1].data if self.bias_term else self._zeros
                     K.cnp_to_ncp(out.reshape(-1), bias, cnt, M, P, y[n0:n1].reshape(-1))
             if single:
@@ -244,8 +257,8 @@ class ConvolutionLayer(Layer):
         M, G = self.num_output, self.group
         Mg, Kg = M // G, self.kernel_dim
         weight = self.blobs[0].data.reshape(M, Kg)
-        do_weight = self._param_down(0)
-        do_bias = self.bias_term and self._param_down(1)
+        do_weight = K.param_down(self, 0)
+        do_bias = self.bias_term and K.param_down(self, 1)
         bias_diff = self.blobs[1].diff if self.bias_term else self._zeros
         weight_diff = self.blobs[0].diff.reshape(M, Kg)
         single = self.chunk >= self.num
@@ -280,10 +293,9 @@ class ConvolutionLayer(Layer):
                             np.matmul(weight[g * Mg:(g + 1) * Mg].T, dyc[:, g * Mg:(g + 1) * Mg],
                                       out=col[:, g * Kg:(g + 1) * Kg])
                         else:
-                            K.gemm(weight[g * Mg:(g + 1) * Mg].T, dyc[g * Mg:(g + 1) * Mg],
-                                   col[g * Kg:(g + 1) * Kg])
-                    K.col2im(col.reshape(-1), cnt, self.channels, self.height, self.width, *self._args(),
-                             self._images(b.diff)[n0:n1].reshape(-1), *strides)
+                            K.matmul(weight[g * Mg:(g + 1) * Mg].T, dyc[g * Mg:(g + 1) * Mg],
+                                     col[g * Kg:(g + 1) * Kg])
+                    K.col2im(col.reshape(-1), cnt, self.geometry, self._images(b.diff)[n0:n1].reshape(-1), *strides)
 
     def _weight_gradient(self, dyc, col, weight_diff, bias_diff):
         M, G = self.num_output, self.group
@@ -313,12 +325,3 @@ class ConvolutionLayer(Layer):
                 np.matmul(col[g * Kg:(g + 1) * Kg], dyc[g * Mg:(g + 1) * Mg].T, out=wtmp)
                 wd = weight_diff[g * Mg:(g + 1) * Mg]
                 np.add(wd, wtmp.T, out=wd)
-
-    # --- GPU: implicit-GEMM kernels (layers/convolution_cuda.py) -------------------
-    def forward_gpu(self, bottom, top):
-        from . import convolution_cuda
-        convolution_cuda.forward(self, bottom, top)
-
-    def backward_gpu(self, top, propagate_down, bottom):
-        from . import convolution_cuda
-        convolution_cuda.backward(self, top, propagate_down, bottom)

@@ -16,90 +16,101 @@ pixels:
 * data gradient: ``col (Kg, N*P) = W^T @ dy`` into a column buffer (cut into
   chunks of images when it would be large), then col2im (a gather: each
   input pixel sums its column entries, Caffe's col2im_gpu; no atomics).
+
+:class:`DeviceConvolution` holds these three products for one geometry;
+Deconvolution (layers/vision_extra_cuda.py) runs them for the convolution
+it transposes.
 """
-from . import kernels_cuda as K
+from dlcore.layer import gpu_backward, gpu_forward
+
+from .convolution import ConvolutionLayer
+from .kernels import param_down
+from .kernels_cuda import (ATOMIC, BIAS_ROW, IM2COL, IM2COL_T, NCHW, NCP, channel_sum, col2im, gemm, implicit_conv,
+                           split_for)
 
 # Largest column buffer (elements) of the data gradient before the batch is cut into chunks.
 COL_BUFFER_LIMIT = 1 << 26
 
 
-def _geometry(layer):
-    """The device geometry of the current shapes (cached on the layer)."""
-    key = (layer.num, layer.channels, layer.height, layer.width, layer.out_h, layer.out_w,
-           tuple(layer.kernel), tuple(layer.pad), tuple(layer.stride), tuple(layer.dilation), layer.group)
-    cached = getattr(layer, "_gpu_geometry", None)
-    if cached is None or cached[0] != key:
-        kh, kw = layer.kernel
-        geo, tab = K.conv_geometry(layer.channels, layer.height, layer.width, layer.out_h, layer.out_w, kh, kw,
-                                   layer.pad[0], layer.pad[1], layer.stride[0], layer.stride[1],
-                                   layer.dilation[0], layer.dilation[1], layer.num_output,
-                                   Cg=layer.channels // layer.group)
-        cached = (key, geo, tab)
-        layer._gpu_geometry = cached
-    return cached[1], cached[2]
+class DeviceConvolution:
+    """The convolution of ``num`` images of geometry ``g`` (kernels.ConvGeometry) into ``M`` output
+    channels in ``group`` groups, as the GPU computes it (flat device arrays throughout)."""
+
+    def __init__(self, num, g, M, group):
+        self.num, self.g, self.M, self.G = num, g, M, group
+        self.Mg = M // group
+        self.Cg = g.C // group
+        self.Kg = self.Cg * g.kh * g.kw
+        self.P = g.OH * g.OW
+        self.conv, self.tab = implicit_conv(g, M, group)
+
+    def forward(self, w, x, y, bias=None):
+        """``y (num, M, OH, OW) = W @ im2col(x)`` (+ ``bias`` per channel)."""
+        Mg, Kg, P = self.Mg, self.Kg, self.P
+        gemm(Mg, self.num * P, Kg, w, x, y, batch=self.G, a_bs=Mg * Kg, b_bs=self.Cg * self.g.H * self.g.W,
+             c_bs=Mg * P, bias=bias, bias_mode=BIAS_ROW, bmode=IM2COL, cmode=NCHW, conv=self.conv, tab=self.tab)
+
+    def weight_gradient(self, dy, x, dw):
+        """``dW += dy @ im2col(x)^T`` (atomics over a split of the num*P reduction)."""
+        Mg, Kg, P = self.Mg, self.Kg, self.P
+        ksplit = split_for(Mg, Kg, self.num * P, self.G, dw.dtype)
+        gemm(Mg, Kg, self.num * P, dy, x, dw, batch=self.G, a_bs=Mg * P, b_bs=self.Cg * self.g.H * self.g.W,
+             c_bs=Mg * Kg, amode=NCP, bmode=IM2COL_T, cmode=ATOMIC, conv=self.conv, tab=self.tab, ksplit=ksplit)
+
+    def data_gradient(self, w, dy, dx, workspace):
+        """``dx (num, C, H, W) = col2im(W^T @ dy)``, through a column buffer of ``workspace``."""
+        Mg, Kg, P, g = self.Mg, self.Kg, self.P, self.g
+        chunk = max(1, min(self.num, COL_BUFFER_LIMIT // max(Kg * self.G * P, 1)))
+        col = workspace.get("col", Kg * self.G * chunk * P, dx.dtype)
+        for n0 in range(0, self.num, chunk):
+            cnt = min(chunk, self.num - n0)
+            ld = cnt * P
+            # col (Kg, cnt*P) per group = W_g^T (Kg, Mg) @ dy_g (Mg, cnt*P)
+            gemm(Kg, ld, Mg, w, dy, col, ta=True, lda=Kg, b_off=n0 * self.M * P, ldc=ld, batch=self.G,
+                 a_bs=Mg * Kg, b_bs=Mg * P, c_bs=Kg * ld, bmode=NCP, conv=self.conv, tab=self.tab)
+            col2im(col, cnt, g, dx, ld, P, n0 * g.C * g.H * g.W)
 
 
+def device_convolution(layer, num, g, M):
+    """The layer's :class:`DeviceConvolution` for these shapes (kept in its workspace)."""
+    return layer.workspace.cached("convolution", (num, g, M, layer.group),
+                                  lambda: DeviceConvolution(num, g, M, layer.group))
+
+
+@gpu_forward(ConvolutionLayer)
 def forward(layer, bottom, top):
-    geo, tab = _geometry(layer)
-    G = layer.group
-    Mg, Kg = layer.num_output // G, layer.kernel_dim
-    P = layer.out_h * layer.out_w
-    Cg = layer.channels // G
-    HW = layer.height * layer.width
+    conv = device_convolution(layer, layer.num, layer.geometry, layer.num_output)
     w = layer.blobs[0].gpu_data()
     bias = layer.blobs[1].gpu_data() if layer.bias_term else None
     for b, t in zip(bottom, top):
-        K.gemm(Mg, layer.num * P, Kg, w, b.gpu_data(), t.mutable_gpu_data(), batch=G,
-               a_bs=Mg * Kg, b_bs=Cg * HW, c_bs=Mg * P, bias=bias, bias_mode=K.BIAS_ROW,
-               bmode=K.IM2COL, cmode=K.NCHW, geo=geo, tab=tab)
+        conv.forward(w, b.gpu_data(), t.mutable_gpu_data(), bias)
 
 
-def backward(layer, top, propagate_down, bottom):
-    geo, tab = _geometry(layer)
-    G = layer.group
-    M = layer.num_output
-    Mg, Kg = M // G, layer.kernel_dim
-    P = layer.out_h * layer.out_w
-    C, H, W = layer.channels, layer.height, layer.width
-    Cg = C // G
-    num = layer.num
-    kh, kw = layer.kernel
-    do_weight = layer.param_propagate_down[0]
-    do_bias = layer.bias_term and layer.param_propagate_down[1]
+def gradients(layer, top, propagate_down, bottom):
+    """The backward passes of a Convolution or Deconvolution: per (top, bottom) pair that needs
+    any gradient, (the top's gradient, the bottom, whether to add the weight gradient, whether to
+    compute the bottom's); the bias gradient (per-channel sums of the top's, num_output channels
+    of out_h x out_w in both layers) is added on the way."""
+    do_weight = param_down(layer, 0)
+    do_bias = layer.bias_term and param_down(layer, 1)
     for i, (t, b) in enumerate(zip(top, bottom)):
         down = i < len(propagate_down) and propagate_down[i]
         if not (do_weight or do_bias or down):
             continue
         dy = t.gpu_diff()
         if do_bias:
-            K.channel_sum(dy, num, M, P, layer.blobs[1].mutable_gpu_diff(), accumulate=True)
+            channel_sum(dy, layer.num, layer.num_output, layer.out_h * layer.out_w, layer.blobs[1].mutable_gpu_diff())
+        yield dy, b, do_weight, down
+
+
+@gpu_backward(ConvolutionLayer)
+def backward(layer, top, propagate_down, bottom):
+    conv = device_convolution(layer, layer.num, layer.geometry, layer.num_output)
+    for dy, b, do_weight, down in gradients(layer, top, propagate_down, bottom):
         if do_weight:
-            dw = layer.blobs[0].mutable_gpu_diff()
-            ksplit = K.split_for(Mg, Kg, num * P, G, layer.dtype)
-            K.gemm(Mg, Kg, num * P, dy, b.gpu_data(), dw, batch=G, a_bs=Mg * P, b_bs=Cg * H * W, c_bs=Mg * Kg,
-                   amode=K.NCP, bmode=K.IM2COL_T, cmode=K.ATOMIC, geo=geo, tab=tab, ksplit=ksplit)
+            conv.weight_gradient(dy, b.gpu_data(), layer.blobs[0].mutable_gpu_diff())
         if down:
-            w = layer.blobs[0].gpu_data()
-            dx = b.mutable_gpu_diff()
-            rows = Kg * G
-            chunk = max(1, min(num, COL_BUFFER_LIMIT // max(rows * P, 1)))
-            col = _workspace(layer).get("col", rows * chunk * P, layer.dtype)
-            for n0 in range(0, num, chunk):
-                cnt = min(chunk, num - n0)
-                ld = cnt * P
-                # col (Kg, cnt*P) per group = W_g^T (Kg, Mg) @ dy_g (Mg, cnt*P)
-                K.gemm(Kg, ld, Mg, w, dy, col, ta=True, lda=Kg, b_off=n0 * M * P, ldc=ld, batch=G,
-                       a_bs=Mg * Kg, b_bs=Mg * P, c_bs=Kg * ld, bmode=K.NCP, geo=geo, tab=tab)
-                K.col2im(col, ld, cnt, C, H, W, kh, kw, layer.pad[0], layer.pad[1], layer.stride[0],
-                         layer.stride[1], layer.dilation[0], layer.dilation[1], layer.out_h, layer.out_w,
-                         dx, out_off=n0 * C * H * W)
-
-
-def _workspace(layer):
-    work = getattr(layer, "_gpu_work", None)
-    if work is None:
-        work = layer._gpu_work = K.DeviceWorkspace()
-    return work
+            conv.data_gradient(layer.blobs[0].gpu_data(), dy, b.mutable_gpu_diff(), layer.workspace)
 
 
 def flops_forward(layer):

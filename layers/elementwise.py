@@ -16,25 +16,61 @@ reduction_layer.cpp and argmax_layer.cpp:
   along ``axis``; ties are ordered by the larger index first (Caffe sorts
   (value, index) pairs with std::greater).  No backward.
 
-Kernels run on flat arrays and are dtype-generic; the CUDA kernels are in
-layers/elementwise_cuda.py.
+Kernels run on flat arrays and are dtype-generic.  The formulas (and
+ArgMax's selection) are written once (``@formula``, below) and used by the
+CPU loops here and the CUDA kernels in layers/elementwise_cuda.py.
 """
+from typing import NamedTuple
+
 import numpy as np
 from numba import njit
 
 from dlcore.errors import ConfigError, DLTrainError
+from dlcore.formula import formula
 from dlcore.layer import Layer
 from dlcore.registry import register_layer
+from dltrain.proto import caffe_pb2
 
-from .neurons import scale_copy
+from .activations import cpu_map
+from .neurons import flat, scale_copy
 from .softmax import canonical_axis
 
+CUDA_MODULE = ".elementwise_cuda"
 
-def flat(array):
-    return array.reshape(-1)
+# the operations, as the proto's enums number them
+ELTWISE_PROD = caffe_pb2.EltwiseParameter.PROD
+ELTWISE_SUM = caffe_pb2.EltwiseParameter.SUM
+ELTWISE_MAX = caffe_pb2.EltwiseParameter.MAX
+
+REDUCE_SUM = caffe_pb2.ReductionParameter.SUM
+REDUCE_ASUM = caffe_pb2.ReductionParameter.ASUM
+REDUCE_SUMSQ = caffe_pb2.ReductionParameter.SUMSQ
+REDUCE_MEAN = caffe_pb2.ReductionParameter.MEAN
 
 
 # --- Eltwise ------------------------------------------------------------------
+
+@formula
+def product(a, b):
+    return a * b
+
+
+@formula
+def quotient(a, b):
+    return a / b
+
+
+@formula
+def keep_larger(value, new_value, index, new_index):
+    """MAX's step: (new_value, new_index) where new_value > value, else (value, index) (a tie keeps the old)."""
+    return (new_value, new_index) if new_value > value else (value, index)
+
+
+@formula
+def routed(dy, winner, index):
+    """MAX's gradient into bottom ``index``: dy where it won."""
+    return dy if winner == index else 0
+
 
 @njit(cache=True)
 def axpy_into(x, y, alpha):
@@ -43,48 +79,25 @@ def axpy_into(x, y, alpha):
         y[i] += alpha * x[i]
 
 
-@njit(cache=True)
-def mul_into(a, b, y):
-    """y = a * b (y may be a or b)."""
-    for i in range(y.shape[0]):
-        y[i] = a[i] * b[i]
+mul_into = cpu_map(product, 2, 1)       # mul_into(a, b, y): y = a * b (y may be a or b)
+div_into = cpu_map(quotient, 2, 1)      # div_into(a, b, y): y = a / b (IEEE: x/0 gives inf or nan, as in Caffe)
 
 
-@njit(cache=True, error_model="numpy")
-def div_into(a, b, y):
-    """y = a / b (IEEE: x/0 gives inf or nan, as in Caffe)."""
-    for i in range(y.shape[0]):
-        y[i] = a[i] / b[i]
-
+# MAX's steps in place: the generic map would see y and the mask twice, as an input and as an output,
+# and check at run time whether they overlap (they do: no SIMD, 2-4x slower)
 
 @njit(cache=True)
 def eltwise_max_first(a, b, y, mask):
     """The first two bottoms: a > b picks bottom 0, otherwise (ties too) bottom 1."""
     for i in range(y.shape[0]):
-        if a[i] > b[i]:
-            y[i] = a[i]
-            mask[i] = 0
-        else:
-            y[i] = b[i]
-            mask[i] = 1
+        y[i], mask[i] = keep_larger(b[i], a[i], 1, 0)
 
 
 @njit(cache=True)
 def eltwise_max_next(b, index, y, mask):
-    """A later bottom wins only where it is strictly larger."""
+    """A later bottom wins only where it is strictly larger than the maximum so far."""
     for i in range(y.shape[0]):
-        if b[i] > y[i]:
-            y[i] = b[i]
-            mask[i] = index
-
-
-@njit(cache=True)
-def eltwise_max_backward(dy, mask, index, dx):
-    for i in range(dx.shape[0]):
-        if mask[i] == index:
-            dx[i] = dy[i]
-        else:
-            dx[i] = 0
+        y[i], mask[i] = keep_larger(y[i], b[i], mask[i], index)
 
 
 @register_layer("Eltwise")
@@ -93,20 +106,19 @@ class EltwiseLayer(Layer):
 
     min_bottom_blobs = 2
     exact_num_top_blobs = 1
-
-    PROD, SUM, MAX = 0, 1, 2
+    cuda_module = CUDA_MODULE
 
     def setup(self, bottom, top):
         param = self.layer_param.eltwise_param
         name = f"layer '{self.name}' (Eltwise)"
         self.op = int(param.operation)
-        if self.op not in (self.PROD, self.SUM, self.MAX):
+        if self.op not in (ELTWISE_PROD, ELTWISE_SUM, ELTWISE_MAX):
             raise ConfigError(f"{name}: unknown operation {self.op}")
         n_coeff = len(param.coeff)
         if n_coeff not in (0, len(bottom)):
             raise ConfigError(f"{name} takes one coefficient per bottom blob ({len(bottom)} bottoms, "
                               f"{n_coeff} coeff values)")
-        if self.op == self.PROD and n_coeff:
+        if self.op == ELTWISE_PROD and n_coeff:
             raise ConfigError(f"{name}: only takes coefficients for summation (operation SUM), not PROD")
         # (MAX ignores coefficients, as Caffe does)
         self.coeffs = [float(c) for c in param.coeff] if n_coeff else [1.0] * len(bottom)
@@ -119,16 +131,16 @@ class EltwiseLayer(Layer):
                 raise ConfigError(f"layer '{self.name}' (Eltwise): all bottoms must have the same shape: "
                                   f"bottom 0 is {bottom[0].shape_string()}, bottom {i} is {blob.shape_string()}")
         top[0].reshape_like(bottom[0])
-        if self.op == self.MAX and self.mask.size != bottom[0].count:
+        if self.op == ELTWISE_MAX and self.mask.size != bottom[0].count:
             self.mask = np.zeros(bottom[0].count, np.int32)
 
     def forward_cpu(self, bottom, top):
         y = flat(top[0].data)
-        if self.op == self.PROD:
+        if self.op == ELTWISE_PROD:
             mul_into(flat(bottom[0].data), flat(bottom[1].data), y)
             for blob in bottom[2:]:
                 mul_into(y, flat(blob.data), y)
-        elif self.op == self.SUM:
+        elif self.op == ELTWISE_SUM:
             scale_copy(flat(bottom[0].data), y, self.coeffs[0])
             for blob, c in zip(bottom[1:], self.coeffs[1:]):
                 axpy_into(flat(blob.data), y, c)
@@ -143,7 +155,7 @@ class EltwiseLayer(Layer):
             if not propagate_down[i]:
                 continue
             dx = flat(blob.diff)
-            if self.op == self.PROD:
+            if self.op == ELTWISE_PROD:
                 if self.stable_prod_grad:
                     others = [b for j, b in enumerate(bottom) if j != i]
                     dx[...] = flat(others[0].data)
@@ -152,18 +164,10 @@ class EltwiseLayer(Layer):
                 else:
                     div_into(flat(top[0].data), flat(blob.data), dx)
                 mul_into(dx, dy, dx)
-            elif self.op == self.SUM:
+            elif self.op == ELTWISE_SUM:
                 scale_copy(dy, dx, self.coeffs[i])
             else:
-                eltwise_max_backward(dy, self.mask, i, dx)
-
-    def forward_gpu(self, bottom, top):
-        from . import elementwise_cuda as C
-        C.eltwise_forward(self, bottom, top)
-
-    def backward_gpu(self, top, propagate_down, bottom):
-        from . import elementwise_cuda as C
-        C.eltwise_backward(self, top, propagate_down, bottom)
+                cpu_map(routed, 2, 1)(dy, self.mask, dx, i)
 
 
 # --- Tile ---------------------------------------------------------------------
@@ -196,6 +200,7 @@ class TileLayer(Layer):
 
     exact_num_bottom_blobs = 1
     exact_num_top_blobs = 1
+    cuda_module = CUDA_MODULE
 
     def setup(self, bottom, top):
         param = self.layer_param.tile_param
@@ -222,19 +227,31 @@ class TileLayer(Layer):
         if propagate_down[0]:
             tile_backward(flat(top[0].diff), flat(bottom[0].diff), self.outer, self.inner, self.tiles)
 
-    def forward_gpu(self, bottom, top):
-        from . import elementwise_cuda as C
-        C.tile_forward(bottom[0].gpu_data(), top[0].mutable_gpu_data(), self.outer, self.inner, self.tiles)
-
-    def backward_gpu(self, top, propagate_down, bottom):
-        if propagate_down[0]:
-            from . import elementwise_cuda as C
-            C.tile_backward(top[0].gpu_diff(), bottom[0].mutable_gpu_diff(), self.outer, self.inner, self.tiles)
-
 
 # --- Reduction ----------------------------------------------------------------
 
-R_SUM, R_ASUM, R_SUMSQ, R_MEAN = 1, 2, 3, 4
+@formula
+def reduction_term(x, op):
+    """What an element adds to its row's reduction (before ``coeff``)."""
+    if op == REDUCE_ASUM:
+        return abs(x)
+    if op == REDUCE_SUMSQ:
+        return x * x
+    return x                    # SUM, MEAN
+
+
+@formula
+def reduction_grad(x, g, op):
+    """The gradient of an element whose row has g = coeff * dy."""
+    if op == REDUCE_ASUM:       # sign(x), 0 at 0
+        if x > 0:
+            return g
+        if x < 0:
+            return -g
+        return 0
+    if op == REDUCE_SUMSQ:
+        return 2 * g * x
+    return g
 
 
 @njit(cache=True)
@@ -243,16 +260,8 @@ def reduction_forward(x, y, num, dim, op, coeff):
     for i in range(num):
         acc = 0.0
         base = i * dim
-        if op == 2:          # ASUM
-            for k in range(dim):
-                acc += abs(x[base + k])
-        elif op == 3:        # SUMSQ
-            for k in range(dim):
-                v = x[base + k]
-                acc += v * v
-        else:                # SUM, MEAN
-            for k in range(dim):
-                acc += x[base + k]
+        for k in range(dim):
+            acc += reduction_term(x[base + k], op)
         y[i] = acc * coeff
 
 
@@ -261,21 +270,8 @@ def reduction_backward(x, dy, dx, num, dim, op, coeff):
     for i in range(num):
         g = dy[i] * coeff
         base = i * dim
-        if op == 2:          # ASUM: sign(x), 0 at 0
-            for k in range(dim):
-                v = x[base + k]
-                if v > 0:
-                    dx[base + k] = g
-                elif v < 0:
-                    dx[base + k] = -g
-                else:
-                    dx[base + k] = 0
-        elif op == 3:        # SUMSQ
-            for k in range(dim):
-                dx[base + k] = 2 * g * x[base + k]
-        else:
-            for k in range(dim):
-                dx[base + k] = g
+        for k in range(dim):
+            dx[base + k] = reduction_grad(x[base + k], g, op)
 
 
 @register_layer("Reduction")
@@ -284,10 +280,11 @@ class ReductionLayer(Layer):
 
     exact_num_bottom_blobs = 1
     exact_num_top_blobs = 1
+    cuda_module = CUDA_MODULE
 
     def setup(self, bottom, top):
         self.op = int(self.layer_param.reduction_param.operation)
-        if self.op not in (R_SUM, R_ASUM, R_SUMSQ, R_MEAN):
+        if self.op not in (REDUCE_SUM, REDUCE_ASUM, REDUCE_SUMSQ, REDUCE_MEAN):
             raise ConfigError(f"layer '{self.name}' (Reduction): unknown reduction op {self.op}")
 
     def reshape(self, bottom, top):
@@ -299,7 +296,7 @@ class ReductionLayer(Layer):
         self.num = bottom[0].count_range(0, self.axis)
         self.dim = bottom[0].count_range(self.axis)
         self.coeff = float(param.coeff)
-        if self.op == R_MEAN and self.dim:
+        if self.op == REDUCE_MEAN and self.dim:
             self.coeff /= self.dim
 
     def forward_cpu(self, bottom, top):
@@ -310,38 +307,36 @@ class ReductionLayer(Layer):
             reduction_backward(flat(bottom[0].data), flat(top[0].diff), flat(bottom[0].diff), self.num, self.dim,
                                self.op, self.coeff)
 
-    def forward_gpu(self, bottom, top):
-        from . import elementwise_cuda as C
-        C.reduction_forward(bottom[0].gpu_data(), top[0].mutable_gpu_data(), self.num, self.dim, self.op,
-                            self.coeff)
-
-    def backward_gpu(self, top, propagate_down, bottom):
-        if propagate_down[0]:
-            from . import elementwise_cuda as C
-            C.reduction_backward(bottom[0].gpu_data(), top[0].gpu_diff(), bottom[0].mutable_gpu_diff(), self.num,
-                                 self.dim, self.op, self.coeff)
-
 
 # --- ArgMax -------------------------------------------------------------------
 
-@njit(cache=True)
-def argmax_forward(x, y, num, dim, axis_dist, top_k, out_max_val, has_axis):
-    """Caffe's ArgMax: for item i, the top_k (value, index) pairs in descending
-    order, ties broken by the larger index (std::greater on pairs).
+class ArgMaxGeometry(NamedTuple):
+    num: int            # items: item i reads x[(i // axis_dist * dim + j) * axis_dist + i % axis_dist], j < dim
+    dim: int
+    axis_dist: int
+    top_k: int
+    out_max_val: bool
+    has_axis: bool
 
-    Item i reads x[(i // axis_dist * dim + j) * axis_dist + i % axis_dist],
-    j < dim.  The k-th pair is the largest one below the (k-1)-th in that
-    order (O(top_k * dim), no scratch memory; the CUDA kernel does the same).
-    """
-    for i in range(num):
-        base = (i // axis_dist) * dim * axis_dist + i % axis_dist
+
+@formula
+def argmax_items(x, y, g, start, stop):
+    """Caffe's ArgMax of the items start to stop - 1 (``ArgMaxGeometry``): each item's top_k
+    (value, index) pairs in descending order, written where Caffe puts them.
+
+    The order is by value, ties by the larger index (std::greater on pairs); the k-th pair is the
+    largest one below the (k-1)-th (O(top_k * dim), no scratch memory).  The loop over the items is
+    here too: the CPU takes them all in one call (a call per item would cost up to 20% where items
+    are short, e.g. 16 channels); a GPU thread one at a time."""
+    for i in range(start, stop):
+        base = (i // g.axis_dist) * g.dim * g.axis_dist + i % g.axis_dist
         prev_v = x[base] * 0
         prev_j = -1
-        for k in range(top_k):
+        for k in range(g.top_k):
             best_j = -1
             best = prev_v
-            for j in range(dim):
-                v = x[base + j * axis_dist]
+            for j in range(g.dim):
+                v = x[base + j * g.axis_dist]
                 if prev_j >= 0 and not (v < prev_v or (v == prev_v and j < prev_j)):
                     continue
                 if best_j < 0 or v > best or (v == best and j > best_j):
@@ -349,15 +344,20 @@ def argmax_forward(x, y, num, dim, axis_dist, top_k, out_max_val, has_axis):
                     best_j = j
             prev_v = best
             prev_j = best_j
-            if out_max_val and not has_axis:
-                y[2 * i * top_k + k] = best_j
-                y[2 * i * top_k + top_k + k] = best
+            if g.out_max_val and not g.has_axis:
+                y[2 * i * g.top_k + k] = best_j
+                y[2 * i * g.top_k + g.top_k + k] = best
             else:
-                o = (i // axis_dist * top_k + k) * axis_dist + i % axis_dist
-                if out_max_val:
+                o = (i // g.axis_dist * g.top_k + k) * g.axis_dist + i % g.axis_dist
+                if g.out_max_val:
                     y[o] = best
                 else:
                     y[o] = best_j
+
+
+@njit(cache=True)
+def argmax_forward(x, y, g):
+    argmax_items(x, y, g, 0, g.num)
 
 
 @register_layer("ArgMax")
@@ -366,6 +366,7 @@ class ArgMaxLayer(Layer):
 
     exact_num_bottom_blobs = 1
     exact_num_top_blobs = 1
+    cuda_module = CUDA_MODULE
 
     def setup(self, bottom, top):
         param = self.layer_param.argmax_param
@@ -403,9 +404,11 @@ class ArgMaxLayer(Layer):
         top[0].reshape(tuple(shape))
         self.num = bottom[0].count // self.dim if self.dim else 0
 
+    def geometry(self):
+        return ArgMaxGeometry(self.num, self.dim, self.axis_dist, self.top_k, self.out_max_val, self.has_axis)
+
     def forward_cpu(self, bottom, top):
-        argmax_forward(flat(bottom[0].data), flat(top[0].data), self.num, self.dim, self.axis_dist, self.top_k,
-                       self.out_max_val, self.has_axis)
+        argmax_forward(flat(bottom[0].data), flat(top[0].data), self.geometry())
 
     def allow_force_backward(self, bottom_index):
         return False   # Caffe would abort (ArgMax has no backward); dltrain just skips it
@@ -413,11 +416,3 @@ class ArgMaxLayer(Layer):
     def backward_cpu(self, top, propagate_down, bottom):
         if any(propagate_down):
             raise DLTrainError(f"layer '{self.name}' (ArgMax) has no backward: it cannot be backpropagated through")
-
-    def forward_gpu(self, bottom, top):
-        from . import elementwise_cuda as C
-        C.argmax_forward(bottom[0].gpu_data(), top[0].mutable_gpu_data(), self.num, self.dim, self.axis_dist,
-                         self.top_k, self.out_max_val, self.has_axis)
-
-    def backward_gpu(self, top, propagate_down, bottom):
-        self.backward_cpu(top, propagate_down, bottom)

@@ -14,17 +14,31 @@ negative number, K or more, NaN) is a DLTrainError naming the layer, the
 value and its position.  The indices get no gradient: asking for one (a
 ``propagate_down: true`` on the bottom, or force_backward) is an error, as
 in Caffe.
+
+The lookup is written once (``@formula``, below) for the CPU loop here and
+the CUDA kernel in ``embed_cuda.py``.
 """
 import numpy as np
 from numba import njit
 
-from dlcore.blob import Blob
 from dlcore.errors import ConfigError, DLTrainError
-from dlcore.filler import fill
+from dlcore.formula import formula
 from dlcore.layer import Layer
 from dlcore.registry import register_layer
 
 from . import kernels as K
+
+
+@formula(inline_cpu=True)
+def lookup_row(value, k_dim):
+    """The weight row an index names: ``int(value)``, or -1 if it is not an integer in [0, K)
+    (NaN included)."""
+    if not (value >= 0 and value < k_dim):
+        return -1
+    index = int(value)
+    if index != value:
+        return -1
+    return index
 
 
 @njit(cache=True)
@@ -36,11 +50,8 @@ def embed_forward(indices, weight, bias, has_bias, top):
     """
     k_dim, n_dim = weight.shape
     for m in range(indices.shape[0]):
-        value = indices[m]
-        if not (value >= 0 and value < k_dim):       # also rejects NaN
-            return m
-        index = int(value)
-        if index != value:
+        index = lookup_row(indices[m], k_dim)
+        if index < 0:
             return m
         if has_bias:
             for j in range(n_dim):
@@ -63,8 +74,11 @@ def embed_backward_weight(indices, top_diff, weight_diff):
 
 @register_layer("Embed")
 class EmbedLayer(Layer):
+    """Caffe's lookup table: the top's rows are the weight rows the bottom's indices name (+ bias)."""
+
     exact_num_bottom_blobs = 1
     exact_num_top_blobs = 1
+    cuda_module = ".embed_cuda"
 
     def setup(self, bottom, top):
         p = self.layer_param.embed_param
@@ -77,23 +91,7 @@ class EmbedLayer(Layer):
             raise ConfigError(f"layer '{self.name}' (Embed): embed_param.input_dim must be positive "
                               f"(got {self.input_dim})", field="embed_param.input_dim")
         self.bias_term = bool(p.bias_term)
-        weight_shape = (self.input_dim, self.num_output)
-        if self.blobs:
-            if len(self.blobs) != 1 + self.bias_term:
-                raise ConfigError(f"layer '{self.name}' (Embed): incorrect number of weight blobs "
-                                  f"(expected {1 + self.bias_term}, got {len(self.blobs)})")
-            if self.blobs[0].shape != weight_shape:
-                raise ConfigError(f"layer '{self.name}' (Embed): incorrect weight shape: expected "
-                                  f"{self.input_dim} {self.num_output}, got {self.blobs[0].shape_string()}")
-            if self.bias_term and self.blobs[1].shape != (self.num_output,):
-                raise ConfigError(f"layer '{self.name}' (Embed): incorrect bias shape: expected "
-                                  f"{self.num_output}, got {self.blobs[1].shape_string()}")
-        else:
-            self.blobs = [Blob(*weight_shape, dtype=self.dtype)]
-            fill(self.blobs[0], p.weight_filler)
-            if self.bias_term:
-                self.blobs.append(Blob(self.num_output, dtype=self.dtype))
-                fill(self.blobs[1], p.bias_filler)
+        K.learnable_blobs(self, p, (self.input_dim, self.num_output), (self.num_output,) if self.bias_term else None)
         self.param_propagate_down = [True] * len(self.blobs)
         self._no_bias = np.zeros(1, self.dtype)
 
@@ -106,9 +104,10 @@ class EmbedLayer(Layer):
         bad = embed_forward(indices, self.blobs[0].data, bias, self.bias_term,
                             top[0].data.reshape(-1, self.num_output))
         if bad >= 0:
-            raise self._bad_index(bottom, bad)
+            raise self.bad_index(bottom, bad)
 
-    def _bad_index(self, bottom, bad):
+    def bad_index(self, bottom, bad):
+        """The error for the index at flat position ``bad`` of the bottom."""
         value = float(bottom[0].cpu_data().reshape(-1)[bad])
         position = np.unravel_index(bad, bottom[0].shape) if bottom[0].shape else ()
         return DLTrainError(
@@ -116,29 +115,17 @@ class EmbedLayer(Layer):
             f"of bottom 0 (shape {bottom[0].shape_string()}) is not an integer in [0, {self.input_dim}) "
             f"(embed_param.input_dim)")
 
-    def _check_propagate_down(self, propagate_down):
+    def check_propagate_down(self, propagate_down):
         if propagate_down and propagate_down[0]:
             raise DLTrainError(f"layer '{self.name}' (Embed): cannot backpropagate to the indices (bottom 0)")
 
     def backward_cpu(self, top, propagate_down, bottom):
-        self._check_propagate_down(propagate_down)
+        self.check_propagate_down(propagate_down)
         top_diff = top[0].diff.reshape(-1, self.num_output)
         if self.param_propagate_down[0]:
             embed_backward_weight(bottom[0].data.reshape(-1), top_diff, self.blobs[0].diff)
         if self.bias_term and self.param_propagate_down[1]:
             K.channel_sum(top_diff.reshape(-1), top_diff.shape[0], self.num_output, 1, self.blobs[1].diff)
-
-    # --- GPU (layers/embed_cuda.py) --------------------------------------------------------
-    def forward_gpu(self, bottom, top):
-        from . import embed_cuda
-        bad = embed_cuda.forward(self, bottom, top)
-        if bad >= 0:
-            raise self._bad_index(bottom, bad)
-
-    def backward_gpu(self, top, propagate_down, bottom):
-        self._check_propagate_down(propagate_down)
-        from . import embed_cuda
-        embed_cuda.backward(self, top, propagate_down, bottom)
 
     def allow_force_backward(self, bottom_index):
         return False

@@ -75,27 +75,40 @@ Both bottoms receive gradients (the label too, as Caffe's EuclideanLoss
 does), each scaled by the loss weight.
 """
 import math
+from typing import NamedTuple
 
 import numpy as np
-from numba import njit
+from numba import float64, njit
 
 from dlcore.errors import ConfigError
+from dlcore.formula import formula
 from dlcore.registry import register_layer
 from dltrain.proto import caffe_pb2
 
-from .losses import LossLayer
+from .losses import LossLayer, flat
 
 EARTH_RADIUS_KM = 6371.0
 
 
-@njit(cache=True, inline="always")
-def _reduce(d, period):
+class Unit(NamedTuple):
+    """The coordinates' unit, as the kernels take it."""
+    degrees: bool
+    scale: float         # radians per unit
+    period: float        # a whole turn, in the unit
+
+
+DEGREES = Unit(True, math.pi / 180.0, 360.0)
+RADIANS = Unit(False, 1.0, 2.0 * math.pi)
+
+
+@formula(inline_cpu=True)
+def reduce_period(d, period):
     """``d`` minus the nearest whole number of periods: in [-period/2, period/2)."""
     return d - period * math.floor(d / period + 0.5)
 
 
-@njit(cache=True, inline="always")
-def _sincos(x, degrees):
+@formula(inline_cpu=True)
+def sincos(x, degrees):
     """(sin, cos) of ``x`` in the input unit.
 
     In degrees the argument is first reduced exactly to [-45, 45] plus a
@@ -104,7 +117,7 @@ def _sincos(x, degrees):
     """
     if not degrees:
         return math.sin(x), math.cos(x)
-    r = _reduce(x, 360.0)                     # exact: [-180, 180)
+    r = reduce_period(x, 360.0)               # exact: [-180, 180)
     q = math.floor(r / 90.0 + 0.5)            # nearest quarter turn, -2 .. 2
     t = (r - 90.0 * q) * (math.pi / 180.0)    # exact reduction, then |t| <= pi/4
     s = math.sin(t)
@@ -119,8 +132,8 @@ def _sincos(x, degrees):
     return -c, s
 
 
-@njit(cache=True, inline="always")
-def _bearings(lat1, lat2, dlat, dlon, degrees):
+@formula(inline_cpu=True)
+def bearings(lat1, lat2, dlat, dlon, degrees):
     """(north1, east1, north2, east2, C, cos lat1, cos lat2) for two points.
 
     All angles in the input unit: ``dlat = lat2 - lat1`` and ``dlon``
@@ -128,12 +141,12 @@ def _bearings(lat1, lat2, dlat, dlon, degrees):
     north/east at each point are the components of the direction to the
     other one, times sin(theta); C is cos(theta).
     """
-    s1, c1 = _sincos(lat1, degrees)
-    s2, c2 = _sincos(lat2, degrees)
-    sd, cd = _sincos(dlat, degrees)
-    half = _sincos(0.5 * dlon, degrees)[0]
+    s1, c1 = sincos(lat1, degrees)
+    s2, c2 = sincos(lat2, degrees)
+    sd, cd = sincos(dlat, degrees)
+    half = sincos(0.5 * dlon, degrees)[0]
     hav2 = 2.0 * half * half                 # 1 - cos(dlon), without cancellation
-    sl = _sincos(dlon, degrees)[0]
+    sl = sincos(dlon, degrees)[0]
     north1 = sd + s1 * c2 * hav2
     east1 = c2 * sl
     north2 = -sd + s2 * c1 * hav2
@@ -142,68 +155,79 @@ def _bearings(lat1, lat2, dlat, dlon, degrees):
     return north1, east1, north2, east2, cosine, c1, c2
 
 
+@formula(inline_cpu=True)
+def central_angle(lat1, lon1, lat2, lon2, unit):
+    """(theta, d theta / d lat1, d lon1, d lat2, d lon2) of two points, in float64.
+
+    theta in radians, the derivatives in radians per input unit (0 at
+    exactly coincident or antipodal points, see the module docstring).
+    """
+    lat1 = float64(lat1)
+    lon1 = float64(lon1)
+    lat2 = float64(lat2)
+    lon2 = float64(lon2)
+    degrees = unit.degrees
+    scale = unit.scale
+    period = unit.period
+    dlat = lat2 - lat1
+    dlon = reduce_period(lon2 - lon1, period)
+    n1, e1, n2, e2, cosine, c1, c2 = bearings(lat1, lat2, dlat, dlon, degrees)
+    flip = 1.0
+    if cosine < 0.0:
+        # More than a quarter turn apart: measure to the antipode of point 2,
+        # (-lat2, lon2 + half a turn), and take theta = pi - theta'.
+        dlat = -lat2 - lat1
+        dlon = reduce_period(lon2 - lon1 + 0.5 * period, period)
+        n1, e1, n2, e2, cosine, c1, c2 = bearings(lat1, -lat2, dlat, dlon, degrees)
+        flip = -1.0
+    s1 = math.sqrt(n1 * n1 + e1 * e1)
+    s2 = math.sqrt(n2 * n2 + e2 * e2)
+    theta = math.atan2(s1, cosine)
+    if flip < 0.0:
+        theta = math.pi - theta
+    if s1 == 0.0 or s2 == 0.0:
+        # Exactly coincident or antipodal: the documented gradient 0.
+        return theta, 0.0, 0.0, 0.0, 0.0
+    # d theta'/d(point) = -(north, cos(lat) east) / S; theta = pi - theta'
+    # negates it, and point 2's latitude entered as -lat2 (negated once more).
+    return (theta, -flip * n1 / s1 * scale, -flip * c1 * e1 / s1 * scale, -n2 / s2 * scale,
+            -flip * c2 * e2 / s2 * scale)
+
+
+@formula(inline_cpu=True)
+def geoloc_row(pred, label, i, unit, grad):
+    """Row i of the flat (N*2) ``pred``/``label``: writes its four derivatives into grad[4i:4i+4]
+    (flat float64) and returns its central angle."""
+    theta, g0, g1, g2, g3 = central_angle(pred[2 * i], pred[2 * i + 1], label[2 * i], label[2 * i + 1], unit)
+    grad[4 * i] = g0
+    grad[4 * i + 1] = g1
+    grad[4 * i + 2] = g2
+    grad[4 * i + 3] = g3
+    return theta
+
+
 @njit(cache=True)
-def geoloc_forward(pred, label, degrees, grad, angles):
+def geoloc_forward(pred, label, unit, grad, angles):
     """Central angles (radians) of the rows of ``pred``/``label`` (flat N*2).
 
-    ``degrees``: the inputs' unit is degrees (else radians).  Writes
+    ``unit``: DEGREES or RADIANS (a Unit).  Writes
     d theta / d (lat1, lon1, lat2, lon2) per row, in radians per input
-    unit, into ``grad`` (N, 4) float64, and the angles into ``angles`` (N,)
-    float64.  Returns the sum of the angles.
+    unit, into ``grad`` (flat N*4) float64, and the angles into ``angles``
+    (N,) float64.  Returns the sum of the angles.
     """
-    if degrees:
-        scale = math.pi / 180.0
-        period = 360.0
-    else:
-        scale = 1.0
-        period = 2.0 * math.pi
-    n = grad.shape[0]
     total = 0.0
-    for i in range(n):
-        lat1 = np.float64(pred[2 * i])
-        lon1 = np.float64(pred[2 * i + 1])
-        lat2 = np.float64(label[2 * i])
-        lon2 = np.float64(label[2 * i + 1])
-        dlat = lat2 - lat1
-        dlon = _reduce(lon2 - lon1, period)
-        n1, e1, n2, e2, cosine, c1, c2 = _bearings(lat1, lat2, dlat, dlon, degrees)
-        flip = 1.0
-        if cosine < 0.0:
-            # More than a quarter turn apart: measure to the antipode of point 2,
-            # (-lat2, lon2 + half a turn), and take theta = pi - theta'.
-            dlat = -lat2 - lat1
-            dlon = _reduce(lon2 - lon1 + 0.5 * period, period)
-            n1, e1, n2, e2, cosine, c1, c2 = _bearings(lat1, -lat2, dlat, dlon, degrees)
-            flip = -1.0
-        s1 = math.sqrt(n1 * n1 + e1 * e1)
-        s2 = math.sqrt(n2 * n2 + e2 * e2)
-        theta = math.atan2(s1, cosine)
-        if flip < 0.0:
-            theta = math.pi - theta
-        angles[i] = theta
-        total += theta
-        if s1 == 0.0 or s2 == 0.0:
-            # Exactly coincident or antipodal: the documented gradient 0.
-            grad[i, 0] = 0.0
-            grad[i, 1] = 0.0
-            grad[i, 2] = 0.0
-            grad[i, 3] = 0.0
-        else:
-            # d theta'/d(point) = -(north, cos(lat) east) / S; theta = pi - theta'
-            # negates it, and point 2's latitude entered as -lat2 (negated once more).
-            grad[i, 0] = -flip * n1 / s1 * scale
-            grad[i, 1] = -flip * c1 * e1 / s1 * scale
-            grad[i, 2] = -n2 / s2 * scale
-            grad[i, 3] = -flip * c2 * e2 / s2 * scale
+    for i in range(angles.shape[0]):
+        angles[i] = geoloc_row(pred, label, i, unit, grad)
+        total += angles[i]
     return total
 
 
 @njit(cache=True)
 def geoloc_backward(grad, coef, column, diff):
-    """``diff`` (flat N*2) = coef * grad[:, column:column+2]."""
-    for i in range(grad.shape[0]):
-        diff[2 * i] = coef * grad[i, column]
-        diff[2 * i + 1] = coef * grad[i, column + 1]
+    """``diff`` (flat N*2) = coef * the derivatives by point ``column // 2`` (grad flat N*4)."""
+    for i in range(diff.shape[0] // 2):
+        diff[2 * i] = coef * grad[4 * i + column]
+        diff[2 * i + 1] = coef * grad[4 * i + column + 1]
 
 
 def great_circle(pred, label, unit="degrees", radius=1.0):
@@ -216,7 +240,8 @@ def great_circle(pred, label, unit="degrees", radius=1.0):
     if pred.shape != label.shape:
         raise ValueError(f"great_circle: shapes {pred.shape} and {label.shape} differ")
     out = np.empty(len(pred))
-    geoloc_forward(pred.reshape(-1), label.reshape(-1), unit == "degrees", np.empty((len(pred), 4)), out)
+    geoloc_forward(pred.reshape(-1), label.reshape(-1), DEGREES if unit == "degrees" else RADIANS,
+                   np.empty(4 * len(pred)), out)
     return out * radius
 
 
@@ -224,14 +249,16 @@ def great_circle(pred, label, unit="degrees", radius=1.0):
 class GeolocLossLayer(LossLayer):
     """Mean great-circle distance between (lat, lon) predictions and labels."""
 
+    cuda_module = ".geoloc_loss_cuda"
+
     def setup(self, bottom, top):
         p = self.layer_param.geoloc_loss_param
-        self.degrees = p.unit == caffe_pb2.GeolocLossParameter.DEGREES
+        self.unit = DEGREES if p.unit == caffe_pb2.GeolocLossParameter.DEGREES else RADIANS
         self.radius = float(p.radius)
         if not self.radius > 0 or not math.isfinite(self.radius):
             raise ConfigError(f"layer '{self.name}' (GeolocLoss): geoloc_loss_param.radius must be a positive "
                               f"number (got {p.radius})", field="geoloc_loss_param.radius")
-        self.grad = np.zeros((0, 4))
+        self.grad = np.zeros(0)
         self.angles = np.zeros(0)
 
     def reshape(self, bottom, top):
@@ -241,30 +268,19 @@ class GeolocLossLayer(LossLayer):
             if b.num_axes < 1 or b.count_range(1) != 2:
                 raise ConfigError(f"layer '{self.name}' (GeolocLoss): the {what} (bottom {i}) must be N x 2 "
                                   f"(latitude, longitude) rows, got {b.shape_string()}")
-        n = bottom[0].shape[0]
-        if self.grad.shape[0] != n:
-            self.grad = np.zeros((n, 4))
-            self.angles = np.zeros(n)
+        self.outer, self.inner = bottom[0].shape[0], 2
+        if self.angles.shape[0] != self.outer:
+            self.grad = np.zeros(4 * self.outer)      # d theta / d (lat1, lon1, lat2, lon2) per row
+            self.angles = np.zeros(self.outer)
+
+    def normalized(self, loss, count):
+        return self.radius * loss / self.normalizer(count)
 
     def forward_cpu(self, bottom, top):
-        n = bottom[0].shape[0]
-        total = geoloc_forward(bottom[0].data.reshape(-1), bottom[1].data.reshape(-1),
-                               self.degrees, self.grad, self.angles)
-        top[0].data[...] = self.radius * total / max(n, 1)
+        self.set_loss(bottom, top, geoloc_forward(flat(bottom[0].data), flat(bottom[1].data), self.unit,
+                                                  self.grad, self.angles))
 
     def backward_cpu(self, top, propagate_down, bottom):
-        n = bottom[0].shape[0]
-        coef = float(top[0].diff.flat[0]) * self.radius / max(n, 1)
         for i in range(2):
             if propagate_down[i]:
-                geoloc_backward(self.grad, coef, 2 * i, bottom[i].diff.reshape(-1))
-
-    def forward_gpu(self, bottom, top):
-        from . import geoloc_loss_cuda
-        n = bottom[0].shape[0]
-        total = geoloc_loss_cuda.forward(self, bottom, top)
-        top[0].data[...] = self.radius * total / max(n, 1)
-
-    def backward_gpu(self, top, propagate_down, bottom):
-        from . import geoloc_loss_cuda
-        geoloc_loss_cuda.backward(self, top, propagate_down, bottom)
+                geoloc_backward(self.grad, self.loss_scale(top, self.radius), 2 * i, flat(bottom[i].diff))

@@ -41,29 +41,24 @@ from dlcore.layer import Layer
 from dlcore.registry import register_layer
 from dlcore.rng import get_rng
 
+from .data import read_list_file
+
 __all__ = ["HDF5DataLayer", "read_source_list"]
 
 
-def _h5py():
+def import_h5py(layer_type):
+    """h5py, or an error saying that the ``layer_type`` layer needs it (HDF5Data, HDF5Output)."""
     try:
         import h5py
     except ImportError:                                   # pragma: no cover - depends on the install
-        raise DLTrainError("the HDF5Data layer needs the h5py package: pip install h5py "
+        raise DLTrainError(f"the {layer_type} layer needs the h5py package: pip install h5py "
                            "(or pip install dltrain[hdf5])") from None
     return h5py
 
 
 def read_source_list(source, owner="HDF5Data"):
     """The .h5 file names listed in ``source`` (whitespace-separated), resolved."""
-    try:
-        with open(source, encoding="utf-8") as f:
-            names = f.read().split()
-    except OSError as err:
-        raise ConfigError(f"{owner}: hdf5_data_param.source: cannot open '{source}': {err.strerror}",
-                          field="hdf5_data_param.source") from None
-    if not names:
-        raise ConfigError(f"{owner}: hdf5_data_param.source: '{source}' lists no HDF5 files",
-                          field="hdf5_data_param.source")
+    names = " ".join(read_list_file(source, owner, "hdf5_data_param.source", "HDF5 files")).split()
     base = os.path.dirname(os.path.abspath(source))
     resolved = []
     for name in names:
@@ -92,7 +87,7 @@ class HDF5DataLayer(Layer):
         self.dataset_names = list(self.layer_param.top)
         if len(self.dataset_names) < len(top):          # anonymous tops cannot name a dataset
             raise ConfigError(f"{self.owner}: every top must be named after an HDF5 dataset")
-        _h5py()
+        import_h5py("HDF5Data")
         log.info(f"Loading list of HDF5 filenames from: {p.source}")
         self.files = read_source_list(p.source, self.owner)
         log.info(f"Number of HDF5 files: {len(self.files)}")
@@ -108,7 +103,7 @@ class HDF5DataLayer(Layer):
         self.row_shapes = [a.shape[1:] for a in self.arrays]
 
     def _load(self, path):
-        h5py = _h5py()
+        h5py = import_h5py("HDF5Data")
         arrays = []
         try:
             with h5py.File(path, "r") as f:

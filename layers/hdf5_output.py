@@ -34,19 +34,12 @@ from dlcore.errors import ConfigError, DLTrainError
 from dlcore.layer import Layer
 from dlcore.registry import register_layer
 
+from .hdf5_data import import_h5py
+
 __all__ = ["HDF5OutputLayer", "DATA_DATASET", "LABEL_DATASET"]
 
 DATA_DATASET = "data"     # Caffe's HDF5_DATA_DATASET_NAME
 LABEL_DATASET = "label"   # Caffe's HDF5_DATA_LABEL_NAME
-
-
-def _h5py():
-    try:
-        import h5py
-    except ImportError:                                   # pragma: no cover - depends on the install
-        raise DLTrainError("the HDF5Output layer needs the h5py package: pip install h5py "
-                           "(or pip install dltrain[hdf5])") from None
-    return h5py
 
 
 @register_layer("HDF5Output")
@@ -60,7 +53,7 @@ class HDF5OutputLayer(Layer):
         if not self.file_name:
             raise ConfigError(f"{self.owner}: hdf5_output_param.file_name is not set",
                               field="hdf5_output_param.file_name")
-        h5py = _h5py()
+        h5py = import_h5py("HDF5Output")
         try:
             with h5py.File(self.file_name, "w"):
                 pass
@@ -90,7 +83,7 @@ class HDF5OutputLayer(Layer):
                                f"items already written to '{self.file_name}' are {self.row_shapes[0]} and "
                                f"{self.row_shapes[1]}")
         n = shapes[0][0]
-        h5py = _h5py()
+        h5py = import_h5py("HDF5Output")
         log.info(f"Saving HDF5 file {self.file_name}")
         try:
             with h5py.File(self.file_name, "a") as f:

@@ -84,6 +84,7 @@ from dlcore.layer import Layer
 from dlcore.registry import register_layer
 from dlcore.rng import get_rng
 
+from .data import read_list_file
 from .db_data import DataTransformer, decode_image
 
 __all__ = ["ImageDataLayer", "MemoryDataLayer", "WindowDataLayer", "resize_linear", "read_image_list",
@@ -191,17 +192,8 @@ def _atoi(text):
 
 def read_image_list(source, owner="ImageData"):
     """The ``(path, label)`` pairs of an ImageData list file (label: the integer after the last space)."""
-    try:
-        with open(source, encoding="utf-8") as f:
-            lines = f.read().splitlines()
-    except OSError as err:
-        raise ConfigError(f"{owner}: image_data_param.source: cannot open '{source}': {err.strerror or err}",
-                          field="image_data_param.source") from None
-    except UnicodeDecodeError as err:
-        raise ConfigError(f"{owner}: image_data_param.source: '{source}' is not a UTF-8 text file ({err})",
-                          field="image_data_param.source") from None
     pairs = []
-    for line in lines:
+    for line in read_list_file(source, owner, "image_data_param.source", "images"):
         line = line.rstrip()
         if not line.strip():
             continue
@@ -210,9 +202,6 @@ def read_image_list(source, owner="ImageData"):
             pairs.append((line, _atoi(line)))          # Caffe: no space, the whole line is both
         else:
             pairs.append((line[:cut], _atoi(line[cut + 1:])))
-    if not pairs:
-        raise ConfigError(f"{owner}: image_data_param.source: '{source}' lists no images",
-                          field="image_data_param.source")
     return pairs
 
 

@@ -3,12 +3,11 @@
 The bottom is viewed as (M, K): M = product of the axes before ``axis``,
 K = product of the axes from ``axis`` on.  Weights are (N, K), or (K, N)
 with ``transpose: true``; the top is bottom.shape[:axis] + (N,).
+The GPU side (``inner_product_cuda.py``) is three products of kernels_cuda.gemm.
 """
 import numpy as np
 
-from dlcore.blob import Blob
 from dlcore.errors import ConfigError
-from dlcore.filler import fill
 from dlcore.layer import Layer
 from dlcore.registry import register_layer
 
@@ -17,8 +16,11 @@ from . import kernels as K
 
 @register_layer("InnerProduct")
 class InnerProductLayer(Layer):
+    """Caffe's fully connected layer: y = x W^T + b over the bottom viewed as (M, K)."""
+
     exact_num_bottom_blobs = 1
     exact_num_top_blobs = 1
+    cuda_module = ".inner_product_cuda"
 
     def setup(self, bottom, top):
         ip = self.layer_param.inner_product_param
@@ -30,29 +32,9 @@ class InnerProductLayer(Layer):
         self.transpose = bool(ip.transpose)
         self.axis = bottom[0].canonical_axis(ip.axis)
         self.K = bottom[0].count_range(self.axis)
-        weight_shape = (self.K, self.num_output) if self.transpose else (self.num_output, self.K)
-        if self.blobs:
-            if len(self.blobs) != 1 + self.bias_term:
-                raise ConfigError(f"layer '{self.name}' (InnerProduct): incorrect number of weight blobs "
-                                  f"(expected {1 + self.bias_term}, got {len(self.blobs)})")
-            if self.blobs[0].shape != weight_shape:
-                raise ConfigError(f"layer '{self.name}' (InnerProduct): incorrect weight shape: expected "
-                                  f"{' '.join(map(str, weight_shape))}, got {self.blobs[0].shape_string()}")
-            if self.bias_term and self.blobs[1].shape != (self.num_output,):
-                raise ConfigError(f"layer '{self.name}' (InnerProduct): incorrect bias shape: expected "
-                                  f"{self.num_output}, got {self.blobs[1].shape_string()}")
-        else:
-            self.blobs = [Blob(*weight_shape, dtype=self.dtype)]
-            fill(self.blobs[0], ip.weight_filler)
-            if self.bias_term:
-                self.blobs.append(Blob(self.num_output, dtype=self.dtype))
-                fill(self.blobs[1], ip.bias_filler)
+        K.learnable_blobs(self, ip, (self.K, self.num_output) if self.transpose else (self.num_output, self.K),
+                          (self.num_output,) if self.bias_term else None)
         self.work = K.Workspace()
-
-    def _param_down(self, i):
-        # (the net may leave the list short: unset means True, as in Caffe)
-        ppd = self.param_propagate_down
-        return i >= len(ppd) or bool(ppd[i])
 
     def reshape(self, bottom, top):
         b = bottom[0]
@@ -69,7 +51,7 @@ class InnerProductLayer(Layer):
         x = bottom[0].data.reshape(self.M, self.K)
         y = top[0].data.reshape(self.M, self.num_output)
         w = self.blobs[0].data
-        K.gemm(x, w if self.transpose else w.T, y)
+        K.matmul(x, w if self.transpose else w.T, y)
         if self.bias_term:
             np.add(y, self.blobs[1].data, out=y)
 
@@ -77,24 +59,16 @@ class InnerProductLayer(Layer):
         dy = top[0].diff.reshape(self.M, self.num_output)
         x = bottom[0].data.reshape(self.M, self.K)
         w = self.blobs[0].data
-        if self._param_down(0):
+        if K.param_down(self, 0):
             dw = self.blobs[0].diff
             work = self.work.get("dw", dw.shape, self.dtype)
             if self.transpose:
-                K.gemm(x.T, dy, dw, accumulate=True, work=work)        # (K, N) += x^T dy
+                K.matmul(x.T, dy, dw, accumulate=True, work=work)      # (K, N) += x^T dy
             else:
-                K.gemm(dy.T, x, dw, accumulate=True, work=work)        # (N, K) += dy^T x
-        if self.bias_term and self._param_down(1):
+                K.matmul(dy.T, x, dw, accumulate=True, work=work)      # (N, K) += dy^T x
+        if self.bias_term and K.param_down(self, 1):
             db = self.blobs[1].diff
             np.add(db, dy.sum(axis=0, dtype=self.dtype), out=db)
         if propagate_down[0]:
             dx = bottom[0].diff.reshape(self.M, self.K)
-            K.gemm(dy, w.T if self.transpose else w, dx)
-
-    def forward_gpu(self, bottom, top):
-        from . import inner_product_cuda
-        inner_product_cuda.forward(self, bottom, top)
-
-    def backward_gpu(self, top, propagate_down, bottom):
-        from . import inner_product_cuda
-        inner_product_cuda.backward(self, top, propagate_down, bottom)
+            K.matmul(dy, w.T if self.transpose else w, dx)

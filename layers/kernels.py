@@ -1,13 +1,16 @@
-"""Kernels that many layers share: im2col/col2im, GEMM, layout moves, pooling.
+"""What the convolution-like layers share: im2col/col2im, the matrix product, layout moves, and the
+learnable weights' setup.
 
 Every kernel is ``@njit(cache=True)`` and dtype-generic: it works on float32
 and float64 arrays alike (no float literals that would narrow float64), so
 one source serves training (float32) and gradient checks (float64).  Kernels
 take FLAT (1-D, C-contiguous) arrays plus their dimensions, so each is
-compiled once per dtype and cached on disk.
+compiled once per dtype and cached on disk.  A convolution's geometry
+travels as one record, :class:`ConvGeometry` (``g.kh``, ``g.OW``...), the
+same record the GPU kernels of :mod:`dltrain.layers.kernels_cuda` take.
 
 Column layouts (rows ordered (channel, kernel row, kernel column) as in
-Caffe's im2col; P = oh*ow output pixels per image):
+Caffe's im2col; P = OH*OW output pixels per image):
 
 * batch layout ``(C*kh*kw, N*P)``: the whole batch side by side, so a
   convolution is ONE GEMM per group, ``W (M, C*kh*kw) @ col -> (M, N*P)``;
@@ -21,8 +24,15 @@ Caffe's im2col; P = oh*ow output pixels per image):
 ``im2col``/``col2im`` take ``row_stride`` and ``image_stride`` and so serve
 both layouts.
 """
+from collections import namedtuple
+
 import numpy as np
 from numba import njit, prange
+
+from dlcore.blob import Blob
+from dlcore.errors import ConfigError
+from dlcore.filler import fill
+from dlcore.formula import formula
 
 # Kernels run on one thread; BLAS (NumPy's OpenBLAS) uses all cores for the
 # GEMMs.  Measured on the 2-core target: numba's parallel=True (OpenMP
@@ -31,18 +41,39 @@ from numba import njit, prange
 # workqueue layer or OMP_WAIT_POLICY=PASSIVE it gained nothing overall.  The
 # loops are still written with prange where iterations are independent (not
 # col2im, whose rows overlap), so flipping this is a one-line experiment;
-# delete layers/__pycache__/kernels.* first: numba's on-disk cache kept
-# serving the old build when only this flag changed.
-_PAR = False
+# delete layers/__pycache__/kernels.* (and pooling.*) first: numba's on-disk
+# cache kept serving the old build when only this flag changed.
+PARALLEL = False
 
-__all__ = ["conv_out_size", "im2col", "col2im", "cnp_to_ncp", "ncp_to_cnp", "add_channel_bias",
-           "channel_sum", "gemm", "Workspace", "max_pool_forward", "max_pool_forward_2x2", "max_pool_backward",
-           "ave_pool_forward", "ave_pool_backward"]
+__all__ = ["PARALLEL", "ConvGeometry", "conv_geometry", "conv_out_size", "im2col", "col2im", "cnp_to_ncp",
+           "ncp_to_cnp", "add_channel_bias", "channel_sum", "matmul", "Workspace", "learnable_blobs",
+           "param_down"]
 
 
-def conv_out_size(size, kernel, pad, stride, dilation=1):
+# ---------------------------------------------------------------------------
+# the convolution's geometry
+# ---------------------------------------------------------------------------
+
+class ConvGeometry(namedtuple("ConvGeometry", "C H W kh kw ph pw sh sw dh dw OH OW")):
+    """One image's side of a 2-D convolution (ints): C channels of H x W, a kh x kw kernel with
+    its pad, stride and dilation, and the OH x OW output pixels.  Kernels on both devices take it
+    whole and read ``g.kh``, ``g.OW``..."""
+    __slots__ = ()
+
+
+@formula
+def conv_out_size(size, kernel, pad, stride, dilation):
     """Caffe's convolution output size: floor((in + 2p - (d(k-1)+1)) / s) + 1."""
     return (size + 2 * pad - (dilation * (kernel - 1) + 1)) // stride + 1
+
+
+def conv_geometry(channels, height, width, kernel, pad, stride, dilation):
+    """The :class:`ConvGeometry` of ``channels`` x ``height`` x ``width`` images and (h, w) pairs
+    ``kernel``, ``pad``, ``stride``, ``dilation``; the output size by Caffe's rule."""
+    (kh, kw), (ph, pw), (sh, sw), (dh, dw) = ([int(v) for v in pair] for pair in (kernel, pad, stride, dilation))
+    H, W = int(height), int(width)
+    return ConvGeometry(int(channels), H, W, kh, kw, ph, pw, sh, sw, dh, dw,
+                        conv_out_size(H, kh, ph, sh, dh), conv_out_size(W, kw, pw, sw, dw))
 
 
 # ---------------------------------------------------------------------------
@@ -67,40 +98,42 @@ def _valid_range(k, pad, stride, dilation, size, out):
     return lo, hi, off
 
 
-@njit(cache=True, parallel=_PAR)
-def im2col(data, N, C, H, W, kh, kw, ph, pw, sh, sw, dh, dw, col, row_stride, image_stride):
-    """Images ``data`` (flat N*C*H*W) -> columns ``col``; every column element is written.
+@njit(cache=True, inline="always")
+def _row_spans(g, r):
+    """Column row r = (channel c, kernel row ki, kernel column kj): c, and the output rows [ylo, yhi)
+    and columns [xlo, xhi) whose input pixel (y*sh + yoff, x*sw + xoff) lies inside the image."""
+    ylo, yhi, yoff = _valid_range((r // g.kw) % g.kh, g.ph, g.sh, g.dh, g.H, g.OH)
+    xlo, xhi, xoff = _valid_range(r % g.kw, g.pw, g.sw, g.dw, g.W, g.OW)
+    return r // (g.kh * g.kw), ylo, yhi, yoff, xlo, xhi, xoff
+
+
+@njit(cache=True, parallel=PARALLEL)
+def im2col(data, N, g, col, row_stride, image_stride):
+    """Images ``data`` (flat N*C*H*W, geometry ``g``) -> columns ``col``; every column element is written.
 
     Element (row r = (c, ki, kj), image n, output pixel p) goes to
     ``col[r*row_stride + n*image_stride + p]``: ``(N*P, P)`` gives the batch
     layout (C*kh*kw, N*P), ``(P, C*kh*kw*P)`` the image layout (N, C*kh*kw, P).
     """
-    oh = (H + 2 * ph - (dh * (kh - 1) + 1)) // sh + 1
-    ow = (W + 2 * pw - (dw * (kw - 1) + 1)) // sw + 1
-    khw = kh * kw
-    usw = np.uint64(sw)
-    uow = np.uint64(ow)
-    for r in prange(C * khw):
-        c = r // khw
-        ki = (r // kw) % kh
-        kj = r % kw
-        ylo, yhi, yoff = _valid_range(ki, ph, sh, dh, H, oh)
-        xlo, xhi, xoff = _valid_range(kj, pw, sw, dw, W, ow)
+    usw = np.uint64(g.sw)
+    uow = np.uint64(g.OW)
+    for r in prange(g.C * g.kh * g.kw):
+        c, ylo, yhi, yoff, xlo, xhi, xoff = _row_spans(g, r)
         nx = np.uint64(xhi - xlo)
         uxlo = np.uint64(xlo)
         uxhi = np.uint64(xhi)
         for n in range(N):
-            for y in range(oh):
-                o = np.uint64(r * row_stride + n * image_stride + y * ow)
+            for y in range(g.OH):
+                o = np.uint64(r * row_stride + n * image_stride + y * g.OW)
                 if y < ylo or y >= yhi:
                     for t in range(uow):
                         col[o + t] = 0
                     continue
                 for t in range(uxlo):
                     col[o + t] = 0
-                s = np.uint64(((n * C + c) * H + y * sh + yoff) * W + xlo * sw + xoff)
+                s = np.uint64(((n * g.C + c) * g.H + y * g.sh + yoff) * g.W + xlo * g.sw + xoff)
                 d = o + uxlo
-                if sw == 1:
+                if g.sw == 1:
                     for t in range(nx):
                         col[d + t] = data[s + t]
                 else:
@@ -111,7 +144,7 @@ def im2col(data, N, C, H, W, kh, kw, ph, pw, sh, sw, dh, dw, col, row_stride, im
 
 
 @njit(cache=True)
-def col2im(col, N, C, H, W, kh, kw, ph, pw, sh, sw, dh, dw, data, row_stride, image_stride):
+def col2im(col, N, g, data, row_stride, image_stride):
     """Columns -> images ``data`` (flat N*C*H*W), overwritten with the sums (layouts as im2col).
 
     The loops follow the column buffer's memory order (rows outer in the batch
@@ -119,71 +152,53 @@ def col2im(col, N, C, H, W, kh, kw, ph, pw, sh, sw, dh, dw, data, row_stride, im
     faster than visiting it plane by plane.  Integer divisions stay out of
     the inner loops (they cost another 2x).
     """
-    oh = (H + 2 * ph - (dh * (kh - 1) + 1)) // sh + 1
-    ow = (W + 2 * pw - (dw * (kw - 1) + 1)) // sw + 1
-    for t in range(np.uint64(N * C * H * W)):
+    for t in range(np.uint64(N * g.C * g.H * g.W)):
         data[t] = 0
-    rows = C * kh * kw
+    rows = g.C * g.kh * g.kw
     if row_stride >= image_stride:
         for r in range(rows):
-            _col2im_row(col, data, r, N, C, H, W, kh, kw, ph, pw, sh, sw, dh, dw, oh, ow, row_stride, image_stride)
+            _col2im_row(col, data, r, N, g, row_stride, image_stride)
         return
-    # Image layout: per-row geometry computed once.
-    geo = np.empty((rows, 7), np.int64)
+    # Image layout: each row's spans computed once.
+    spans = np.empty((rows, 7), np.int64)
     for r in range(rows):
-        ylo, yhi, yoff = _valid_range((r // kw) % kh, ph, sh, dh, H, oh)
-        xlo, xhi, xoff = _valid_range(r % kw, pw, sw, dw, W, ow)
-        geo[r, 0] = r // (kh * kw)
-        geo[r, 1] = ylo
-        geo[r, 2] = yhi
-        geo[r, 3] = yoff
-        geo[r, 4] = xlo
-        geo[r, 5] = xhi
-        geo[r, 6] = xoff
-    usw = np.uint64(sw)
+        spans[r, 0], spans[r, 1], spans[r, 2], spans[r, 3], spans[r, 4], spans[r, 5], spans[r, 6] = \
+            _row_spans(g, r)
     for n in range(N):
         for r in range(rows):
-            c = geo[r, 0]
-            yoff = geo[r, 3]
-            xlo = geo[r, 4]
-            xoff = geo[r, 6]
-            nx = np.uint64(geo[r, 5] - xlo)
-            for y in range(geo[r, 1], geo[r, 2]):
-                d = np.uint64(((n * C + c) * H + y * sh + yoff) * W + xlo * sw + xoff)
-                o = np.uint64(r * row_stride + n * image_stride + y * ow + xlo)
-                if sw == 1:
-                    for t in range(nx):
-                        data[d + t] += col[o + t]
-                else:
-                    for t in range(nx):
-                        data[d + t * usw] += col[o + t]
+            _add_column_row(col, data, n, r, spans[r, 0], spans[r, 1], spans[r, 2], spans[r, 3], spans[r, 4],
+                            np.uint64(spans[r, 5] - spans[r, 4]), spans[r, 6], g, row_stride, image_stride)
 
 
 @njit(cache=True)
-def _col2im_row(col, data, r, N, C, H, W, kh, kw, ph, pw, sh, sw, dh, dw, oh, ow, row_stride, image_stride):
-    """Batch layout: add column row r (channel, ki, kj) of every image into the images."""
-    c = r // (kh * kw)
-    ylo, yhi, yoff = _valid_range((r // kw) % kh, ph, sh, dh, H, oh)
-    xlo, xhi, xoff = _valid_range(r % kw, pw, sw, dw, W, ow)
+def _col2im_row(col, data, r, N, g, row_stride, image_stride):
+    """Batch layout: add column row r of every image into the images."""
+    c, ylo, yhi, yoff, xlo, xhi, xoff = _row_spans(g, r)
     nx = np.uint64(xhi - xlo)
-    usw = np.uint64(sw)
     for n in range(N):
-        for y in range(ylo, yhi):
-            d = np.uint64(((n * C + c) * H + y * sh + yoff) * W + xlo * sw + xoff)
-            o = np.uint64(r * row_stride + n * image_stride + y * ow + xlo)
-            if sw == 1:
-                for t in range(nx):
-                    data[d + t] += col[o + t]
-            else:
-                for t in range(nx):
-                    data[d + t * usw] += col[o + t]
+        _add_column_row(col, data, n, r, c, ylo, yhi, yoff, xlo, nx, xoff, g, row_stride, image_stride)
+
+
+@njit(cache=True, inline="always")
+def _add_column_row(col, data, n, r, c, ylo, yhi, yoff, xlo, nx, xoff, g, row_stride, image_stride):
+    """Add column row r of image n (channel c; spans as _row_spans, nx = xhi - xlo) into the image."""
+    usw = np.uint64(g.sw)
+    for y in range(ylo, yhi):
+        d = np.uint64(((n * g.C + c) * g.H + y * g.sh + yoff) * g.W + xlo * g.sw + xoff)
+        o = np.uint64(r * row_stride + n * image_stride + y * g.OW + xlo)
+        if g.sw == 1:
+            for t in range(nx):
+                data[d + t] += col[o + t]
+        else:
+            for t in range(nx):
+                data[d + t * usw] += col[o + t]
 
 
 # ---------------------------------------------------------------------------
 # layout moves between GEMM results and blobs, and the bias
 # ---------------------------------------------------------------------------
 
-@njit(cache=True, parallel=_PAR)
+@njit(cache=True, parallel=PARALLEL)
 def cnp_to_ncp(src, bias, N, M, P, dst):
     """``dst[n, m, p] = src[m, n*P + p] + bias[m]`` (all flat: src (M, N*P), dst (N, M, P))."""
     uP = np.uint64(P)
@@ -197,7 +212,7 @@ def cnp_to_ncp(src, bias, N, M, P, dst):
             dst[d + p] = src[s + p] + b
 
 
-@njit(cache=True, parallel=_PAR, fastmath=True)
+@njit(cache=True, parallel=PARALLEL, fastmath=True)
 def ncp_to_cnp(src, N, M, P, dst, bias_diff, add_bias):
     """``dst[m, n*P + p] = src[n, m, p]`` (flat); if ``add_bias``: ``bias_diff[m] += sum over n, p``.
 
@@ -217,7 +232,7 @@ def ncp_to_cnp(src, N, M, P, dst, bias_diff, add_bias):
             bias_diff[m] += acc
 
 
-@njit(cache=True, parallel=_PAR)
+@njit(cache=True, parallel=PARALLEL)
 def add_channel_bias(data, bias, N, M, P):
     """``data[n, m, p] += bias[m]`` (flat (N, M, P))."""
     uP = np.uint64(P)
@@ -228,24 +243,25 @@ def add_channel_bias(data, bias, N, M, P):
             data[d + p] += b
 
 
-@njit(cache=True, parallel=_PAR, fastmath=True)
+@njit(cache=True, parallel=PARALLEL, fastmath=True)
 def channel_sum(data, N, M, P, out):
     """``out[m] += sum over n, p of data[n, m, p]`` (flat (N, M, P)), accumulated in float64."""
     uP = np.uint64(P)
+    image = np.uint64(M * P)
     for m in prange(M):
         acc = 0.0
-        for n in range(N):
-            d = np.uint64((n * M + m) * P)
+        # channel m of image n starts at (n*M + m)*P: step through the images
+        for d in range(np.uint64(m * P), np.uint64(N) * image, image):
             for p in range(uP):
                 acc += data[d + p]
         out[m] += acc
 
 
 # ---------------------------------------------------------------------------
-# GEMM and scratch memory
+# the matrix product and scratch memory
 # ---------------------------------------------------------------------------
 
-def gemm(a, b, out, accumulate=False, work=None):
+def matmul(a, b, out, accumulate=False, work=None):
     """``out = a @ b`` or, with ``accumulate``, ``out += a @ b``.
 
     ``a`` and ``b`` may be transposed views (``x.T``): NumPy hands them to
@@ -255,6 +271,7 @@ def gemm(a, b, out, accumulate=False, work=None):
     calling BLAS directly (scipy's ?gemm with beta=1 saves only the small
     add), and it keeps ONE BLAS thread pool in the process (scipy and numba's
     np.dot use a second OpenBLAS whose spinning threads would compete).
+    (The GPU's BLAS-style product, on flat device arrays, is ``kernels_cuda.gemm``.)
     """
     if not accumulate:
         np.matmul(a, b, out=out)
@@ -289,146 +306,31 @@ class Workspace:
 
 
 # ---------------------------------------------------------------------------
-# pooling (Caffe's window rules; see layers/pooling.py).  Flat arrays: the
-# image is ``planes`` planes of H*W (planes = N*C), the top planes of PH*PW.
+# learnable weights and bias (InnerProduct, Embed, Convolution, Deconvolution)
 # ---------------------------------------------------------------------------
 
-@njit(cache=True, inline="always")
-def _window_max(data, ib, H, W, hs, ws, kh, kw):
-    """Max and argmax (index in the H*W plane) of the window clipped to the image; (-FLT_MAX, -1) if empty."""
-    he = min(hs + kh, H)
-    we = min(ws + kw, W)
-    hs = max(hs, 0)
-    ws = max(ws, 0)
-    if hs >= he or ws >= we:
-        return data[ib] * 0 - 3.4028234663852886e38, -1
-    idx = hs * W + ws
-    best = data[np.uint64(ib + idx)]
-    for h in range(hs, he):
-        for w in range(ws, we):
-            k = h * W + w
-            v = data[np.uint64(ib + k)]
-            if v > best:
-                best = v
-                idx = k
-    return best, idx
+def learnable_blobs(layer, param, weight_shape, bias_shape=None):
+    """Caffe's weight (and bias) setup: check the blobs the model carried in ``layer.blobs``, or
+    create them and fill them with ``param.weight_filler`` (``param.bias_filler``).  ``bias_shape``
+    None: no bias."""
+    name = f"layer '{layer.name}' ({layer.type or type(layer).__name__})"
+    shapes = [tuple(weight_shape)] + ([tuple(bias_shape)] if bias_shape is not None else [])
+    if layer.blobs:
+        if len(layer.blobs) != len(shapes):
+            raise ConfigError(f"{name}: incorrect number of weight blobs (expected {len(shapes)}, "
+                              f"got {len(layer.blobs)})")
+        for blob, shape, what in zip(layer.blobs, shapes, ("weight", "bias")):
+            if blob.shape != shape:
+                raise ConfigError(f"{name}: incorrect {what} shape: expected shape {' '.join(map(str, shape))}; "
+                                  f"instead, shape was {blob.shape_string()}")
+        return
+    layer.blobs = [Blob(*shape, dtype=layer.dtype) for shape in shapes]
+    for blob, filler in zip(layer.blobs, (param.weight_filler, param.bias_filler)):
+        fill(blob, filler)
 
 
-@njit(cache=True, parallel=_PAR)
-def max_pool_forward(data, planes, H, W, PH, PW, kh, kw, ph, pw, sh, sw, top, mask):
-    """MAX pooling.  ``mask`` (int32, top's size) gets the argmax as an index into the
-    H*W plane; the first maximum in row-major order wins, as in Caffe.  An empty
-    window (only possible with Caffe's ceil rounding and stride > kernel) gives
-    -FLT_MAX and index -1, as Caffe does.
-    """
-    for pl in prange(planes):
-        ib = pl * H * W
-        ob = pl * PH * PW
-        for py in range(PH):
-            for px in range(PW):
-                best, idx = _window_max(data, ib, H, W, py * sh - ph, px * sw - pw, kh, kw)
-                o = np.uint64(ob + py * PW + px)
-                top[o] = best
-                mask[o] = idx
-
-
-@njit(cache=True, parallel=_PAR)
-def max_pool_forward_2x2(data, planes, H, W, PH, PW, ph, pw, sh, sw, top, mask):
-    """``max_pool_forward`` for 2x2 windows (the common case), unrolled: ~3.5x faster."""
-    uW = np.uint64(W)
-    one = np.uint64(1)
-    for pl in prange(planes):
-        ib = pl * H * W
-        ub = np.uint64(ib)
-        ob = pl * PH * PW
-        for py in range(PH):
-            hs = py * sh - ph
-            rows_inside = hs >= 0 and hs + 2 <= H
-            for px in range(PW):
-                ws = px * sw - pw
-                o = np.uint64(ob + py * PW + px)
-                if rows_inside and ws >= 0 and ws + 2 <= W:
-                    k = np.uint64(hs * W + ws)
-                    best = data[ub + k]
-                    idx = k
-                    v = data[ub + k + one]
-                    if v > best:
-                        best = v
-                        idx = k + one
-                    v = data[ub + k + uW]
-                    if v > best:
-                        best = v
-                        idx = k + uW
-                    v = data[ub + k + uW + one]
-                    if v > best:
-                        best = v
-                        idx = k + uW + one
-                    top[o] = best
-                    mask[o] = idx
-                else:
-                    best, sidx = _window_max(data, ib, H, W, hs, ws, 2, 2)
-                    top[o] = best
-                    mask[o] = sidx
-
-
-@njit(cache=True, parallel=_PAR)
-def max_pool_backward(top_diff, mask, planes, H, W, PH, PW, bottom_diff):
-    """Route each top gradient to its argmax; ``bottom_diff`` is overwritten."""
-    for pl in prange(planes):
-        ib = np.uint64(pl * H * W)
-        for t in range(np.uint64(H * W)):
-            bottom_diff[ib + t] = 0
-        ob = np.uint64(pl * PH * PW)
-        for t in range(np.uint64(PH * PW)):
-            idx = mask[ob + t]
-            if idx >= 0:
-                bottom_diff[ib + np.uint64(idx)] += top_diff[ob + t]
-
-
-@njit(cache=True, parallel=_PAR)
-def ave_pool_forward(data, planes, H, W, PH, PW, kh, kw, ph, pw, sh, sw, top):
-    """AVE pooling with Caffe's divisor: the window clipped to the PADDED image."""
-    uW = np.uint64(W)
-    for pl in prange(planes):
-        ib = np.uint64(pl * H * W)
-        ob = pl * PH * PW
-        for py in range(PH):
-            hs = py * sh - ph
-            he = min(hs + kh, H + ph)
-            for px in range(PW):
-                ws = px * sw - pw
-                we = min(ws + kw, W + pw)
-                size = (he - hs) * (we - ws)
-                acc = data[ib] * 0
-                for h in range(np.uint64(max(hs, 0)), np.uint64(min(he, H))):
-                    for w in range(np.uint64(max(ws, 0)), np.uint64(min(we, W))):
-                        acc += data[ib + h * uW + w]
-                o = np.uint64(ob + py * PW + px)
-                if size > 0:
-                    top[o] = acc / size
-                else:
-                    top[o] = 0
-
-
-@njit(cache=True, parallel=_PAR)
-def ave_pool_backward(top_diff, planes, H, W, PH, PW, kh, kw, ph, pw, sh, sw, bottom_diff):
-    """Spread each top gradient / divisor over its window; ``bottom_diff`` is overwritten."""
-    uW = np.uint64(W)
-    for pl in prange(planes):
-        ib = np.uint64(pl * H * W)
-        for t in range(np.uint64(H * W)):
-            bottom_diff[ib + t] = 0
-        ob = pl * PH * PW
-        for py in range(PH):
-            hs = py * sh - ph
-            he = min(hs + kh, H + ph)
-            for px in range(PW):
-                ws = px * sw - pw
-                we = min(ws + kw, W + pw)
-                size = (he - hs) * (we - ws)
-                if size <= 0:
-                    continue
-                g = top_diff[np.uint64(ob + py * PW + px)] / size
-                for h in range(np.uint64(max(hs, 0)), np.uint64(min(he, H))):
-                    for w in range(np.uint64(max(ws, 0)), np.uint64(min(we, W))):
-                        bottom_diff[ib + h * uW + w] += g
+def param_down(layer, i):
+    """Does backward compute the gradient of ``layer.blobs[i]``?  (The net may leave
+    ``param_propagate_down`` short: unset means True, as in Caffe.)"""
+    ppd = layer.param_propagate_down
+    return i >= len(ppd) or bool(ppd[i])

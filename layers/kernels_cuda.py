@@ -1,10 +1,15 @@
-"""CUDA kernels that many layers share: the matrix product, col2im, transposes, channel sums.
+"""CUDA kernels that many layers share: the matrix product, im2col/col2im, transposes, channel sums.
 
-The GPU counterpart of :mod:`dltrain.layers.kernels`, with the same names
-and argument orders where both sides have a function (``gemm``,
-``col2im``).  The device plumbing the solvers share too (launch shapes,
-fills, copies, axpby, sums) is :mod:`dlcore.device`.  Imported only by GPU
-code, so a CPU run never imports ``numba.cuda``.
+The GPU counterpart of :mod:`dltrain.layers.kernels`: where both sides have
+a function of one name (``im2col``, ``col2im``, ``channel_sum``,
+``add_channel_bias``) it takes the same arguments in the same order, the
+convolution's geometry as the same record (``kernels.ConvGeometry``); the
+GPU ones may add trailing element offsets (device arrays are flat and not
+sliced).  ``gemm`` is the GPU's alone (BLAS-style, on flat device arrays;
+the CPU's NumPy product is ``kernels.matmul``).  The device plumbing the
+solvers share too (launch shapes, fills, copies, axpby, sums) is
+:mod:`dlcore.device`.  Imported only by GPU code, so a CPU run never
+imports ``numba.cuda``.
 
 The matrix product
 ------------------
@@ -27,16 +32,20 @@ it reads the convolution's operands in place ("implicit GEMM"):
   pixel) read as the matrix (channel, image*pixel) (the top gradient);
 * ``cmode=NCHW``: C[m, n = (image, pixel)] is written to (image, m, pixel),
   plus a per-channel bias (the forward convolution's output).
+
+The convolution modes read the convolution's shape from an
+:class:`ImplicitConv` record and a table of the column rows' offsets
+(:func:`implicit_conv` makes both).
 """
 import math
+from collections import namedtuple
 
 import numba
 import numpy as np
 from numba import cuda
 
-from dlcore.device import (MAX_BLOCKS, RED_TPB, SIM, TPB, DeviceWorkspace, add_into, axpby, block_sum,  # noqa: F401
-                           copy, device_array, device_zeros, fill, grid, jit, max_host, reduce_sum, scalar, scale,
-                           sum_host, synchronize, to_device)
+from dlcore.device import MAX_BLOCKS, RED_TPB, SIM, block_sum, grid, jit, scalar
+from dlcore.formula import formula
 
 _jit = jit(cache=not SIM)
 
@@ -94,52 +103,89 @@ def channel_sum(data, N, M, P, out, accumulate=True, off=0, out_off=0):
         _channel_sum[blocks, RED_TPB](data, off, N, M, P, out, out_off, accumulate)
 
 
+@_jit
+def _add_channel_bias(data, bias, N, M, P):
+    for t in range(cuda.grid(1), N * M * P, cuda.gridsize(1)):
+        data[t] += bias[(t // P) % M]
+
+
+def add_channel_bias(data, bias, N, M, P):
+    """data[n, m, p] += bias[m] (flat (N, M, P))."""
+    if N * M * P > 0:
+        _add_channel_bias[grid(N * M * P)](data, bias, N, M, P)
+
+
 # ---------------------------------------------------------------------------
-# col2im (the convolution's data gradient; Caffe's col2im_gpu: a gather, no atomics)
+# im2col / col2im (the CPU's layouts: element (row r, image n, pixel p) at
+# col[r*row_stride + n*image_stride + p]; g is a kernels.ConvGeometry)
 # ---------------------------------------------------------------------------
 
 @_jit
-def _col2im(col, col_ld, N, C, H, W, kh, kw, ph, pw, sh, sw, dh, dw, OH, OW, out, out_off, accumulate):
-    """out[n, c, y, x] (+)= sum of the column entries that im2col read from that pixel.
-
-    ``col`` is (C*kh*kw, N*OH*OW) with leading dimension ``col_ld``.
-    """
-    total = N * C * H * W
-    P = OH * OW
-    for i in range(cuda.grid(1), total, cuda.gridsize(1)):
-        x = i % W
-        t = i // W
-        y = t % H
-        t = t // H
-        c = t % C
-        n = t // C
-        acc = col[0] * 0
-        for ki in range(kh):
-            yy = y + ph - ki * dh
-            if yy < 0 or yy % sh != 0:
-                continue
-            oy = yy // sh
-            if oy >= OH:
-                continue
-            for kj in range(kw):
-                xx = x + pw - kj * dw
-                if xx < 0 or xx % sw != 0:
-                    continue
-                ox = xx // sw
-                if ox >= OW:
-                    continue
-                acc += col[((c * kh + ki) * kw + kj) * col_ld + n * P + oy * OW + ox]
-        if accumulate:
-            out[out_off + i] += acc
+def _im2col(data, N, g, col, row_stride, image_stride):
+    P = g.OH * g.OW
+    rows = g.C * g.kh * g.kw
+    for t in range(cuda.grid(1), N * rows * P, cuda.gridsize(1)):
+        p = t % P
+        r = (t // P) % rows
+        n = t // (P * rows)
+        c = r // (g.kh * g.kw)
+        ki = (r // g.kw) % g.kh
+        kj = r % g.kw
+        oy = p // g.OW
+        iy = oy * g.sh - g.ph + ki * g.dh
+        ix = (p - oy * g.OW) * g.sw - g.pw + kj * g.dw
+        o = r * row_stride + n * image_stride + p
+        if iy >= 0 and iy < g.H and ix >= 0 and ix < g.W:
+            col[o] = data[((n * g.C + c) * g.H + iy) * g.W + ix]
         else:
-            out[out_off + i] = acc
+            col[o] = 0
 
 
-def col2im(col, col_ld, N, C, H, W, kh, kw, ph, pw, sh, sw, dh, dw, OH, OW, out, out_off=0, accumulate=False):
-    n = N * C * H * W
+def im2col(data, N, g, col, row_stride, image_stride):
+    """Images ``data`` (flat N*C*H*W) -> columns ``col`` (layouts as kernels.im2col), one thread per entry."""
+    n = N * g.C * g.kh * g.kw * g.OH * g.OW
     if n > 0:
-        _col2im[grid(n)](col, col_ld, N, C, H, W, kh, kw, ph, pw, sh, sw, dh, dw, OH, OW, out, out_off,
-                         accumulate)
+        _im2col[grid(n)](data, N, g, col, row_stride, image_stride)
+
+
+@formula
+def _tap_output(i, pad, k, dilation, stride, out):
+    """Along one axis: the output position whose kernel tap k reads input i, or -1 if none does."""
+    j = i + pad - k * dilation
+    if j < 0 or j % stride != 0 or j // stride >= out:
+        return -1
+    return j // stride
+
+
+@_jit
+def _col2im(col, N, g, data, row_stride, image_stride, data_off):
+    for i in range(cuda.grid(1), N * g.C * g.H * g.W, cuda.gridsize(1)):
+        x = i % g.W
+        t = i // g.W
+        y = t % g.H
+        t = t // g.H
+        c = t % g.C
+        n = t // g.C
+        acc = col[0] * 0
+        for ki in range(g.kh):
+            oy = _tap_output(y, g.ph, ki, g.dh, g.sh, g.OH)
+            if oy >= 0:
+                for kj in range(g.kw):
+                    ox = _tap_output(x, g.pw, kj, g.dw, g.sw, g.OW)
+                    if ox >= 0:
+                        acc += col[((c * g.kh + ki) * g.kw + kj) * row_stride + n * image_stride + oy * g.OW + ox]
+        data[data_off + i] = acc
+
+
+def col2im(col, N, g, data, row_stride, image_stride, data_off=0):
+    """Columns -> images ``data[data_off:]`` (flat N*C*H*W), overwritten with the sums (as kernels.col2im).
+
+    A gather (Caffe's col2im_gpu): each pixel sums the column entries im2col read from it, in the
+    order the CPU's scatter adds them; no atomics.
+    """
+    n = N * g.C * g.H * g.W
+    if n > 0:
+        _col2im[grid(n)](col, N, g, data, row_stride, image_stride, data_off)
 
 
 # ---------------------------------------------------------------------------
@@ -150,9 +196,49 @@ DENSE, NCP, IM2COL, IM2COL_T = 0, 1, 2, 3          # operand modes
 STORE, ATOMIC, NCHW = 0, 1, 2                      # output modes
 BIAS_NONE, BIAS_ROW, BIAS_COL = 0, 1, 2
 
-# geometry slots (an int64 device array) for the convolution modes
-G_C, G_H, G_W, G_OH, G_OW, G_P, G_SH, G_SW, G_PH, G_PW, G_XSTRIDE, G_YSTRIDE = range(12)
-GEO_SIZE = 12
+
+class ImplicitConv(namedtuple("ImplicitConv", "H W OW P sh sw ph pw in_image out_image")):
+    """What the convolution modes read of a convolution (see :func:`implicit_conv`): its input
+    images' H x W, the output's OW and P = OH*OW pixels, stride and pad, and the elements between
+    images in the input (``in_image`` = C*H*W) and in an (image, channel, pixel) operand
+    (``out_image`` = M*P)."""
+    __slots__ = ()
+
+
+NO_CONV = ImplicitConv(1, 1, 1, 1, 1, 1, 0, 0, 1, 1)   # what the dense modes get (never read)
+
+
+@formula
+def _window_origin(n, cv):
+    """Column n = (image, output pixel) of an im2col matrix: the offset of its window's top-left
+    input pixel from the images' start, and that pixel's row and column (negative in the padding)."""
+    img = n // cv.P
+    p = n - img * cv.P
+    oy = p // cv.OW
+    ox = p - oy * cv.OW
+    iy = oy * cv.sh - cv.ph
+    ix = ox * cv.sw - cv.pw
+    return img * cv.in_image + iy * cv.W + ix, iy, ix
+
+
+@formula
+def _im2col_entry(B, origin, iy0, ix0, tab, rows, k, cv, zero):
+    """Row k of the im2col column whose window starts at ``origin`` (row iy0, column ix0): the
+    pixel (``tab``: the rows' offsets, then their row and column steps), or zero in the padding."""
+    iy = iy0 + tab[rows + k]
+    ix = ix0 + tab[2 * rows + k]
+    if iy >= 0 and iy < cv.H and ix >= 0 and ix < cv.W:
+        return B[origin + tab[k]]
+    return zero
+
+
+@formula
+def _ncp_offset(n, cv):
+    """Column n = (image, pixel) of an (image, channel, pixel) operand read as (channel, image*pixel):
+    its offset at channel 0."""
+    img = n // cv.P
+    return img * cv.out_image + (n - img * cv.P)
+
 
 # tile configurations: (BM, BN, BK, TM, TN); threads per block = (BM/TM) * (BN/TN)
 CONFIG_LARGE = (128, 128, 8, 8, 8)
@@ -202,19 +288,18 @@ def _make_gemm(nbt, TA, TB, AMODE, BMODE, CMODE, BIAS, BETA, config):
     B_NFAST = BMODE == IM2COL or BMODE == NCP or (BMODE == DENSE and not TB)
 
     def kernel(M, N, K, alpha, beta, A, a_off, lda, a_bs, B, b_off, ldb, b_bs, C, c_off, ldc, c_bs,
-               bias, geo, tab, ksplit):
+               bias, conv, tab, ksplit):
         As = cuda.shared.array((BK, SA), nbt)
         Bs = cuda.shared.array((BK, SB), nbt)
         acc = cuda.local.array((TM, TN), nbt)
         ra = cuda.local.array(TM, nbt)
         rb = cuda.local.array(TN, nbt)
         coff = cuda.local.array(TN, numba.int64)
-        zero = nbt(0)
         tid = cuda.threadIdx.x
-        tx = tid % TXN
-        ty = tid // TXN
-        m0 = cuda.blockIdx.y * BM
+        m0 = cuda.blockIdx.y * BM        # this block's tile of C: rows m0.., columns n0..
         n0 = cuda.blockIdx.x * BN
+        tx = tid % TXN                   # this thread's rows m0 + ty + i*TYM, columns n0 + tx + j*TXN
+        ty = tid // TXN
         z = cuda.blockIdx.z
         bz = z // ksplit
         kz = z - bz * ksplit
@@ -224,18 +309,7 @@ def _make_gemm(nbt, TA, TB, AMODE, BMODE, CMODE, BIAS, BETA, config):
         kend = min(K, kbeg + per)
         a_base = a_off + bz * a_bs
         b_base = b_off + bz * b_bs
-
-        # convolution geometry (unused by the dense modes)
-        H = geo[G_H]
-        W = geo[G_W]
-        OW = geo[G_OW]
-        P = geo[G_P]
-        sh = geo[G_SH]
-        sw = geo[G_SW]
-        ph = geo[G_PH]
-        pw = geo[G_PW]
-        xstride = geo[G_XSTRIDE]
-        ystride = geo[G_YSTRIDE]
+        zero = nbt(0)
 
         # B staged with n fixed per thread: decompose that column once
         nn_fix = tid % BN
@@ -244,17 +318,10 @@ def _make_gemm(nbt, TA, TB, AMODE, BMODE, CMODE, BIAS, BETA, config):
         iy0 = 0
         ix0 = 0
         if BMODE == IM2COL:
-            img = gn_fix // P
-            p = gn_fix - img * P
-            oy = p // OW
-            ox = p - oy * OW
-            iy0 = oy * sh - ph
-            ix0 = ox * sw - pw
-            b_col = b_base + img * xstride + iy0 * W + ix0
+            origin, iy0, ix0 = _window_origin(gn_fix, conv)
+            b_col = b_base + origin
         elif BMODE == NCP:
-            img = gn_fix // P
-            p = gn_fix - img * P
-            b_col = b_base + img * ystride + p
+            b_col = b_base + _ncp_offset(gn_fix, conv)
 
         for i in range(TM):
             for j in range(TN):
@@ -267,15 +334,14 @@ def _make_gemm(nbt, TA, TB, AMODE, BMODE, CMODE, BIAS, BETA, config):
                 gk = k0 + kk
                 a_row = a_base + gk
                 if AMODE == NCP:
-                    img_a = gk // P
-                    a_row = a_base + img_a * ystride + (gk - img_a * P)
+                    a_row = a_base + _ncp_offset(gk, conv)
                 for it in range(LA):
                     mm = tid // BK + it * (NT // BK)
                     gm = m0 + mm
                     v = zero
                     if gk < kend and gm < M:
                         if AMODE == NCP:
-                            v = A[a_row + gm * P]
+                            v = A[a_row + gm * conv.P]
                         else:
                             v = A[a_row + gm * lda]
                     As[kk, mm] = v
@@ -297,12 +363,9 @@ def _make_gemm(nbt, TA, TB, AMODE, BMODE, CMODE, BIAS, BETA, config):
                     v = zero
                     if gk < kend and gn_fix < N:
                         if BMODE == IM2COL:
-                            iy = iy0 + tab[K + gk]
-                            ix = ix0 + tab[2 * K + gk]
-                            if iy >= 0 and iy < H and ix >= 0 and ix < W:
-                                v = B[b_col + tab[gk]]
+                            v = _im2col_entry(B, b_col, iy0, ix0, tab, K, gk, conv, zero)
                         elif BMODE == NCP:
-                            v = B[b_col + gk * P]
+                            v = B[b_col + gk * conv.P]
                         else:
                             v = B[b_base + gk * ldb + gn_fix]
                     Bs[kk, nn_fix] = v
@@ -313,23 +376,15 @@ def _make_gemm(nbt, TA, TB, AMODE, BMODE, CMODE, BIAS, BETA, config):
                 iy1 = 0
                 ix1 = 0
                 if BMODE == IM2COL_T:
-                    img_b = gk // P
-                    p_b = gk - img_b * P
-                    oy_b = p_b // OW
-                    ox_b = p_b - oy_b * OW
-                    iy1 = oy_b * sh - ph
-                    ix1 = ox_b * sw - pw
-                    b_row = b_base + img_b * xstride + iy1 * W + ix1
+                    origin, iy1, ix1 = _window_origin(gk, conv)
+                    b_row = b_base + origin
                 for it in range(LB):
                     nn = tid // BK + it * (NT // BK)
                     gn = n0 + nn
                     v = zero
                     if gk < kend and gn < N:
                         if BMODE == IM2COL_T:
-                            iy = iy1 + tab[N + gn]
-                            ix = ix1 + tab[2 * N + gn]
-                            if iy >= 0 and iy < H and ix >= 0 and ix < W:
-                                v = B[b_row + tab[gn]]
+                            v = _im2col_entry(B, b_row, iy1, ix1, tab, N, gn, conv, zero)
                         else:
                             v = B[b_row + gn * ldb]
                     Bs[kk, nn] = v
@@ -349,11 +404,10 @@ def _make_gemm(nbt, TA, TB, AMODE, BMODE, CMODE, BIAS, BETA, config):
         for j in range(TN):
             gn = n0 + tx + j * TXN
             if CMODE == NCHW:
-                img_c = gn // P
-                coff[j] = img_c * ystride + (gn - img_c * P)
+                coff[j] = _ncp_offset(gn, conv)
             else:
                 coff[j] = gn
-        row_step = P if CMODE == NCHW else ldc
+        row_step = conv.P if CMODE == NCHW else ldc
         for i in range(TM):
             gm = m0 + ty + i * TYM
             if gm < M:
@@ -403,13 +457,6 @@ def _dummy_array(dtype):
     return _dummy[key]
 
 
-def _dummy_geo():
-    if "geo" not in _dummy:
-        geo = np.ones(GEO_SIZE, np.int64)       # never read by the dense modes; no zero divisors
-        _dummy["geo"] = cuda.to_device(geo)
-    return _dummy["geo"]
-
-
 def choose_config(M, N, batch, dtype=np.float32):
     if _config_override is not None:
         return _config_override
@@ -431,7 +478,7 @@ def choose_config(M, N, batch, dtype=np.float32):
 
 def gemm(M, N, K, A, B, C, *, ta=False, tb=False, alpha=1.0, beta=0.0, a_off=0, lda=None, b_off=0, ldb=None,
          c_off=0, ldc=None, batch=1, a_bs=0, b_bs=0, c_bs=0, bias=None, bias_mode=BIAS_NONE,
-         amode=DENSE, bmode=DENSE, cmode=STORE, geo=None, tab=None, ksplit=1, config=None):
+         amode=DENSE, bmode=DENSE, cmode=STORE, conv=NO_CONV, tab=None, ksplit=1, config=None):
     """C = alpha * op(A) op(B) + beta * C (+ bias), for ``batch`` operand sets (see the module docstring).
 
     Dense operands: A is M x K (``ta``: stored K x M), B is K x N (``tb``:
@@ -439,6 +486,7 @@ def gemm(M, N, K, A, B, C, *, ta=False, tb=False, alpha=1.0, beta=0.0, a_off=0, 
     ``*_off`` their first element, ``*_bs`` the step between batch items.
     ``cmode=ATOMIC`` adds alpha * op(A) op(B) into C with atomics (``beta``
     and ``bias`` unused); then ``ksplit`` > 1 splits the K loop over blocks.
+    The convolution modes read ``conv`` and ``tab`` (from :func:`implicit_conv`).
     """
     if M <= 0 or N <= 0 or batch <= 0:
         return
@@ -461,12 +509,10 @@ def gemm(M, N, K, A, B, C, *, ta=False, tb=False, alpha=1.0, beta=0.0, a_off=0, 
     BM, BN = config[0], config[1]
     grid3 = ((N + BN - 1) // BN, (M + BM - 1) // BM, batch * ksplit)
     dummy = _dummy_array(dtype)
-    if geo is None:
-        geo = _dummy_geo()
     if tab is None:
         tab = _dummy_array(np.int32)
     kern[grid3, NT](M, N, K, scalar(alpha, dtype), scalar(beta, dtype), A, a_off, lda, a_bs, B, b_off, ldb, b_bs,
-                    C, c_off, ldc, c_bs, dummy if bias is None else bias, geo, tab, ksplit)
+                    C, c_off, ldc, c_bs, dummy if bias is None else bias, conv, tab, ksplit)
 
 
 def split_for(M, N, K, batch, dtype=np.float32, config=None):
@@ -481,22 +527,17 @@ def split_for(M, N, K, batch, dtype=np.float32, config=None):
     return max(1, min(math.ceil(target / blocks), K // (8 * config[2]) or 1, 64))
 
 
-def conv_geometry(C, H, W, OH, OW, kh, kw, ph, pw, sh, sw, dh, dw, M, Cg=None):
-    """The device arrays the convolution modes read: ``geo`` (int64 slots) and the
-    kernel table ``tab`` (int32, 3 rows of Cg*kh*kw: offset in the image,
-    row offset, column offset of each column-matrix row of one group).
-
-    C: the images' channels (Cg per group, default C), M: the output channels.
-    """
-    Cg = C if Cg is None else Cg
-    geo = np.zeros(GEO_SIZE, np.int64)
-    geo[G_C], geo[G_H], geo[G_W], geo[G_OH], geo[G_OW], geo[G_P] = C, H, W, OH, OW, OH * OW
-    geo[G_SH], geo[G_SW], geo[G_PH], geo[G_PW] = sh, sw, ph, pw
-    geo[G_XSTRIDE] = C * H * W
-    geo[G_YSTRIDE] = M * OH * OW
-    rows = np.arange(Cg * kh * kw)
-    c = rows // (kh * kw)
-    ki = (rows // kw) % kh
-    kj = rows % kw
-    tab = np.concatenate([c * H * W + ki * dh * W + kj * dw, ki * dh, kj * dw]).astype(np.int32)
-    return cuda.to_device(geo), cuda.to_device(tab)
+def implicit_conv(g, M, group=1):
+    """What the convolution modes read, for images of geometry ``g`` (kernels.ConvGeometry, all
+    g.C channels) convolved into ``M`` channels in ``group`` groups: the :class:`ImplicitConv`
+    record, and the kernel table ``tab`` (an int32 device array, 3 rows of (g.C / group)*kh*kw:
+    the offset in the image, the row step and the column step of each column-matrix row of one
+    group)."""
+    P = g.OH * g.OW
+    conv = ImplicitConv(g.H, g.W, g.OW, P, g.sh, g.sw, g.ph, g.pw, g.C * g.H * g.W, M * P)
+    rows = np.arange(g.C // group * g.kh * g.kw)
+    c = rows // (g.kh * g.kw)
+    ki = (rows // g.kw) % g.kh
+    kj = rows % g.kw
+    tab = np.concatenate([c * g.H * g.W + ki * g.dh * g.W + kj * g.dw, ki * g.dh, kj * g.dw]).astype(np.int32)
+    return conv, cuda.to_device(tab)

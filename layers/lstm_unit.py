@@ -17,71 +17,52 @@ f includes cont)::
 
 No gradient goes to ``cont``.  tanh is Caffe's ``2 sigmoid(2x) - 1``.
 
-(layers/recurrent.py's gate kernels are not reused: they work on the
-LSTM's gate-major buffers, (4, H*N) per step, with a fast float32 tanh
-approximation; the unit's gates are interleaved per instance, (N, 4H),
-and it computes Caffe's formulas directly.)
+The cell is the LSTM's, written once in layers/lstm_cell.py (the LSTM
+layer uses the same formulas, with its own forget gate f = cont * s_f and
+its own activations on the CPU).  The unit's gates are interleaved per
+instance, (N, 4H).
 """
-import numpy as np
 from numba import njit
 
 from dlcore.errors import ConfigError, DLTrainError
 from dlcore.layer import Layer
 from dlcore.registry import register_layer
 
-
-@njit(cache=True, inline="always")
-def _sigmoid(x, one):
-    return one / (one + np.exp(-x))
-
-
-@njit(cache=True, inline="always")
-def _tanh(x, one):
-    return (one + one) * _sigmoid((one + one) * x, one) - one
+from .lstm_cell import caffe_forget, caffe_tanh, logistic, lstm_cell, lstm_cell_grad, lstm_gates
 
 
 @njit(cache=True)
 def lstm_unit_forward(c_prev, x, cont, c, h, N, H, one):
     for n in range(N):
-        cn = cont[n]
         for d in range(H):
             xb = n * 4 * H + d
-            i = _sigmoid(x[xb], one)
-            f = cn * _sigmoid(x[xb + H], one) if cn != 0 else cn * 0
-            o = _sigmoid(x[xb + 2 * H], one)
-            g = _tanh(x[xb + 3 * H], one)
+            i, sf, o, g = lstm_gates(x[xb], x[xb + H], x[xb + 2 * H], x[xb + 3 * H], one, logistic, caffe_tanh)
             k = n * H + d
-            cv = f * c_prev[k] + i * g
-            c[k] = cv
-            h[k] = o * _tanh(cv, one)
+            c[k], _, h[k] = lstm_cell(i, caffe_forget(cont[n], sf), o, g, c_prev[k], one, caffe_tanh)
 
 
 @njit(cache=True)
 def lstm_unit_backward(c_prev, x, cont, c, dc, dh, dc_prev, dx, N, H, do_c, do_x, one):
     for n in range(N):
-        cn = cont[n]
         for d in range(H):
             xb = n * 4 * H + d
-            i = _sigmoid(x[xb], one)
-            f = cn * _sigmoid(x[xb + H], one) if cn != 0 else cn * 0
-            o = _sigmoid(x[xb + 2 * H], one)
-            g = _tanh(x[xb + 3 * H], one)
+            i, sf, o, g = lstm_gates(x[xb], x[xb + H], x[xb + 2 * H], x[xb + 3 * H], one, logistic, caffe_tanh)
             k = n * H + d
-            tc = _tanh(c[k], one)
-            dct = dc[k] + dh[k] * o * (one - tc * tc)
+            f = caffe_forget(cont[n], sf)
+            dcp, di, df, do, dg = lstm_cell_grad(i, f, f, o, g, c_prev[k], caffe_tanh(c[k], one), dh[k], dc[k], one)
             if do_c:
-                dc_prev[k] = dct * f
+                dc_prev[k] = dcp
             if do_x:
-                dx[xb] = dct * g * i * (one - i)
-                dx[xb + H] = dct * c_prev[k] * f * (one - f)
-                dx[xb + 2 * H] = dh[k] * tc * o * (one - o)
-                dx[xb + 3 * H] = dct * i * (one - g * g)
+                dx[xb], dx[xb + H], dx[xb + 2 * H], dx[xb + 3 * H] = di, df, do, dg
 
 
 @register_layer("LSTMUnit")
 class LSTMUnitLayer(Layer):
+    """Caffe's LSTMUnit (see the module docstring); its GPU code is in layers/lstm_unit_cuda.py."""
+
     exact_num_bottom_blobs = 3
     exact_num_top_blobs = 2
+    cuda_module = ".lstm_unit_cuda"
 
     def reshape(self, bottom, top):
         name = f"layer '{self.name}' (LSTMUnit)"
@@ -108,10 +89,12 @@ class LSTMUnitLayer(Layer):
     def allow_force_backward(self, bottom_index):
         return bottom_index != 2
 
-    def _check_cont_down(self, propagate_down):
+    def backward_wanted(self, propagate_down):
+        """Whether backward writes anything (c_prev's or x's diff); never to cont."""
         if propagate_down[2]:
             raise DLTrainError(f"layer '{self.name}' (LSTMUnit) cannot backpropagate to the sequence "
                                "indicators (bottom 2, cont)")
+        return bool(propagate_down[0] or propagate_down[1])
 
     def forward_cpu(self, bottom, top):
         one = self.dtype.type(1)
@@ -119,29 +102,10 @@ class LSTMUnitLayer(Layer):
                           top[0].data.reshape(-1), top[1].data.reshape(-1), self.num, self.hidden, one)
 
     def backward_cpu(self, top, propagate_down, bottom):
-        self._check_cont_down(propagate_down)
-        if not (propagate_down[0] or propagate_down[1]):
+        if not self.backward_wanted(propagate_down):
             return
         one = self.dtype.type(1)
         lstm_unit_backward(bottom[0].data.reshape(-1), bottom[1].data.reshape(-1), bottom[2].data.reshape(-1),
                            top[0].data.reshape(-1), top[0].diff.reshape(-1), top[1].diff.reshape(-1),
                            bottom[0].diff.reshape(-1), bottom[1].diff.reshape(-1), self.num, self.hidden,
                            bool(propagate_down[0]), bool(propagate_down[1]), one)
-
-    def forward_gpu(self, bottom, top):
-        from . import lstm_unit_cuda as C
-        C.forward(bottom[0].gpu_data(), bottom[1].gpu_data(), bottom[2].gpu_data(), top[0].mutable_gpu_data(),
-                  top[1].mutable_gpu_data(), self.num, self.hidden)
-
-    def backward_gpu(self, top, propagate_down, bottom):
-        self._check_cont_down(propagate_down)
-        if not (propagate_down[0] or propagate_down[1]):
-            return
-        from . import lstm_unit_cuda as C
-        # (a diff not propagated to is passed but never written)
-        dc_prev = bottom[0].mutable_gpu_diff() if propagate_down[0] else bottom[0].gpu_diff()
-        dx = bottom[1].mutable_gpu_diff() if propagate_down[1] else bottom[1].gpu_diff()
-        C.backward(bottom[0].gpu_data(), bottom[1].gpu_data(), bottom[2].gpu_data(), top[0].gpu_data(),
-                   top[0].gpu_diff(), top[1].gpu_diff(), dc_prev, dx, self.num, self.hidden,
-                   bool(propagate_down[0]), bool(propagate_down[1]))
-

@@ -21,7 +21,6 @@ from dlcore.layer import TRAIN, Layer
 from dlcore.registry import register_layer
 from dlcore.rng import get_rng
 
-CUDA_MODULE = "dltrain.layers.neurons_cuda"
 
 
 def flat(array):
@@ -34,7 +33,7 @@ class NeuronLayer(Layer):
 
     exact_num_bottom_blobs = 1
     exact_num_top_blobs = 1
-    cuda_module = CUDA_MODULE
+    cuda_module = ".neurons_cuda"
 
     def reshape(self, bottom, top):
         if top[0] is not bottom[0]:
@@ -108,16 +107,28 @@ def sigmoid_backward(y, dy, dx):
         dx[i] = sigmoid_grad(y[i], dy[i])
 
 
-@register_layer("Sigmoid")
-class SigmoidLayer(NeuronLayer):
-    """y = 1 / (1 + exp(-x)); backward from the top data."""
+class TopDataNeuronLayer(NeuronLayer):
+    """An activation y = f(x) whose gradient needs only y (so it works in place).
+
+    A subclass names its two CPU loops: ``cpu_forward(x, y)`` and ``cpu_backward(y, dy, dx)``.
+    """
+
+    cpu_forward = cpu_backward = None
 
     def forward_cpu(self, bottom, top):
-        sigmoid_forward(flat(bottom[0].data), flat(top[0].data))
+        self.cpu_forward(flat(bottom[0].data), flat(top[0].data))
 
     def backward_cpu(self, top, propagate_down, bottom):
         if propagate_down[0]:
-            sigmoid_backward(flat(top[0].data), flat(top[0].diff), flat(bottom[0].diff))
+            self.cpu_backward(flat(top[0].data), flat(top[0].diff), flat(bottom[0].diff))
+
+
+@register_layer("Sigmoid")
+class SigmoidLayer(TopDataNeuronLayer):
+    """y = 1 / (1 + exp(-x)); backward from the top data."""
+
+    cpu_forward = staticmethod(sigmoid_forward)
+    cpu_backward = staticmethod(sigmoid_backward)
 
 
 # --- TanH ---------------------------------------------------------------------
@@ -140,15 +151,11 @@ def tanh_backward(y, dy, dx):
 
 
 @register_layer("TanH")
-class TanHLayer(NeuronLayer):
+class TanHLayer(TopDataNeuronLayer):
     """y = tanh(x); backward from the top data."""
 
-    def forward_cpu(self, bottom, top):
-        tanh_forward(flat(bottom[0].data), flat(top[0].data))
-
-    def backward_cpu(self, top, propagate_down, bottom):
-        if propagate_down[0]:
-            tanh_backward(flat(top[0].data), flat(top[0].diff), flat(bottom[0].diff))
+    cpu_forward = staticmethod(tanh_forward)
+    cpu_backward = staticmethod(tanh_backward)
 
 
 # --- Dropout ------------------------------------------------------------------
@@ -203,27 +210,26 @@ class DropoutLayer(NeuronLayer):
         if self.mask.size != bottom[0].count:
             self.mask = np.zeros(bottom[0].count, np.uint8)
 
+    def draw_mask(self):
+        """Bernoulli(1 - p), 1 = keep: drawn through get_rng() at every TRAIN forward, on either
+        device, so that set_random_seed (the gradient checker's too) applies."""
+        self.mask[...] = get_rng().random(self.mask.size) < (1.0 - self.threshold)
+
     def forward_cpu(self, bottom, top):
-        x, y = flat(bottom[0].data), flat(top[0].data)
         if self.phase == TRAIN:
-            # Bernoulli(1 - p): 1 = keep.  Drawn through get_rng() every time
-            # so that set_random_seed (the gradient checker's too) applies.
-            self.mask[...] = get_rng().random(x.shape[0]) < (1.0 - self.threshold)
-            masked_scale(x, self.mask, y, self.train_scale)
-        elif self.scale_train:
-            if top[0] is not bottom[0]:
-                y[...] = x
-        else:
-            scale_copy(x, y, 1.0 / self.scale)
+            self.draw_mask()
+        self._apply(flat(bottom[0].data), flat(top[0].data), top[0] is bottom[0])
 
     def backward_cpu(self, top, propagate_down, bottom):
-        if not propagate_down[0]:
-            return
-        dy, dx = flat(top[0].diff), flat(bottom[0].diff)
+        if propagate_down[0]:
+            self._apply(flat(top[0].diff), flat(bottom[0].diff), top[0] is bottom[0])
+
+    def _apply(self, src, dst, in_place):
+        # The same map forward (data) and backward (diffs).
         if self.phase == TRAIN:
-            masked_scale(dy, self.mask, dx, self.train_scale)
+            masked_scale(src, self.mask, dst, self.train_scale)
         elif self.scale_train:
-            if top[0] is not bottom[0]:
-                dx[...] = dy
+            if not in_place:
+                dst[...] = src
         else:
-            scale_copy(dy, dx, 1.0 / self.scale)
+            scale_copy(src, dst, 1.0 / self.scale)

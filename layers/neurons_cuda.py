@@ -13,7 +13,6 @@ from numba import cuda
 
 from dlcore.device import copy, grid, jit, scalar, scale
 from dlcore.layer import TRAIN, gpu_backward, gpu_forward
-from dlcore.rng import get_rng
 
 from .neurons import (DropoutLayer, ReLULayer, SigmoidLayer, TanHLayer, masked, relu, relu_grad, sigmoid,
                       sigmoid_grad, tanh_grad)
@@ -77,32 +76,23 @@ def relu_backward(layer, top, propagate_down, bottom):
                                 scalar(layer.negative_slope, bottom[0].dtype))
 
 
-@gpu_forward(SigmoidLayer)
-def sigmoid_forward(layer, bottom, top):
-    n = top[0].count
-    if n:
-        _sigmoid_forward[grid(n)](bottom[0].gpu_data(), top[0].mutable_gpu_data(), n)
+def _top_data_activation(layer_class, forward_kernel, backward_kernel):
+    """Register the GPU pair of an activation whose gradient needs only the top data."""
+    @gpu_forward(layer_class)
+    def forward(layer, bottom, top):
+        n = top[0].count
+        if n:
+            forward_kernel[grid(n)](bottom[0].gpu_data(), top[0].mutable_gpu_data(), n)
+
+    @gpu_backward(layer_class)
+    def backward(layer, top, propagate_down, bottom):
+        n = bottom[0].count
+        if propagate_down[0] and n:
+            backward_kernel[grid(n)](top[0].gpu_data(), top[0].gpu_diff(), bottom[0].mutable_gpu_diff(), n)
 
 
-@gpu_backward(SigmoidLayer)
-def sigmoid_backward(layer, top, propagate_down, bottom):
-    n = bottom[0].count
-    if propagate_down[0] and n:
-        _sigmoid_backward[grid(n)](top[0].gpu_data(), top[0].gpu_diff(), bottom[0].mutable_gpu_diff(), n)
-
-
-@gpu_forward(TanHLayer)
-def tanh_forward(layer, bottom, top):
-    n = top[0].count
-    if n:
-        _tanh_forward[grid(n)](bottom[0].gpu_data(), top[0].mutable_gpu_data(), n)
-
-
-@gpu_backward(TanHLayer)
-def tanh_backward(layer, top, propagate_down, bottom):
-    n = bottom[0].count
-    if propagate_down[0] and n:
-        _tanh_backward[grid(n)](top[0].gpu_data(), top[0].gpu_diff(), bottom[0].mutable_gpu_diff(), n)
+_top_data_activation(SigmoidLayer, _sigmoid_forward, _sigmoid_backward)
+_top_data_activation(TanHLayer, _tanh_forward, _tanh_backward)
 
 
 def masked_scale(x, mask, y, n, scale):
@@ -115,28 +105,24 @@ def masked_scale(x, mask, y, n, scale):
 def dropout_forward(layer, bottom, top):
     n = bottom[0].count
     if layer.phase == TRAIN:
-        layer.mask[...] = get_rng().random(n) < (1.0 - layer.threshold)
-        mask = layer.workspace.get("mask", n, np.uint8)
+        layer.draw_mask()
         if n:
-            mask[:n].copy_to_device(layer.mask)
-        masked_scale(bottom[0].gpu_data(), mask, top[0].mutable_gpu_data(), n, layer.train_scale)
-    elif layer.scale_train:
-        if top[0] is not bottom[0]:
-            copy(bottom[0].gpu_data(), top[0].mutable_gpu_data(), n)
-    else:
-        scale(bottom[0].gpu_data(), top[0].mutable_gpu_data(), 1.0 / layer.scale, n)
+            layer.workspace.get("mask", n, np.uint8)[:n].copy_to_device(layer.mask)
+    _dropout(layer, bottom[0].gpu_data(), top[0].mutable_gpu_data(), n, top[0] is bottom[0])
 
 
 @gpu_backward(DropoutLayer)
 def dropout_backward(layer, top, propagate_down, bottom):
-    if not propagate_down[0]:
-        return
-    n = bottom[0].count
+    if propagate_down[0]:
+        _dropout(layer, top[0].gpu_diff(), bottom[0].mutable_gpu_diff(), bottom[0].count, top[0] is bottom[0])
+
+
+def _dropout(layer, src, dst, n, in_place):
+    # The same map forward (data) and backward (diffs), as the CPU layer's _apply.
     if layer.phase == TRAIN:
-        masked_scale(top[0].gpu_diff(), layer.workspace.get("mask", n, np.uint8), bottom[0].mutable_gpu_diff(), n,
-                     layer.train_scale)
+        masked_scale(src, layer.workspace.get("mask", n, np.uint8), dst, n, layer.train_scale)
     elif layer.scale_train:
-        if top[0] is not bottom[0]:
-            copy(top[0].gpu_diff(), bottom[0].mutable_gpu_diff(), n)
+        if not in_place:
+            copy(src, dst, n)
     else:
-        scale(top[0].gpu_diff(), bottom[0].mutable_gpu_diff(), 1.0 / layer.scale, n)
+        scale(src, dst, 1.0 / layer.scale, n)

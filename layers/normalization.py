@@ -24,36 +24,149 @@
   (``across_channels``) and, with ``normalize_variance``, divides by
   sqrt(var) + eps (Caffe adds eps to the standard deviation).
 
-CUDA kernels: layers/normalization_cuda.py.
+Each element-wise formula is written once (``@formula``, below) and used by
+the CPU loops here and the CUDA kernels in ``normalization_cuda.py``.
 """
+import math
+from typing import NamedTuple
+
 import numpy as np
 from numba import njit
 
 from dlcore.blob import Blob
 from dlcore.errors import ConfigError
 from dlcore.filler import fill
+from dlcore.formula import formula
 from dlcore.layer import TEST, Layer
 from dlcore.registry import register_layer
+from dltrain.proto import caffe_pb2
 
-from . import kernels as K
 from .activations import power_backward, power_forward
+from .kernels import add_channel_bias, channel_sum, param_down
 from .neurons import flat
+from .pooling import PoolGeometry, ave_pool_backward, ave_pool_forward
+
+CUDA_MODULE = ".normalization_cuda"
+
+# LRN's norm_region
+ACROSS_CHANNELS = caffe_pb2.LRNParameter.ACROSS_CHANNELS
+WITHIN_CHANNEL = caffe_pb2.LRNParameter.WITHIN_CHANNEL
+
+# What the normalization's gradient flows through (group_norm_backward's ``mode``):
+STATS_FIXED = 0         # nothing: the mean and std are constants (BatchNorm with global statistics)
+STATS_MEAN_VAR = 1      # the group's mean and variance (BatchNorm in TRAIN, MVN with normalize_variance)
+STATS_MEAN = 2          # the group's mean only (MVN without normalize_variance: y = x - mean)
 
 
-def _cuda():
-    from . import normalization_cuda
-    return normalization_cuda
+class Groups(NamedTuple):
+    """A "group" layout (N, G, S) of a flat array: element (n, g, s) at (n*G + g)*S + s.
 
-
-def _param_down(layer, i):
-    ppd = layer.param_propagate_down
-    return i >= len(ppd) or bool(ppd[i])
+    BatchNorm's channels are (num, C, spatial), MVN's rows (1, rows, dim),
+    Scale/Bias's (outer, dim, inner)."""
+    N: int
+    G: int
+    S: int
 
 
 # ---------------------------------------------------------------------------
-# CPU kernels.  A "group" layout (N, G, S): element (n, g, s) at (n*G + g)*S + s;
-# BatchNorm's channels are (num, C, spatial), MVN's rows (1, rows, dim),
-# Scale/Bias's (outer, dim, inner).
+# Formulas (also the CUDA kernels' arithmetic)
+# ---------------------------------------------------------------------------
+
+@formula
+def normalize(x, mean, std, divide):
+    """BatchNorm's and MVN's output: (x - mean) / std, or x - mean."""
+    v = x - mean
+    return v / std if divide else v
+
+
+@formula
+def normalize_grad(dy, y, sum_dy, sum_dy_y, inv_m, std, mode):
+    """dx of ``normalize`` given the group's sums of dy and dy*y (y: the normalized output);
+    ``mode``: what the gradient flows through (STATS_FIXED, STATS_MEAN_VAR, STATS_MEAN)."""
+    if mode == STATS_FIXED:
+        return dy / std
+    if mode == STATS_MEAN_VAR:
+        return (dy - (sum_dy_y * y + sum_dy) * inv_m) / std
+    return dy - sum_dy * inv_m
+
+
+@formula
+def running_sum(value, running, moving_average_fraction):
+    """Caffe's BatchNorm statistics update: running <- value + lambda running."""
+    return value + moving_average_fraction * running
+
+
+@formula
+def global_stats_factor(s, one):
+    """1 / s, the factor that turns the running sums into statistics (0 before any batch: s = 0)."""
+    f = s - s
+    if s != 0:
+        f = one / s
+    return f
+
+
+@formula
+def batch_norm_std(var, eps):
+    return math.sqrt(var + eps)
+
+
+@formula
+def mvn_std(var, eps):
+    return math.sqrt(var) + eps
+
+
+@formula
+def lrn_term(x, alpha_over_size):
+    """One channel's share of LRN's ACROSS_CHANNELS scale: alpha/n x^2."""
+    return alpha_over_size * (x * x)
+
+
+@formula
+def lrn_power(scale, neg_beta):
+    return scale ** neg_beta
+
+
+@formula
+def lrn_output(x, scale, neg_beta):
+    """y = x scale^-beta."""
+    return lrn_power(scale, neg_beta) * x
+
+
+@formula
+def lrn_ratio(dy, x, scale, power):
+    """dy y / scale, y = power x as forward computed it (power: scale^-beta): the terms of the
+    ACROSS_CHANNELS gradient's window sum (Caffe's accum_ratio)."""
+    return dy * (power * x) / scale
+
+
+@formula
+def lrn_grad(dy, x, power, window_ratio, cache_ratio):
+    """ACROSS_CHANNELS: dx = dy scale^-beta - 2 alpha beta / n x (window sum of lrn_ratio)."""
+    return dy * power - cache_ratio * (x * window_ratio)
+
+
+@formula
+def lrn_within_grad(dy, power, x, d_square):
+    """WITHIN_CHANNEL: dx = dy power + (2 x) d(square) (Caffe's Split sums the product's and the square's diffs)."""
+    return dy * power + (2 * x) * d_square
+
+
+class LRNParams(NamedTuple):
+    """LRN ACROSS_CHANNELS's geometry (num, channels, plane = H*W, window size, pre_pad) and its
+    constants in the data's dtype."""
+    num: int
+    channels: int
+    plane: int
+    size: int
+    pre_pad: int
+    alpha_over_size: float
+    k: float
+    neg_beta: float
+    cache_ratio: float          # 2 alpha beta / n
+
+
+# ---------------------------------------------------------------------------
+# CPU kernels (on Groups layouts)
 # ---------------------------------------------------------------------------
 
 # Reductions accumulate in float64 and may reassociate (vectorized sums, as the shared
@@ -62,8 +175,9 @@ _SUM = {"reassoc", "nsz", "contract"}
 
 
 @njit(cache=True, error_model="numpy", fastmath=_SUM)
-def group_moments(x, N, G, S, mean, var, want_var):
+def group_moments(x, groups, mean, var, want_var):
     """mean[g] = E[x], var[g] = E[(x - mean[g])^2] over n, s (float64 sums)."""
+    N, G, S = groups
     m = N * S
     uS = np.uint64(S)
     for g in range(G):
@@ -85,43 +199,50 @@ def group_moments(x, N, G, S, mean, var, want_var):
 
 
 @njit(cache=True, error_model="numpy")
-def group_normalize(x, y, mean, std, N, G, S, divide):
-    """y = (x - mean[g]) / std[g] (or just x - mean[g]); works in place."""
+def group_normalize(x, y, mean, std, groups, divide):
+    """y = normalize(x, mean[g], std[g], divide); works in place."""
+    N, G, S = groups
     uS = np.uint64(S)
+    for row in range(N * G):                 # row n*G + g: S elements of group g
+        g = row % G
+        b = np.uint64(row * S)
+        if divide:
+            for s in range(uS):
+                y[b + s] = normalize(x[b + s], mean[g], std[g], True)
+        else:
+            for s in range(uS):
+                y[b + s] = normalize(x[b + s], mean[g], std[g], False)
+
+
+@njit(cache=True, error_model="numpy", fastmath=_SUM, inline="always")
+def _group_dot(a, b, groups, g, want_a):
+    """(sum of a, sum of a*b) over group g's n, s, in float64 (the first 0 unless ``want_a``)."""
+    N, G, S = groups
+    uS = np.uint64(S)
+    acc_a = 0.0
+    acc_ab = 0.0
     for n in range(N):
-        for g in range(G):
-            b = np.uint64((n * G + g) * S)
-            mu = mean[g]
-            sd = std[g]
-            if divide:
-                for s in range(uS):
-                    y[b + s] = (x[b + s] - mu) / sd
-            else:
-                for s in range(uS):
-                    y[b + s] = x[b + s] - mu
+        o = np.uint64((n * G + g) * S)
+        for s in range(uS):
+            v = a[o + s]
+            if want_a:
+                acc_a += v
+            acc_ab += v * b[o + s]
+    return acc_a, acc_ab
 
 
 @njit(cache=True, error_model="numpy", fastmath=_SUM)
-def group_sums(a, b, N, G, S, sum_a, sum_ab):
+def group_sums(a, b, groups, sum_a, sum_ab):
     """sum_a[g] = sum of a, sum_ab[g] = sum of a*b over n, s (float64 sums)."""
-    uS = np.uint64(S)
-    for g in range(G):
-        acc_a = 0.0
-        acc_ab = 0.0
-        for n in range(N):
-            o = np.uint64((n * G + g) * S)
-            for s in range(uS):
-                v = a[o + s]
-                acc_a += v
-                acc_ab += v * b[o + s]
-        sum_a[g] = acc_a
-        sum_ab[g] = acc_ab
+    for g in range(groups.G):
+        sum_a[g], sum_ab[g] = _group_dot(a, b, groups, g, True)
 
 
 @njit(cache=True, error_model="numpy")
-def group_norm_backward(dy, y, dx, sum_a, sum_ab, std, N, G, S, inv_m, mode):
-    """mode 0: dx = dy / std; 1: dx = (dy - (sum_ab y + sum_a) inv_m) / std; 2: dx = dy - sum_a inv_m.
+def group_norm_backward(dy, y, dx, sum_a, sum_ab, std, groups, inv_m, mode):
+    """dx = normalize_grad(dy, y, sum_a[g], sum_ab[g], inv_m, std[g], mode).
     Element-wise after the sums, so dx may be dy (in place)."""
+    N, G, S = groups
     uS = np.uint64(S)
     for n in range(N):
         for g in range(G):
@@ -129,15 +250,16 @@ def group_norm_backward(dy, y, dx, sum_a, sum_ab, std, N, G, S, inv_m, mode):
             a = sum_a[g]
             ab = sum_ab[g]
             sd = std[g]
-            if mode == 0:
+            # the mode is tested outside the inner loops (then a constant in each: they vectorize)
+            if mode == STATS_FIXED:
                 for s in range(uS):
-                    dx[o + s] = dy[o + s] / sd
-            elif mode == 1:
+                    dx[o + s] = normalize_grad(dy[o + s], y[o + s], a, ab, inv_m, sd, STATS_FIXED)
+            elif mode == STATS_MEAN_VAR:
                 for s in range(uS):
-                    dx[o + s] = (dy[o + s] - (ab * y[o + s] + a) * inv_m) / sd
+                    dx[o + s] = normalize_grad(dy[o + s], y[o + s], a, ab, inv_m, sd, STATS_MEAN_VAR)
             else:
                 for s in range(uS):
-                    dx[o + s] = dy[o + s] - a * inv_m
+                    dx[o + s] = normalize_grad(dy[o + s], y[o + s], a, ab, inv_m, sd, STATS_MEAN)
 
 
 @njit(cache=True, error_model="numpy")
@@ -146,32 +268,29 @@ def bn_stats(mean, var, std, b0, b1, b2, lam, bias_correction, eps, one, use_glo
     Then std = sqrt(var + eps).  ``one``: 1 in the data's dtype (keeps float32 math in float32)."""
     C = mean.shape[0]
     if use_global:
-        s = b2[0]
-        f = s - s
-        if s != 0:
-            f = one / s
+        f = global_stats_factor(b2[0], one)
         for c in range(C):
             mean[c] = f * b0[c]
             var[c] = f * b1[c]
     else:
-        b2[0] = b2[0] * lam + one
+        b2[0] = running_sum(one, b2[0], lam)
         for c in range(C):
-            b0[c] = mean[c] + lam * b0[c]
-            b1[c] = bias_correction * var[c] + lam * b1[c]
+            b0[c] = running_sum(mean[c], b0[c], lam)
+            b1[c] = running_sum(bias_correction * var[c], b1[c], lam)
     for c in range(C):
-        std[c] = np.sqrt(var[c] + eps)
+        std[c] = batch_norm_std(var[c], eps)
 
 
 @njit(cache=True, error_model="numpy")
-def mvn_std(var, std, eps):
+def mvn_stds(var, std, eps):
     for r in range(var.shape[0]):
-        std[r] = np.sqrt(var[r]) + eps
+        std[r] = mvn_std(var[r], eps)
 
 
 @njit(cache=True, error_model="numpy")
-def broadcast_scale(x, s, y, dim, inner):
-    """y[o, d, j] = x[o, d, j] * s[d] (flat (outer, dim, inner)); works in place."""
-    outer = x.shape[0] // max(dim * inner, 1)
+def broadcast_scale(x, s, y, groups):
+    """y[o, d, j] = x[o, d, j] * s[d] (flat (outer, dim, inner) = groups); works in place."""
+    outer, dim, inner = groups
     uI = np.uint64(inner)
     for o in range(outer):
         for d in range(dim):
@@ -182,15 +301,10 @@ def broadcast_scale(x, s, y, dim, inner):
 
 
 @njit(cache=True, error_model="numpy", fastmath=_SUM)
-def broadcast_scale_grad(dy, x, out, outer, dim, inner, accumulate):
-    """out[d] (+)= sum over o, j of dy * x (float64 sums)."""
-    uI = np.uint64(inner)
-    for d in range(dim):
-        acc = 0.0
-        for o in range(outer):
-            b = np.uint64((o * dim + d) * inner)
-            for j in range(uI):
-                acc += dy[b + j] * x[b + j]
+def broadcast_scale_grad(dy, x, out, groups, accumulate):
+    """out[d] (+)= sum over o, j of dy * x (float64 sums) on the (outer, dim, inner) layout ``groups``."""
+    for d in range(groups.G):
+        acc = _group_dot(dy, x, groups, d, False)[1]
         if accumulate:
             out[d] += acc
         else:
@@ -198,101 +312,101 @@ def broadcast_scale_grad(dy, x, out, outer, dim, inner, accumulate):
 
 
 @njit(cache=True, error_model="numpy")
-def lrn_across_forward(x, scale, y, N, C, HW, size, pre_pad, alpha_over_size, k, neg_beta):
+def lrn_across_forward(x, scale, y, p):
     """Caffe's CPU LRN, plane by plane: the first channel's scale is k + alpha/n x^2 summed over
     its window; each next one adds the entering channel's term and subtracts the leaving one's.
     (Unsigned indices: no wrap-around checks in the inner loops, which then vectorize.)"""
+    C, HW, size, pre_pad, alpha_over_size = p.channels, p.plane, p.size, p.pre_pad, p.alpha_over_size
     uHW = np.uint64(HW)
-    for n in range(N):
+    for n in range(p.num):
         base = np.uint64(n * C * HW)
-        for p in range(uHW):
-            scale[base + p] = k
+        for i in range(uHW):
+            scale[base + i] = p.k
         for j in range(size):                     # the first window: channels -pre_pad .. size-1-pre_pad
             c = j - pre_pad
             if 0 <= c < C:
                 o = base + np.uint64(c * HW)
-                for p in range(uHW):
-                    v = x[o + p]
-                    scale[base + p] += alpha_over_size * (v * v)
+                for i in range(uHW):
+                    scale[base + i] += lrn_term(x[o + i], alpha_over_size)
         for c in range(1, C):
             o = base + np.uint64(c * HW)
             prev = o - uHW
-            for p in range(uHW):
-                scale[o + p] = scale[prev + p]
+            for i in range(uHW):
+                scale[o + i] = scale[prev + i]
             head = c + size - 1 - pre_pad
             if head < C:
                 h = base + np.uint64(head * HW)
-                for p in range(uHW):
-                    v = x[h + p]
-                    scale[o + p] += alpha_over_size * (v * v)
+                for i in range(uHW):
+                    scale[o + i] += lrn_term(x[h + i], alpha_over_size)
             tail = c - 1 - pre_pad
             if tail >= 0:
                 t = base + np.uint64(tail * HW)
-                for p in range(uHW):
-                    v = x[t + p]
-                    scale[o + p] -= alpha_over_size * (v * v)
+                for i in range(uHW):
+                    scale[o + i] -= lrn_term(x[t + i], alpha_over_size)
     for i in range(np.uint64(x.shape[0])):
-        y[i] = scale[i] ** neg_beta * x[i]
+        y[i] = lrn_output(x[i], scale[i], p.neg_beta)
 
 
 @njit(cache=True, error_model="numpy")
-def lrn_across_backward(x, scale, dy, dx, N, C, HW, size, pre_pad, neg_beta, cache_ratio):
-    """dx = dy scale^-beta - 2 alpha beta / n * x * (window sum of dy y / scale), plane by plane
-    as Caffe's CPU code; y is recomputed from x and scale exactly as forward did."""
+def lrn_across_backward(x, scale, dy, dx, p):
+    """dx = lrn_grad(...) plane by plane as Caffe's CPU code: the window sum of lrn_ratio runs over
+    the channels; y is recomputed from x and scale exactly as forward did."""
+    C, HW, size, pre_pad, neg_beta = p.channels, p.plane, p.size, p.pre_pad, p.neg_beta
     uHW = np.uint64(HW)
     ratio = np.empty(C * HW, dx.dtype)
     power = np.empty(C * HW, dx.dtype)
     accum = np.empty(HW, dx.dtype)
-    for n in range(N):
+    for n in range(p.num):
         base = np.uint64(n * C * HW)
         for i in range(np.uint64(C * HW)):
             s = scale[base + i]
-            pw = s ** neg_beta
+            pw = lrn_power(s, neg_beta)
             power[i] = pw
-            ratio[i] = dy[base + i] * (pw * x[base + i]) / s
-        for p in range(uHW):
-            accum[p] = 0
+            ratio[i] = lrn_ratio(dy[base + i], x[base + i], s, pw)
+        for i in range(uHW):
+            accum[i] = 0
         for j in range(size - 1):                 # padded positions 0 .. size-2
             c = j - pre_pad
             if 0 <= c < C:
                 r = np.uint64(c * HW)
-                for p in range(uHW):
-                    accum[p] += ratio[r + p]
+                for i in range(uHW):
+                    accum[i] += ratio[r + i]
         for c in range(C):
             head = c + size - 1 - pre_pad
             if head < C:
                 r = np.uint64(head * HW)
-                for p in range(uHW):
-                    accum[p] += ratio[r + p]
+                for i in range(uHW):
+                    accum[i] += ratio[r + i]
             r = np.uint64(c * HW)
             o = base + r
-            for p in range(uHW):
-                dx[o + p] = dy[o + p] * power[r + p] - cache_ratio * (x[o + p] * accum[p])
+            for i in range(uHW):
+                dx[o + i] = lrn_grad(dy[o + i], x[o + i], power[r + i], accum[i], p.cache_ratio)
             tail = c - pre_pad
             if tail >= 0:
                 r = np.uint64(tail * HW)
-                for p in range(uHW):
-                    accum[p] -= ratio[r + p]
-
-
-@njit(cache=True, error_model="numpy")
-def square(x, y):
-    for i in range(np.uint64(x.shape[0])):
-        v = x[i]
-        y[i] = v * v
+                for i in range(uHW):
+                    accum[i] -= ratio[r + i]
 
 
 @njit(cache=True, error_model="numpy")
 def multiply(a, b, out):
+    """out = a * b (a may be b: the squares)."""
     for i in range(np.uint64(a.shape[0])):
         out[i] = a[i] * b[i]
 
 
 @njit(cache=True, error_model="numpy")
-def lrn_within_grad(dy, pw, x, dsq, dx):
-    """dx = dy * power_out + (2 x) * d(square)  (Caffe's Split sums the product's and the square's diffs)."""
+def lrn_within_backward(dy, power, x, d_square, dx):
     for i in range(np.uint64(dy.shape[0])):
-        dx[i] = dy[i] * pw[i] + (2 * x[i]) * dsq[i]
+        dx[i] = lrn_within_grad(dy[i], power[i], x[i], d_square[i])
+
+
+class _OneToOneLayer(Layer):
+    """BatchNorm, LRN, MVN: one bottom, one top."""
+
+    exact_num_bottom_blobs = 1
+    exact_num_top_blobs = 1
+    cuda_module = CUDA_MODULE
 
 
 # ---------------------------------------------------------------------------
@@ -300,12 +414,10 @@ def lrn_within_grad(dy, pw, x, dsq, dx):
 # ---------------------------------------------------------------------------
 
 @register_layer("BatchNorm")
-class BatchNormLayer(Layer):
-    exact_num_bottom_blobs = 1
-    exact_num_top_blobs = 1
+class BatchNormLayer(_OneToOneLayer):
+    """Batch normalization (``batch_norm_param { use_global_stats moving_average_fraction eps }``)."""
 
     def setup(self, bottom, top):
-        from dltrain.proto import caffe_pb2
         name = f"layer '{self.name}' (BatchNorm)"
         param = self.layer_param.batch_norm_param
         self.moving_average_fraction = float(param.moving_average_fraction)
@@ -358,43 +470,38 @@ class BatchNormLayer(Layer):
         for blob in (self.mean, self.variance, self.std):
             blob.reshape(self.channels)
         self.x_norm.reshape_like(b)
-        self.num = b.shape[0]
-        self.spatial = b.count // max(self.num * self.channels, 1)
+        num = b.shape[0]
+        self.groups = Groups(num, self.channels, b.count // max(num * self.channels, 1))
 
-    def _bias_correction(self, bottom):
+    def stats_args(self, bottom):
+        """bn_stats's constants, in the data's dtype: (lambda, m/(m-1), eps, 1)."""
+        t = self.dtype.type
         m = bottom[0].count // self.channels
-        return m / (m - 1) if m > 1 else 1.0
+        return (t(self.moving_average_fraction), t(m / (m - 1) if m > 1 else 1.0), t(self.eps), t(1))
+
+    def backward_args(self):
+        """group_norm_backward's 1/m (m: the elements per channel) and mode."""
+        N, _, S = self.groups
+        return self.dtype.type(1.0 / max(N * S, 1)), STATS_FIXED if self.use_global_stats else STATS_MEAN_VAR
 
     def forward_cpu(self, bottom, top):
-        t = self.dtype.type
         x, y = flat(bottom[0].data), flat(top[0].data)
         mean, var, std = self.mean.data, self.variance.data, self.std.data
-        N, C, S = self.num, self.channels, self.spatial
         if not self.use_global_stats:
-            group_moments(x, N, C, S, mean, var, True)
-        bn_stats(mean, var, std, self.blobs[0].data.reshape(-1), self.blobs[1].data.reshape(-1),
-                 self.blobs[2].data.reshape(-1), t(self.moving_average_fraction), t(self._bias_correction(bottom)),
-                 t(self.eps), t(1), self.use_global_stats)
-        group_normalize(x, y, mean, std, N, C, S, True)
+            group_moments(x, self.groups, mean, var, True)
+        bn_stats(mean, var, std, *(flat(b.data) for b in self.blobs), *self.stats_args(bottom),
+                 self.use_global_stats)
+        group_normalize(x, y, mean, std, self.groups, True)
         np.copyto(self.x_norm.data, top[0].data)
 
     def backward_cpu(self, top, propagate_down, bottom):
         if not propagate_down[0]:
             return
-        N, C, S = self.num, self.channels, self.spatial
         dy, dx, xn = flat(top[0].diff), flat(bottom[0].diff), flat(self.x_norm.data)
         sum_a, sum_ab = self.mean.diff, self.variance.diff
         if not self.use_global_stats:
-            group_sums(dy, xn, N, C, S, sum_a, sum_ab)
-        group_norm_backward(dy, xn, dx, sum_a, sum_ab, self.std.data, N, C, S,
-                            self.dtype.type(1.0 / max(N * S, 1)), 0 if self.use_global_stats else 1)
-
-    def forward_gpu(self, bottom, top):
-        _cuda().batch_norm_forward(self, bottom, top)
-
-    def backward_gpu(self, top, propagate_down, bottom):
-        if propagate_down[0]:
-            _cuda().batch_norm_backward(self, top, bottom)
+            group_sums(dy, xn, self.groups, sum_a, sum_ab)
+        group_norm_backward(dy, xn, dx, sum_a, sum_ab, self.std.data, self.groups, *self.backward_args())
 
 
 # ---------------------------------------------------------------------------
@@ -418,8 +525,8 @@ def _broadcast_blob_shape(layer, kind, bottom, axis_param, num_axes):
     return b.shape[axis:] if num_axes == -1 else b.shape[axis:axis + num_axes]
 
 
-def _broadcast_dims(layer, kind, bottom, operand, axis_param):
-    """(outer, dim, inner) of bottom[0] around the operand's axes, with Caffe's checks."""
+def _broadcast_groups(layer, kind, bottom, operand, axis_param):
+    """Groups (outer, dim, inner) of bottom[0] around the operand's axes, with Caffe's checks."""
     name = f"layer '{layer.name}' ({kind})"
     b = bottom[0]
     if operand.num_axes == 0:
@@ -438,20 +545,33 @@ def _broadcast_dims(layer, kind, bottom, operand, axis_param):
                               f"(size {b.shape[axis + i]}) and the {kind.lower()} blob's axis {i} "
                               f"(size {operand.shape[i]}); bottom[0] is {b.shape_string()}, the "
                               f"{kind.lower()} blob {operand.shape_string()}")
-    return b.count_range(0, axis), operand.count, b.count_range(axis + operand.num_axes)
+    return Groups(b.count_range(0, axis), operand.count, b.count_range(axis + operand.num_axes))
+
+
+class _BroadcastLayer(Layer):
+    """Bias and Scale: bottom[0] with a learned blob or bottom[1] broadcast over it (``groups``:
+    bottom[0] as (outer, dim, inner), dim the operand's count)."""
+
+    min_bottom_blobs = 1
+    max_bottom_blobs = 2
+    exact_num_top_blobs = 1
+    cuda_module = CUDA_MODULE
+
+    def operand(self, bottom):
+        return bottom[1] if len(bottom) > 1 else self.blobs[0]
+
+    def wants_operand_grad(self, propagate_down, bottom):
+        """The learned blob's gradient (if wanted), or bottom[1]'s (if propagated to)."""
+        return param_down(self, 0) if len(bottom) == 1 else bool(propagate_down[1])
 
 
 @register_layer("Bias")
-class BiasLayer(Layer):
+class BiasLayer(_BroadcastLayer):
     """y = x + b, b broadcast over bottom[0]'s axes [axis, axis + num_axes).
 
     b is a learned blob (``bias_param { axis num_axes filler }``, filler
     default constant 0) or the second bottom (its own shape decides the axes).
     """
-
-    min_bottom_blobs = 1
-    max_bottom_blobs = 2
-    exact_num_top_blobs = 1
 
     def setup(self, bottom, top):
         param = self.layer_param.bias_param
@@ -460,39 +580,28 @@ class BiasLayer(Layer):
             self.blobs = [Blob(*shape, dtype=self.dtype) if shape else Blob(dtype=self.dtype)]
             fill(self.blobs[0], param.filler)
 
-    def _operand(self, bottom):
-        return bottom[1] if len(bottom) > 1 else self.blobs[0]
-
     def reshape(self, bottom, top):
-        self.outer, self.dim, self.inner = _broadcast_dims(self, "Bias", bottom, self._operand(bottom),
-                                                           self.layer_param.bias_param.axis)
+        self.groups = _broadcast_groups(self, "Bias", bottom, self.operand(bottom), self.layer_param.bias_param.axis)
         if top[0] is not bottom[0]:
             top[0].reshape_like(bottom[0])
 
     def forward_cpu(self, bottom, top):
         if top[0] is not bottom[0]:
             np.copyto(top[0].data, bottom[0].data)
-        K.add_channel_bias(flat(top[0].data), flat(self._operand(bottom).data), self.outer, self.dim, self.inner)
+        add_channel_bias(flat(top[0].data), flat(self.operand(bottom).data), *self.groups)
 
     def backward_cpu(self, top, propagate_down, bottom):
         if propagate_down[0] and top[0] is not bottom[0]:
             np.copyto(bottom[0].diff, top[0].diff)
-        learned = len(bottom) == 1
-        if (learned and _param_down(self, 0)) or (not learned and propagate_down[1]):
-            out = flat(self._operand(bottom).diff)
-            if not learned:
+        if self.wants_operand_grad(propagate_down, bottom):
+            out = flat(self.operand(bottom).diff)
+            if len(bottom) > 1:
                 out[...] = 0
-            K.channel_sum(flat(top[0].diff), self.outer, self.dim, self.inner, out)
-
-    def forward_gpu(self, bottom, top):
-        _cuda().bias_forward(self, bottom, top)
-
-    def backward_gpu(self, top, propagate_down, bottom):
-        _cuda().bias_backward(self, top, propagate_down, bottom)
+            channel_sum(flat(top[0].diff), *self.groups, out)
 
 
 @register_layer("Scale")
-class ScaleLayer(Layer):
+class ScaleLayer(_BroadcastLayer):
     """y = x * s (+ b), s broadcast over bottom[0]'s axes [axis, axis + num_axes).
 
     s is a learned blob (``scale_param { axis num_axes filler (default
@@ -502,12 +611,7 @@ class ScaleLayer(Layer):
     bottoms).  In place, the input is kept for the scale's gradient.
     """
 
-    min_bottom_blobs = 1
-    max_bottom_blobs = 2
-    exact_num_top_blobs = 1
-
     def setup(self, bottom, top):
-        from dltrain.proto import caffe_pb2
         param = self.layer_param.scale_param
         loaded = len(self.blobs)
         if len(bottom) == 1 and not self.blobs:
@@ -542,12 +646,8 @@ class ScaleLayer(Layer):
                               f"got {len(self.blobs)}{' (loaded with the definition)' if loaded else ''}")
         self.temp = Blob(dtype=self.dtype)
 
-    def _operand(self, bottom):
-        return bottom[1] if len(bottom) > 1 else self.blobs[0]
-
     def reshape(self, bottom, top):
-        self.outer, self.dim, self.inner = _broadcast_dims(self, "Scale", bottom, self._operand(bottom),
-                                                           self.layer_param.scale_param.axis)
+        self.groups = _broadcast_groups(self, "Scale", bottom, self.operand(bottom), self.layer_param.scale_param.axis)
         if top[0] is bottom[0]:
             self.temp.reshape_like(bottom[0])
         else:
@@ -555,47 +655,36 @@ class ScaleLayer(Layer):
         if self.bias_layer is not None:
             self.bias_layer.reshape([top[0]], top)
 
-    def _bias_pass(self, top, backward):
-        layer = self.bias_layer
-        layer.gpu = self.gpu
-        if backward:
-            layer.param_propagate_down = [True]
-            layer.backward(top, [False], [top[0]])
-        else:
-            layer.forward([top[0]], top)
+    def scale_input(self, bottom, top):
+        """The input the scale's gradient needs: a copy taken before an in-place forward."""
+        return self.temp if top[0] is bottom[0] else bottom[0]
+
+    def forward(self, bottom, top):
+        super().forward(bottom, top)          # forward_cpu or the GPU code: the scale
+        if self.bias_layer is not None:
+            self.bias_layer.gpu = self.gpu
+            self.bias_layer.forward([top[0]], top)
+
+    def backward(self, top, propagate_down, bottom):
+        # the bias gradient first: in place, the bottom diff overwrites the top diff
+        if self.bias_layer is not None and param_down(self, len(self.blobs) - 1):
+            self.bias_layer.gpu = self.gpu
+            self.bias_layer.param_propagate_down = [True]
+            self.bias_layer.backward(top, [False], [top[0]])
+        super().backward(top, propagate_down, bottom)
 
     def forward_cpu(self, bottom, top):
         if top[0] is bottom[0]:
             np.copyto(self.temp.data, bottom[0].data)
-        broadcast_scale(flat(bottom[0].data), flat(self._operand(bottom).data), flat(top[0].data), self.dim,
-                        self.inner)
-        if self.bias_layer is not None:
-            self._bias_pass(top, False)
-
-    def _wants_scale_grad(self, propagate_down, bottom):
-        return (len(bottom) == 1 and _param_down(self, 0)) or (len(bottom) > 1 and propagate_down[1])
+        broadcast_scale(flat(bottom[0].data), flat(self.operand(bottom).data), flat(top[0].data), self.groups)
 
     def backward_cpu(self, top, propagate_down, bottom):
-        # bias and scale gradients first: in place, the bottom diff overwrites the top diff
-        if self.bias_layer is not None and _param_down(self, len(self.blobs) - 1):
-            self._bias_pass(top, True)
-        operand = self._operand(bottom)
-        if self._wants_scale_grad(propagate_down, bottom):
-            x = self.temp if top[0] is bottom[0] else bottom[0]
-            broadcast_scale_grad(flat(top[0].diff), flat(x.data), flat(operand.diff), self.outer, self.dim,
-                                 self.inner, len(bottom) == 1)
+        operand = self.operand(bottom)
+        if self.wants_operand_grad(propagate_down, bottom):
+            broadcast_scale_grad(flat(top[0].diff), flat(self.scale_input(bottom, top).data), flat(operand.diff),
+                                 self.groups, len(bottom) == 1)
         if propagate_down[0]:
-            broadcast_scale(flat(top[0].diff), flat(operand.data), flat(bottom[0].diff), self.dim, self.inner)
-
-    def forward_gpu(self, bottom, top):
-        _cuda().scale_forward(self, bottom, top)
-        if self.bias_layer is not None:
-            self._bias_pass(top, False)
-
-    def backward_gpu(self, top, propagate_down, bottom):
-        if self.bias_layer is not None and _param_down(self, len(self.blobs) - 1):
-            self._bias_pass(top, True)
-        _cuda().scale_backward(self, top, propagate_down, bottom)
+            broadcast_scale(flat(top[0].diff), flat(operand.data), flat(bottom[0].diff), self.groups)
 
 
 # ---------------------------------------------------------------------------
@@ -603,7 +692,7 @@ class ScaleLayer(Layer):
 # ---------------------------------------------------------------------------
 
 @register_layer("LRN")
-class LRNLayer(Layer):
+class LRNLayer(_OneToOneLayer):
     """Local response normalization (``lrn_param { local_size alpha beta norm_region k }``).
 
     ACROSS_CHANNELS: y = x (k + alpha/n sum over n channels of x^2)^-beta.
@@ -611,11 +700,7 @@ class LRNLayer(Layer):
     (k unused, zero padding), computed by Caffe's chain of layers.
     """
 
-    exact_num_bottom_blobs = 1
-    exact_num_top_blobs = 1
-
     def setup(self, bottom, top):
-        from dltrain.proto import caffe_pb2
         name = f"layer '{self.name}' (LRN)"
         p = self.layer_param.lrn_param
         self.size = int(p.local_size)
@@ -623,9 +708,9 @@ class LRNLayer(Layer):
             raise ConfigError(f"{name}: LRN only supports odd values for local_size (got {self.size})")
         self.pre_pad = (self.size - 1) // 2
         self.alpha, self.beta, self.k = float(p.alpha), float(p.beta), float(p.k)
-        if p.norm_region not in (caffe_pb2.LRNParameter.ACROSS_CHANNELS, caffe_pb2.LRNParameter.WITHIN_CHANNEL):
+        if p.norm_region not in (ACROSS_CHANNELS, WITHIN_CHANNEL):
             raise ConfigError(f"{name}: unknown norm_region {p.norm_region}")
-        self.across = p.norm_region == caffe_pb2.LRNParameter.ACROSS_CHANNELS
+        self.across = p.norm_region == ACROSS_CHANNELS
         if top[0] is bottom[0]:
             raise ConfigError(f"{name} does not allow in-place computation")
         self.scale = Blob(dtype=self.dtype)       # ACROSS: the scale; WITHIN: the squares (diff: their gradient)
@@ -643,46 +728,42 @@ class LRNLayer(Layer):
             self.pool.reshape_like(b)      # AVE pooling, kernel n, pad (n-1)/2, stride 1 keeps H x W
             self.power.reshape_like(b)
         self.N, self.C, self.H, self.W = b.shape
+        t = self.dtype.type
+        self.params = LRNParams(self.N, self.C, self.H * self.W, self.size, self.pre_pad, t(self.alpha / self.size),
+                                t(self.k), t(-self.beta), t(2.0 * self.alpha * self.beta / self.size))
+        # WITHIN_CHANNEL's AVE pooling: window n x n, pad (n-1)/2, stride 1
+        self.pool_geometry = PoolGeometry(self.N * self.C, self.H, self.W, self.H, self.W, self.size, self.size,
+                                          self.pre_pad, self.pre_pad, 1, 1)
 
-    def _pool_geometry(self):
-        return (self.N * self.C, self.H, self.W, self.H, self.W, self.size, self.size, self.pre_pad, self.pre_pad,
-                1, 1)
+    def power_args(self):
+        """WITHIN_CHANNEL's Power layer: (power, scale, shift) = (-beta, alpha, 1)."""
+        t = self.dtype.type
+        return t(-self.beta), t(self.alpha), t(1)
 
     def forward_cpu(self, bottom, top):
-        t = self.dtype.type
         x, y = flat(bottom[0].data), flat(top[0].data)
         if self.across:
-            lrn_across_forward(x, flat(self.scale.data), y, self.N, self.C, self.H * self.W, self.size,
-                               self.pre_pad, t(self.alpha / self.size), t(self.k), t(-self.beta))
+            lrn_across_forward(x, flat(self.scale.data), y, self.params)
             return
         sq, pool, pw = flat(self.scale.data), flat(self.pool.data), flat(self.power.data)
-        square(x, sq)
-        K.ave_pool_forward(sq, *self._pool_geometry(), pool)
-        power_forward(pool, pw, t(-self.beta), t(self.alpha), t(1))
+        multiply(x, x, sq)
+        ave_pool_forward(sq, self.pool_geometry, pool)
+        power_forward(pool, pw, *self.power_args())
         multiply(x, pw, y)
 
     def backward_cpu(self, top, propagate_down, bottom):
         if not propagate_down[0]:
             return
-        t = self.dtype.type
         x, dy, dx = flat(bottom[0].data), flat(top[0].diff), flat(bottom[0].diff)
         if self.across:
-            lrn_across_backward(x, flat(self.scale.data), dy, dx, self.N, self.C, self.H * self.W, self.size,
-                                self.pre_pad, t(-self.beta), t(2.0 * self.alpha * self.beta / self.size))
+            lrn_across_backward(x, flat(self.scale.data), dy, dx, self.params)
             return
         pool, pw = flat(self.pool.data), flat(self.power.data)
         d_sq, d_pool, d_pw = flat(self.scale.diff), flat(self.pool.diff), flat(self.power.diff)
         multiply(x, dy, d_pw)
-        power_backward(pool, pw, d_pw, d_pool, t(-self.beta), t(self.alpha), t(1))
-        K.ave_pool_backward(d_pool, *self._pool_geometry(), d_sq)
-        lrn_within_grad(dy, pw, x, d_sq, dx)
-
-    def forward_gpu(self, bottom, top):
-        _cuda().lrn_forward(self, bottom, top)
-
-    def backward_gpu(self, top, propagate_down, bottom):
-        if propagate_down[0]:
-            _cuda().lrn_backward(self, top, bottom)
+        power_backward(pool, pw, d_pw, d_pool, *self.power_args())
+        ave_pool_backward(d_pool, self.pool_geometry, d_sq)
+        lrn_within_backward(dy, pw, x, d_sq, dx)
 
 
 # ---------------------------------------------------------------------------
@@ -690,16 +771,13 @@ class LRNLayer(Layer):
 # ---------------------------------------------------------------------------
 
 @register_layer("MVN")
-class MVNLayer(Layer):
+class MVNLayer(_OneToOneLayer):
     """Mean-variance normalization (``mvn_param { normalize_variance across_channels eps }``).
 
     Rows are (image, channel) pairs, or images with ``across_channels``;
     y = (x - mean) / (sqrt(var) + eps), or x - mean.  The top has Caffe's
     legacy 4-D shape (num, channels, height, width) of the bottom.
     """
-
-    exact_num_bottom_blobs = 1
-    exact_num_top_blobs = 1
 
     def setup(self, bottom, top):
         p = self.layer_param.mvn_param
@@ -717,36 +795,32 @@ class MVNLayer(Layer):
             raise ConfigError(f"layer '{self.name}' (MVN): works on blobs of at most 4 axes (num, channels, "
                               f"height, width), got {b.shape_string()}")
         top[0].reshape(b.num, b.channels, b.height, b.width)
-        self.rows = b.num if self.across_channels else b.num * b.channels
-        self.dim = b.count // max(self.rows, 1)
+        rows = b.num if self.across_channels else b.num * b.channels
+        self.groups = Groups(1, rows, b.count // max(rows, 1))
         for blob in (self.mean, self.variance, self.std):
-            blob.reshape(self.rows)
+            blob.reshape(rows)
         if self.normalize_variance:
             self.x_norm.reshape_like(top[0])
 
+    def backward_args(self):
+        """group_norm_backward's 1/m (m: the elements per row) and mode."""
+        return (self.dtype.type(1.0 / max(self.groups.S, 1)),
+                STATS_MEAN_VAR if self.normalize_variance else STATS_MEAN)
+
     def forward_cpu(self, bottom, top):
         x, y = flat(bottom[0].data), flat(top[0].data)
-        R, D = self.rows, self.dim
-        group_moments(x, 1, R, D, self.mean.data, self.variance.data, self.normalize_variance)
+        group_moments(x, self.groups, self.mean.data, self.variance.data, self.normalize_variance)
         if self.normalize_variance:
-            mvn_std(self.variance.data, self.std.data, self.dtype.type(self.eps))
-        group_normalize(x, y, self.mean.data, self.std.data, 1, R, D, self.normalize_variance)
+            mvn_stds(self.variance.data, self.std.data, self.dtype.type(self.eps))
+        group_normalize(x, y, self.mean.data, self.std.data, self.groups, self.normalize_variance)
         if self.normalize_variance:
             np.copyto(flat(self.x_norm.data), y)
 
     def backward_cpu(self, top, propagate_down, bottom):
         if not propagate_down[0]:
             return
-        R, D = self.rows, self.dim
         dy, dx = flat(top[0].diff), flat(bottom[0].diff)
         y = flat(self.x_norm.data) if self.normalize_variance else dy
-        group_sums(dy, y, 1, R, D, self.mean.diff, self.variance.diff)
-        group_norm_backward(dy, y, dx, self.mean.diff, self.variance.diff, self.std.data, 1, R, D,
-                            self.dtype.type(1.0 / max(D, 1)), 1 if self.normalize_variance else 2)
-
-    def forward_gpu(self, bottom, top):
-        _cuda().mvn_forward(self, bottom, top)
-
-    def backward_gpu(self, top, propagate_down, bottom):
-        if propagate_down[0]:
-            _cuda().mvn_backward(self, top, bottom)
+        group_sums(dy, y, self.groups, self.mean.diff, self.variance.diff)
+        group_norm_backward(dy, y, dx, self.mean.diff, self.variance.diff, self.std.data, self.groups,
+                            *self.backward_args())

@@ -13,7 +13,7 @@ function directly:
   matrix product per step; the weight gradients are products over many
   steps at once (``dW_h += dG (cont * h_prev)^T``, ``dW_x += dG x``), for
   LSTM computed on a second thread, a few steps at a time, while the
-  recurrence goes on (see "Two streams of work" below).
+  recurrence goes on (layers/overlap.py).
 
 Blobs
 -----
@@ -57,84 +57,28 @@ than 0 or 1 (Caffe documents binary flags) the forget-gate gradient here is
 the exact derivative ``cont * s (1 - s)`` rather than Caffe's ``f (1 - f)``
 with ``f = cont * s``; for 0/1 flags the two are identical.
 
-Float32 kernels use a vectorizable rational approximation of tanh and
-sigmoid (no libm call, so LLVM vectorizes the loops): absolute error below
-3e-7 (a few float32 ulps); on a whole LSTM (T=20, H=256) the output's error
-against a float64 reference is the same as with exact activations (~1e-7,
-set by float32 rounding in the matrix products).  Float64 (gradient checks)
-uses ``np.tanh``/``np.exp``.
+The modules around this one, one concern each: the LSTM cell's formulas
+(layers/lstm_cell.py, shared with LSTMUnit and the GPU), the CPU kernels'
+float32 activations (layers/rational.py: a vectorizable rational tanh,
+absolute error below 3e-7; float64, for gradient checks, uses the exact
+``math.tanh``/``exp``), BLAS thread control (layers/blas_threads.py), the
+worker thread that overlaps side work with the recurrence
+(layers/overlap.py), and the GPU code (layers/recurrent_cuda.py).
 """
-import ctypes
-import os
-import queue
-import threading
-
 import numpy as np
-from numba import njit, types
-from numba.extending import overload
+from numba import njit
 
 from dlcore.blob import Blob
 from dlcore.errors import ConfigError
 from dlcore.filler import fill
+from dlcore.formula import formula
 from dlcore.layer import Layer
 from dlcore.registry import register_layer
 
 from . import kernels as K
-
-
-# ---------------------------------------------------------------------------
-# activations: dtype-generic scalar functions usable inside @njit kernels
-# ---------------------------------------------------------------------------
-
-# tanh(x) ~= x P(x^2) / Q(x^2) on |x| <= 9 (a relative-error fit made for
-# dltrain: max relative error 7e-9 in exact arithmetic, < 3e-7 absolute when
-# evaluated in float32 with FMA; evaluating in float64 costs twice the time
-# for no visible gain in a layer's output).  Beyond 9, tanh is +-1 in float32.
-_TANH_CLAMP = 9.0
-_P0, _P1, _P2, _P3 = 0.9999999934541551, 0.13084002612110607, 0.0031039475994803795, 1.1154212222105774e-05
-_P4, _P5, _P6 = -2.0224806960112562e-08, 5.2777348981573375e-11, -8.488142170273733e-14
-_Q1, _Q2, _Q3 = 0.46417329729436335, 0.024495144756486578, 0.00025461323079167434
-
-
-@njit(cache=True, inline="always", error_model="numpy", fastmath={"contract"})
-def _rational_tanh(x):
-    """tanh of a float32 value without libm (vectorizes)."""
-    f = np.float32
-    v = min(max(x, f(-_TANH_CLAMP)), f(_TANH_CLAMP))
-    u = v * v
-    p = f(_P0) + u * (f(_P1) + u * (f(_P2) + u * (f(_P3) + u * (f(_P4) + u * (f(_P5) + u * f(_P6))))))
-    q = f(1.0) + u * (f(_Q1) + u * (f(_Q2) + u * f(_Q3)))
-    r = v * p / q
-    return min(max(r, f(-1.0)), f(1.0))
-
-
-def act_tanh(x):
-    """tanh for use inside kernels: fast and vectorizable for float32, np.tanh otherwise."""
-    return np.tanh(x)
-
-
-def act_sigmoid(x):
-    """The logistic function for use inside kernels (see act_tanh)."""
-    return 1.0 / (1.0 + np.exp(-x))
-
-
-def _is_f32(x):
-    return isinstance(x, types.Float) and x.bitwidth == 32
-
-
-@overload(act_tanh, jit_options={"error_model": "numpy", "fastmath": {"contract"}})
-def _ov_act_tanh(x):
-    if _is_f32(x):
-        return lambda x: _rational_tanh(x)
-    return lambda x: np.tanh(x)
-
-
-@overload(act_sigmoid, jit_options={"error_model": "numpy", "fastmath": {"contract"}})
-def _ov_act_sigmoid(x):
-    if _is_f32(x):
-        # sigmoid(x) = (1 + tanh(x/2)) / 2, the form Caffe's Sigmoid layer uses
-        return lambda x: np.float32(0.5) * _rational_tanh(np.float32(0.5) * x) + np.float32(0.5)
-    return lambda x: 1.0 / (1.0 + np.exp(-x))
+from .lstm_cell import lstm_cell, lstm_layer_cell_grad
+from .overlap import Streams
+from .rational import kernel_sigmoid, kernel_tanh
 
 
 # ---------------------------------------------------------------------------
@@ -159,7 +103,7 @@ def _ov_act_sigmoid(x):
 # ---------------------------------------------------------------------------
 
 @njit(cache=True, nogil=True, error_model="numpy", fastmath={"contract"})
-def lstm_forward_step(pre, addend, cont, c_prev, acts, c, tanh_c, h):
+def lstm_forward_step(pre, addend, cont, c_prev, acts, c, tanh_c, h, one):
     """One LSTM step over the M = H*N cells (flat 1-D arrays).
 
     ``pre`` (4M) = W_xc x_t + W_hc (cont_t h_{t-1}), ``addend`` (4M) = b_c (+
@@ -173,19 +117,17 @@ def lstm_forward_step(pre, addend, cont, c_prev, acts, c, tanh_c, h):
     bi, bf, bo, bg = addend[:M], addend[M:2 * M], addend[2 * M:3 * M], addend[3 * M:]
     ai, af, ao, ag = acts[:M], acts[M:2 * M], acts[2 * M:3 * M], acts[3 * M:]
     for k in range(M):
-        i = act_sigmoid(pi[k] + bi[k])
-        sf = act_sigmoid(pf[k] + bf[k])
-        o = act_sigmoid(po[k] + bo[k])
-        g = act_tanh(pg[k] + bg[k])
-        ai[k] = i
-        af[k] = sf
-        ao[k] = o
-        ag[k] = g
-        cv = cont[k] * sf * c_prev[k] + i * g          # f = cont * s_f: 0 where cont == 0
-        tc = act_tanh(cv)
-        c[k] = cv
-        tanh_c[k] = tc
-        h[k] = o * tc
+        # the gates with the CPU's own activations, then the shared cell formula.  (Not through
+        # lstm_gates: handed four activation calls, LLVM stops inlining it and the loop no longer
+        # vectorizes, 10x slower.)
+        i = kernel_sigmoid(pi[k] + bi[k], one)
+        sf = kernel_sigmoid(pf[k] + bf[k], one)
+        o = kernel_sigmoid(po[k] + bo[k], one)
+        g = kernel_tanh(pg[k] + bg[k], one)
+        ai[k], af[k], ao[k], ag[k] = i, sf, o, g
+        # f = cont * s_f (0 where cont == 0).  (cont and c_prev are read after the gates, as they always
+        # were: LLVM then fuses the cell's products into the same FMAs, so float64 keeps its bits.)
+        c[k], tanh_c[k], h[k] = lstm_cell(i, cont[k] * sf, o, g, c_prev[k], one, kernel_tanh)
 
 
 @njit(cache=True, nogil=True, error_model="numpy", fastmath={"contract"})
@@ -201,19 +143,8 @@ def lstm_backward_step(acts, c_prev, tanh_c, cont, dh, drec, cont_next, dc, dgat
     ai, af, ao, ag = acts[:M], acts[M:2 * M], acts[2 * M:3 * M], acts[3 * M:]
     di, df, do, dg = dgates[:M], dgates[M:2 * M], dgates[2 * M:3 * M], dgates[3 * M:]
     for k in range(M):
-        i = ai[k]
-        sf = af[k]
-        o = ao[k]
-        g = ag[k]
-        dhv = dh[k] + cont_next[k] * drec[k]
-        tc = tanh_c[k]
-        dct = dc[k] + dhv * o * (one - tc * tc)
-        f = cont[k] * sf
-        dc[k] = dct * f
-        di[k] = dct * g * i * (one - i)
-        df[k] = dct * c_prev[k] * f * (one - sf)
-        do[k] = dhv * tc * o * (one - o)
-        dg[k] = dct * i * (one - g * g)
+        dc[k], di[k], df[k], do[k], dg[k] = lstm_layer_cell_grad(
+            ai[k], af[k], ao[k], ag[k], cont[k], c_prev[k], tanh_c[k], dh[k] + cont_next[k] * drec[k], dc[k], one)
 
 
 # ---------------------------------------------------------------------------
@@ -221,8 +152,14 @@ def lstm_backward_step(acts, c_prev, tanh_c, cont, dh, drec, cont_next, dc, dgat
 # per row (the RNN's one activation per cell makes its kernels cheap anyway).
 # ---------------------------------------------------------------------------
 
+@formula
+def tanh_grad_of(y, dy, one):
+    """dL/dx of y = tanh(x) from y and dL/dy, in the data's dtype."""
+    return dy * (one - y * y)
+
+
 @njit(cache=True, error_model="numpy", fastmath={"contract"})
-def rnn_forward_step(t, z, rec, addend, cont, h, hc):
+def rnn_forward_step(t, z, rec, addend, cont, h, hc, one):
     """Block t of ``h`` (H, T*N) = tanh(z + rec + addend); block t+1 of ``hc`` = cont_{t+1} * h_t."""
     T = cont.shape[0]
     uN = np.uint64(cont.shape[1])
@@ -233,7 +170,7 @@ def rnn_forward_step(t, z, rec, addend, cont, h, hc):
     tn = ut + np.uint64(1) if t + 1 < T else ut
     for j in range(uH):
         for n in range(uN):
-            hv = act_tanh(z[j, off + n] + addend[j, n] + rec[j, n])
+            hv = kernel_tanh(z[j, off + n] + addend[j, n] + rec[j, n], one)
             h[j, off + n] = hv
             hc[j, nxt + n] = cont[tn, n] * hv
 
@@ -246,164 +183,33 @@ def rnn_backward_step(t, h, dh, drec, cont_next, dz, one):
     off = np.uint64(t) * uN
     for j in range(uH):
         for n in range(uN):
-            hv = h[j, off + n]
-            dz[j, off + n] = (dh[j, off + n] + cont_next[n] * drec[j, n]) * (one - hv * hv)
+            dz[j, off + n] = tanh_grad_of(h[j, off + n], dh[j, off + n] + cont_next[n] * drec[j, n], one)
 
 
 @njit(cache=True, error_model="numpy", fastmath={"contract"})
-def bias_tanh(x, bias):
+def bias_tanh(x, bias, one):
     """x = tanh(x + bias) in place; x (M, H), bias (H,)."""
     M, H = x.shape
     uH = np.uint64(H)
     for m in range(M):
         xx = x[m]
         for j in range(uH):
-            xx[j] = act_tanh(xx[j] + bias[j])
+            xx[j] = kernel_tanh(xx[j] + bias[j], one)
 
 
 @njit(cache=True, error_model="numpy", fastmath={"contract"})
-def tanh_grad(y, dy, dx, one):
+def tanh_grad_rows(y, dy, dx, one):
     """dx = dy * (1 - y^2); all (M, H)."""
     M, H = y.shape
     uH = np.uint64(H)
     for m in range(M):
         yy, dyy, dxx = y[m], dy[m], dx[m]
         for j in range(uH):
-            v = yy[j]
-            dxx[j] = dyy[j] * (one - v * v)
-
-
-# ---------------------------------------------------------------------------
-# Two streams of work on two cores.
-#
-# A step's matrix product (G x H by H x N) is too small to split across BLAS
-# threads well, and a BLAS that spreads it over two threads waits for both at
-# every step: on a machine whose cores are busy with other jobs that wait
-# costs more than the product (measured: 3-4x slower than one thread).  So the
-# recurrent layers call BLAS single-threaded (OpenBLAS's per-thread setting,
-# other layers keep theirs) and use the second core for the work that does
-# not depend on the recurrence, on a worker thread: half of the input
-# projection in forward; in LSTM's backward, the weight, bias and input
-# gradients of the steps already done (dW_h, dW_x, db, dx in chunks of
-# steps) while the recurrence goes on.  numpy's BLAS and the LSTM kernels
-# (nogil) release the GIL.  DLTRAIN_RNN_OVERLAP=0 turns the worker off.
-# Without OpenBLAS's per-thread control, or on one core, everything runs in
-# order on the calling thread, with BLAS's own threading.
-# ---------------------------------------------------------------------------
-
-def _openblas_local_threads():
-    """OpenBLAS's ``openblas_set_num_threads_local`` of the BLAS numpy uses, or None."""
-    try:
-        with open("/proc/self/maps") as maps:
-            paths = {line.split()[-1] for line in maps if "openblas" in line.lower() and "/" in line}
-    except OSError:
-        return None
-    numpy_dir = os.path.dirname(os.path.dirname(np.__file__))
-    for path in sorted(paths, key=lambda p: not p.startswith(numpy_dir)):   # numpy's own first
-        try:
-            fn = ctypes.CDLL(path).openblas_set_num_threads_local
-        except (OSError, AttributeError):
-            continue
-        fn.restype = ctypes.c_int
-        fn.argtypes = [ctypes.c_int]
-        return fn
-    return None
+            dxx[j] = tanh_grad_of(yy[j], dyy[j], one)
 
 
 def _matmul_into(a, b, out):
     np.matmul(a, b, out=out)
-
-
-class _Worker:
-    """One daemon thread running submitted callables in order (BLAS single-threaded there)."""
-
-    def __init__(self, set_local):
-        self._tasks = queue.SimpleQueue()
-        self._done = queue.SimpleQueue()
-        self._pending = 0
-        self._set_local = set_local
-        threading.Thread(target=self._run, name="dltrain-recurrent", daemon=True).start()
-
-    def _run(self):
-        self._set_local(1)
-        while True:
-            fn, args = self._tasks.get()
-            try:
-                fn(*args)
-                self._done.put(None)
-            except BaseException as err:            # handed to the caller in wait()
-                self._done.put(err)
-
-    def submit(self, fn, *args):
-        self._pending += 1
-        self._tasks.put((fn, args))
-
-    def wait(self):
-        error = None
-        while self._pending:
-            result = self._done.get()
-            self._pending -= 1
-            error = error or result
-        if error is not None:
-            raise error
-
-
-class _Streams:
-    """Context for one forward or backward: BLAS single-threaded here, a worker for side work.
-
-    ``run(fn, *args)`` runs ``fn`` on the worker (or at once, without one);
-    leaving the context waits for the worker and restores BLAS's threads.
-    Small layers (below ``min_work`` multiply-adds per pass) run everything
-    in order on the calling thread: handing work over costs tens of us.
-    """
-
-    _set_local = None
-    _worker = None
-    _busy = threading.Lock()          # one user of the worker at a time (other threads run in order)
-    enabled = os.environ.get("DLTRAIN_RNN_OVERLAP", "1") != "0"     # off: everything in order
-    min_work = 1 << 22
-
-    def __init__(self, work=None):
-        self.work = work
-
-    @classmethod
-    def _setup(cls):
-        if cls._set_local is None:
-            cls._set_local = _openblas_local_threads() or False
-            try:
-                cores = len(os.sched_getaffinity(0))
-            except AttributeError:
-                cores = os.cpu_count() or 1
-            if cls._set_local and cores > 1:
-                cls._worker = _Worker(cls._set_local)
-
-    def __enter__(self):
-        self._setup()
-        big = self.work is None or self.work >= self.min_work
-        self.worker = None
-        if self.enabled and big and self._worker is not None and self._busy.acquire(blocking=False):
-            self.worker = self._worker
-        self._previous = self._set_local(1) if self.worker is not None else None
-        return self
-
-    def run(self, fn, *args):
-        if self.worker is not None:
-            self.worker.submit(fn, *args)
-        else:
-            fn(*args)
-
-    def wait(self):
-        if self.worker is not None:
-            self.worker.wait()
-
-    def __exit__(self, *exc):
-        try:
-            self.wait()
-        finally:
-            if self.worker is not None:
-                self._set_local(self._previous)
-                self._busy.release()
-        return False
 
 
 # ---------------------------------------------------------------------------
@@ -414,13 +220,22 @@ class RecurrentLayer(Layer):
     """Caffe's RecurrentLayer: bottoms, tops, state and parameter handling.
 
     Subclasses set ``num_recur`` (recurrent state blobs: 1 for RNN, 2 for
-    LSTM) and implement ``_param_shapes``, ``_param_is_bias``,
-    ``forward_cpu`` and ``backward_cpu``.
+    LSTM; the most bottoms and tops follow from it) and implement
+    ``_param_shapes``, ``_param_is_bias``, and the CPU passes
+    ``_forward(bottom, top, streams)`` and ``_backward(top, propagate_down,
+    bottom, streams)`` (``streams``: the two streams of work,
+    layers/overlap.py).
     """
 
     min_bottom_blobs = 2
     min_top_blobs = 1
     num_recur = 1
+    cuda_module = ".recurrent_cuda"
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        cls.max_bottom_blobs = 3 + cls.num_recur         # x, cont, x_static, the exposed initial state
+        cls.max_top_blobs = 1 + cls.num_recur
 
     # --- setup -------------------------------------------------------------
     def _fail(self, message):
@@ -533,6 +348,16 @@ class RecurrentLayer(Layer):
         if self._rec_used is None:
             self._fail("backward called before forward")
 
+    # --- the CPU passes, with the two streams of work -------------------------
+    def forward_cpu(self, bottom, top):
+        with Streams(self._work_size()) as streams:
+            self._forward(bottom, top, streams)
+
+    def backward_cpu(self, top, propagate_down, bottom):
+        self._check_propagate_down(propagate_down)
+        with Streams(self._work_size()) as streams:
+            self._backward(top, propagate_down, bottom, streams)
+
     # --- shared pieces -----------------------------------------------------
     def _buf(self, name, *shape):
         return self.work.get(name, shape, self.dtype)
@@ -644,7 +469,7 @@ class RecurrentLayer(Layer):
         cols = slice(a * N, b * N)
         dG = plan["dG"][:, cols]
         if plan["dw_x"] is not None:
-            K.gemm(dG, plan["X"][cols], plan["dw_x"], accumulate=True, work=plan["work_x"])
+            K.matmul(dG, plan["X"][cols], plan["dw_x"], accumulate=True, work=plan["work_x"])
         if plan["db"] is not None:
             np.add(plan["db"], np.matmul(dG, plan["ones"][cols], out=plan["work_b"]), out=plan["db"])
         if plan["dw_h"] is not None:
@@ -652,10 +477,10 @@ class RecurrentLayer(Layer):
             used = np.flatnonzero(plan["rec_used"][a:b])
             if used.size:
                 u = (a + int(used[0])) * N
-                K.gemm(plan["dG"][:, u:b * N], plan["hc"][:, u:b * N].T, plan["dw_h"], accumulate=True,
+                K.matmul(plan["dG"][:, u:b * N], plan["hc"][:, u:b * N].T, plan["dw_h"], accumulate=True,
                        work=plan["work_h"])
         if plan["dx"] is not None:
-            K.gemm(dG.T, plan["w_x"], plan["dx"][cols])
+            K.matmul(dG.T, plan["w_x"], plan["dx"][cols])
 
     def _static_grads(self, bottom, propagate_down, dG, istat):
         """Gradients of W_static and x_static: the static term enters every step."""
@@ -667,9 +492,9 @@ class RecurrentLayer(Layer):
         xs = bottom[2].data.reshape(N, self.Ds)
         if self.param_propagate_down[istat]:
             dw = self.blobs[istat].diff
-            K.gemm(dGs, xs, dw, accumulate=True, work=self._buf("dws", *dw.shape))
+            K.matmul(dGs, xs, dw, accumulate=True, work=self._buf("dws", *dw.shape))
         if propagate_down[2]:
-            K.gemm(dGs.T, self.blobs[istat].data, bottom[2].diff.reshape(N, self.Ds))
+            K.matmul(dGs.T, self.blobs[istat].data, bottom[2].diff.reshape(N, self.Ds))
 
     @staticmethod
     def _chunk_starts(T):
@@ -699,8 +524,6 @@ class RecurrentLayer(Layer):
 class LSTMLayer(RecurrentLayer):
     """Caffe's LSTM layer (see the module docstring)."""
 
-    max_bottom_blobs = 5
-    max_top_blobs = 3
     num_recur = 2
 
     def _param_shapes(self):
@@ -713,10 +536,6 @@ class LSTMLayer(RecurrentLayer):
 
     def _param_is_bias(self):
         return [False, True] + [False] * (1 + int(self.static_input))
-
-    def forward_cpu(self, bottom, top):
-        with _Streams(self._work_size()) as streams:
-            self._forward(bottom, top, streams)
 
     def _forward(self, bottom, top, streams):
         T, N, H = self.T, self.N, self.H
@@ -732,6 +551,7 @@ class LSTMLayer(RecurrentLayer):
         hc = self._buf("hc", H, TN + N)          # block t: cont_t * h_{t-1} (block T: unused)
         contx = self._buf("contx", T + 1, H, N)  # cont_t broadcast per cell; contx[T] = 1
         rec = self._buf("rec", G, N)
+        one = self.dtype.type(1)
         self._rec_used = np.zeros(T, np.bool_)
 
         contx[:T] = cont[:, None, :]
@@ -743,17 +563,13 @@ class LSTMLayer(RecurrentLayer):
             self._recurrent_product(hc, w_h, cont[t], rec, t)
             np.add(rec, proj[:, t * N:(t + 1) * N], out=rec)
             lstm_forward_step(rec.reshape(-1), addend_flat, contx[t].reshape(-1), c[t].reshape(-1),
-                              acts[t].reshape(-1), c[t + 1].reshape(-1), tanh_c[t].reshape(-1), h[t].reshape(-1))
+                              acts[t].reshape(-1), c[t + 1].reshape(-1), tanh_c[t].reshape(-1), h[t].reshape(-1),
+                              one)
             if t + 1 < T:
                 np.multiply(h[t], contx[t + 1], out=hc[:, (t + 1) * N:(t + 2) * N])
         np.copyto(top[0].data.reshape(T, N, H), h.transpose(0, 2, 1))
         self._store_final_state(top, 0, h[T - 1])
         self._store_final_state(top, 1, c[T])
-
-    def backward_cpu(self, top, propagate_down, bottom):
-        self._check_propagate_down(propagate_down)
-        with _Streams(self._work_size()) as streams:
-            self._backward(top, propagate_down, bottom, streams)
 
     def _backward(self, top, propagate_down, bottom, streams):
         T, N, H = self.T, self.N, self.H
@@ -799,24 +615,11 @@ class LSTMLayer(RecurrentLayer):
         self._static_grads(bottom, propagate_down, dG, 2 if nst else -1)
         streams.wait()
 
-    # --- GPU: the recurrence on the device (layers/recurrent_cuda.py) ----------------
-    def forward_gpu(self, bottom, top):
-        from . import recurrent_cuda
-        recurrent_cuda.lstm_forward(self, bottom, top)
-        self._rec_used = np.ones(self.T, np.bool_)      # marks "forward done" for backward's check
-
-    def backward_gpu(self, top, propagate_down, bottom):
-        self._check_propagate_down(propagate_down)
-        from . import recurrent_cuda
-        recurrent_cuda.lstm_backward(self, top, propagate_down, bottom)
-
 
 @register_layer("RNN")
 class RNNLayer(RecurrentLayer):
     """Caffe's RNN layer (see the module docstring)."""
 
-    max_bottom_blobs = 4
-    max_top_blobs = 2
     num_recur = 1
 
     def _param_shapes(self):
@@ -830,10 +633,6 @@ class RNNLayer(RecurrentLayer):
     def _param_is_bias(self):
         return [False, True] + [False] * int(self.static_input) + [False, False, True]
 
-    def forward_cpu(self, bottom, top):
-        with _Streams(self._work_size()) as streams:
-            self._forward(bottom, top, streams)
-
     def _forward(self, bottom, top, streams):
         T, N, H = self.T, self.N, self.H
         TN = T * N
@@ -845,23 +644,20 @@ class RNNLayer(RecurrentLayer):
         h = self._buf("h", H, TN)
         hc = self._buf("hc", H, TN + N)
         rec = self._buf("rec", H, N)
+        one = self.dtype.type(1)
         self._rec_used = np.zeros(T, np.bool_)
 
         self._start_recurrence(bottom, hc)
         for t in range(T):
             self._recurrent_product(hc, w_hh, cont[t], rec, t)
-            rnn_forward_step(t, z, rec, addend, cont, h, hc)
+            rnn_forward_step(t, z, rec, addend, cont, h, hc, one)
         o = top[0].data.reshape(TN, H)
         np.matmul(h.T, w_ho.T, out=o)
-        bias_tanh(o, b_o)
+        bias_tanh(o, b_o, one)
         self._store_final_state(top, 0, h[:, TN - N:])
 
-    def backward_cpu(self, top, propagate_down, bottom):
-        self._check_propagate_down(propagate_down)
-        with _Streams(self._work_size()):       # BLAS single-threaded here, as for LSTM
-            self._backward(top, propagate_down, bottom)
-
-    def _backward(self, top, propagate_down, bottom):
+    def _backward(self, top, propagate_down, bottom, streams):
+        # all in order here (BLAS single-threaded, as for LSTM; nothing goes to the worker)
         T, N, H = self.T, self.N, self.H
         TN = T * N
         nst = int(self.static_input)
@@ -878,10 +674,10 @@ class RNNLayer(RecurrentLayer):
         one = self.dtype.type(1)
         ppd = self.param_propagate_down
 
-        tanh_grad(top[0].data.reshape(TN, H), top[0].diff.reshape(TN, H), do, one)
+        tanh_grad_rows(top[0].data.reshape(TN, H), top[0].diff.reshape(TN, H), do, one)
         if ppd[i_ho]:
             dw = self.blobs[i_ho].diff
-            K.gemm(do.T, h.T, dw, accumulate=True, work=self._buf("dwo", H, H))
+            K.matmul(do.T, h.T, dw, accumulate=True, work=self._buf("dwo", H, H))
         if ppd[i_bo]:
             db = self.blobs[i_bo].diff
             np.add(db, np.matmul(self._ones(TN), do, out=self._buf("dbo", H)), out=db)
@@ -897,13 +693,3 @@ class RNNLayer(RecurrentLayer):
         self._h0_grad(bottom, propagate_down, dz, w_hh)
         self._grads_of_steps(self._grad_plan(bottom, propagate_down, dz, hc, 0, 1, i_hh), 0, T)
         self._static_grads(bottom, propagate_down, dz, 2 if nst else -1)
-
-    def forward_gpu(self, bottom, top):
-        from . import recurrent_cuda
-        recurrent_cuda.rnn_forward(self, bottom, top)
-        self._rec_used = np.ones(self.T, np.bool_)
-
-    def backward_gpu(self, top, propagate_down, bottom):
-        self._check_propagate_down(propagate_down)
-        from . import recurrent_cuda
-        recurrent_cuda.rnn_backward(self, top, propagate_down, bottom)

@@ -18,8 +18,11 @@ batch_reindex_layer.cpp and parameter_layer.hpp:
 
 Index and selector bottoms get no gradient (Caffe aborts if asked;
 dltrain raises a clear error, and never forces backward onto them).
-The CUDA kernels are in layers/slicing_cuda.py; Slice reuses Concat's
-block-copy kernels (layers/structural.py, layers/structural_cuda.py).
+The GPU code is in layers/slicing_cuda.py; Slice is Concat backwards and
+uses its block copies (``join_parts``/``split_parts`` in
+layers/structural.py and layers/structural_cuda.py).  The index lists
+Filter and BatchReindex need are computed on the host, from the (small)
+selector / index bottom, for either device.
 """
 import numpy as np
 from numba import njit
@@ -29,12 +32,11 @@ from dlcore.errors import ConfigError, DLTrainError
 from dlcore.layer import Layer
 from dlcore.registry import register_layer
 
+from .neurons import flat
 from .softmax import canonical_axis
-from .structural import copy_block, copy_block_back
+from .structural import block_axis, copy_block, copy_block_back, copy_run, join_parts, split_parts
 
-
-def flat(array):
-    return array.reshape(-1)
+CUDA_MODULE = ".slicing_cuda"
 
 
 # --- Slice --------------------------------------------------------------------
@@ -43,25 +45,14 @@ def flat(array):
 class SliceLayer(Layer):
     exact_num_bottom_blobs = 1
     min_top_blobs = 1
+    cuda_module = CUDA_MODULE
 
     def setup(self, bottom, top):
-        param = self.layer_param.slice_param
-        if param.HasField("axis") and param.HasField("slice_dim"):
-            raise ConfigError(f"layer '{self.name}' (Slice): either axis or slice_dim should be specified; not both")
-        self.slice_points = [int(p) for p in param.slice_point]
+        self.slice_points = [int(p) for p in self.layer_param.slice_param.slice_point]
 
     def reshape(self, bottom, top):
-        param = self.layer_param.slice_param
         name = f"layer '{self.name}' (Slice)"
-        n_axes = bottom[0].num_axes
-        if param.HasField("slice_dim"):
-            axis = int(param.slice_dim)
-            if axis >= n_axes:
-                raise ConfigError(f"{name}: slice_dim {axis} out of range for a {n_axes}-D bottom "
-                                  f"({bottom[0].shape_string()})")
-        else:
-            axis = canonical_axis(self, bottom[0], param.axis)
-        self.axis = axis
+        self.axis = axis = block_axis(self, bottom[0], self.layer_param.slice_param, "slice_dim")
         bottom_axis = bottom[0].shape[axis]
         self.outer = bottom[0].count_range(0, axis)
         self.inner = bottom[0].count_range(axis + 1)
@@ -99,85 +90,47 @@ class SliceLayer(Layer):
             top[0].share_diff(bottom[0])
 
     def forward_cpu(self, bottom, top):
-        if len(top) == 1:
-            return
-        src = flat(bottom[0].data)
-        src_axis = bottom[0].shape[self.axis]
-        offset = 0
-        for blob in top:
-            size = blob.shape[self.axis]
-            copy_block_back(src, flat(blob.data), self.outer, src_axis, size, offset, self.inner)
-            offset += size
+        if len(top) > 1:            # (one top shares the bottom)
+            split_parts(copy_block_back, flat(bottom[0].data), [(flat(t.data), t.shape[self.axis]) for t in top],
+                        self.outer, self.inner)
 
     def backward_cpu(self, top, propagate_down, bottom):
-        if not propagate_down[0] or len(top) == 1:
-            return
-        dst = flat(bottom[0].diff)
-        dst_axis = bottom[0].shape[self.axis]
-        offset = 0
-        for blob in top:
-            size = blob.shape[self.axis]
-            copy_block(flat(blob.diff), dst, self.outer, size, dst_axis, offset, self.inner)
-            offset += size
-
-    def forward_gpu(self, bottom, top):
-        if len(top) == 1:
-            return
-        from . import structural_cuda as S
-        src = bottom[0].gpu_data()
-        src_axis = bottom[0].shape[self.axis]
-        offset = 0
-        for blob in top:
-            size = blob.shape[self.axis]
-            # concat_backward copies a block out of the wide blob: exactly a slice
-            S.concat_backward(src, blob.mutable_gpu_data(), self.outer, src_axis, size, offset, self.inner)
-            offset += size
-
-    def backward_gpu(self, top, propagate_down, bottom):
-        if not propagate_down[0] or len(top) == 1:
-            return
-        from . import structural_cuda as S
-        dst = bottom[0].mutable_gpu_diff()
-        dst_axis = bottom[0].shape[self.axis]
-        offset = 0
-        for blob in top:
-            size = blob.shape[self.axis]
-            S.concat_forward(blob.gpu_diff(), dst, self.outer, size, dst_axis, offset, self.inner)
-            offset += size
+        if propagate_down[0] and len(top) > 1:
+            join_parts(copy_block, [(flat(t.diff), t.shape[self.axis]) for t in top], flat(bottom[0].diff),
+                       self.outer, self.inner)
 
 
 # --- Crop ---------------------------------------------------------------------
 
 @njit(cache=True)
-def crop_copy(src, dst, top_shape, bottom_strides, top_strides, offsets, forward):
-    """Copy the crop window: forward bottom -> top, else top -> bottom (the
-    bottom's other entries are not touched).  Rows along the last axis are
-    contiguous in both blobs."""
+def crop_copy(bottom, top, top_shape, bottom_strides, offsets, to_bottom):
+    """Between ``top`` and the crop window of ``bottom`` (its ``top_shape`` elements from ``offsets``):
+    bottom -> top, or top -> bottom (``to_bottom``: the bottom's other entries are not touched).  Rows
+    along the last axis are contiguous in both blobs."""
     nd = top_shape.shape[0]
-    last = top_shape[nd - 1]
-    rows = 1
-    for a in range(nd - 1):
-        rows *= top_shape[a]
+    rows, last = 1, 1                        # (0-D: one element)
+    if nd:
+        last = top_shape[nd - 1]
+        for a in range(nd - 1):
+            rows *= top_shape[a]
     for r in range(rows):
         rem = r
-        b = offsets[nd - 1]
+        b = offsets[nd - 1] if nd else 0
         for a in range(nd - 2, -1, -1):
             idx = rem % top_shape[a]
             rem //= top_shape[a]
             b += (idx + offsets[a]) * bottom_strides[a]
-        t = r * last
-        if forward:
-            for k in range(last):
-                dst[t + k] = src[b + k]
+        if to_bottom:
+            copy_run(top, r * last, bottom, b, last)
         else:
-            for k in range(last):
-                dst[b + k] = src[t + k]
+            copy_run(bottom, b, top, r * last, last)
 
 
 @register_layer("Crop")
 class CropLayer(Layer):
     exact_num_bottom_blobs = 2
     exact_num_top_blobs = 1
+    cuda_module = CUDA_MODULE
 
     def setup(self, bottom, top):
         param = self.layer_param.crop_param
@@ -212,46 +165,21 @@ class CropLayer(Layer):
             shape[i] = bottom[1].shape[i]
             offsets[i] = off
         top[0].reshape(tuple(shape))
-        key = (tuple(shape), tuple(offsets), bottom[0].shape)
-        if key != getattr(self, "_key", None):
-            self._key = key
-            self.top_shape = np.array(shape, np.int64)
-            self.offsets = np.array(offsets, np.int64)
-            self.bottom_strides = np.array([bottom[0].count_range(i + 1) for i in range(n_axes)], np.int64)
-            self.top_strides = np.array([top[0].count_range(i + 1) for i in range(n_axes)], np.int64)
-            self._gpu_geo = None            # the device copies (layers/slicing_cuda.py), made on first use
-
-    def _copy(self, src, dst, forward):
-        if self.top_shape.size == 0:         # 0-D: one element
-            dst[0] = src[0]
-        elif src.size and dst.size:
-            crop_copy(src, dst, self.top_shape, self.bottom_strides, self.top_strides, self.offsets, forward)
+        # the crop window, as the kernels take it
+        self.top_shape = np.array(shape, np.int64)
+        self.offsets = np.array(offsets, np.int64)
+        self.bottom_strides = np.array([bottom[0].count_range(i + 1) for i in range(n_axes)], np.int64)
 
     def forward_cpu(self, bottom, top):
-        self._copy(flat(bottom[0].data), flat(top[0].data), True)
+        crop_copy(flat(bottom[0].data), flat(top[0].data), self.top_shape, self.bottom_strides, self.offsets, False)
 
     def backward_cpu(self, top, propagate_down, bottom):
         if propagate_down[0]:
             dx = flat(bottom[0].diff)
             dx[...] = 0
-            if top[0].count:
-                self._copy(flat(top[0].diff), dx, False)
+            crop_copy(dx, flat(top[0].diff), self.top_shape, self.bottom_strides, self.offsets, True)
         if propagate_down[1]:
             bottom[1].diff[...] = 0          # only bottom 1's shape is used
-
-    def forward_gpu(self, bottom, top):
-        from . import slicing_cuda as C
-        C.crop(self, bottom[0].gpu_data(), top[0].mutable_gpu_data(), True)
-
-    def backward_gpu(self, top, propagate_down, bottom):
-        from . import kernels_cuda as K
-        from . import slicing_cuda as C
-        if propagate_down[0]:
-            dx = bottom[0].mutable_gpu_diff()
-            K.fill(dx, 0, bottom[0].count)
-            C.crop(self, top[0].gpu_diff(), dx, False)
-        if propagate_down[1]:
-            K.fill(bottom[1].mutable_gpu_diff(), 0, bottom[1].count)
 
 
 # --- Filter -------------------------------------------------------------------
@@ -285,6 +213,7 @@ def filter_backward(dy, dx, position, dim):
 class FilterLayer(Layer):
     min_bottom_blobs = 2
     min_top_blobs = 1
+    cuda_module = CUDA_MODULE
 
     def setup(self, bottom, top):
         if len(top) != len(bottom) - 1:
@@ -318,13 +247,12 @@ class FilterLayer(Layer):
             if t is blob:
                 raise ConfigError(f"{name} does not allow in-place computation")
             t.reshape((kept,) + blob.shape[1:])
-        self._gpu_indices = None
 
     def allow_force_backward(self, bottom_index):
         # Caffe would abort on force_backward to the selector; dltrain skips it
         return bottom_index != self.num_bottom - 1
 
-    def _check_selector_down(self, propagate_down):
+    def check_propagate_down(self, propagate_down):
         if propagate_down[-1]:
             raise DLTrainError(f"layer '{self.name}' (Filter) cannot backpropagate to the filter index input "
                                "(its last bottom)")
@@ -336,41 +264,42 @@ class FilterLayer(Layer):
                 gather_rows(flat(blob.data), flat(t.data), self.indices, dim)
 
     def backward_cpu(self, top, propagate_down, bottom):
-        self._check_selector_down(propagate_down)
+        self.check_propagate_down(propagate_down)
         for i, t in enumerate(top):
             if propagate_down[i]:
                 dim = bottom[i].count_range(1)
                 if dim:
                     filter_backward(flat(t.diff), flat(bottom[i].diff), self.position, dim)
 
-    def forward_gpu(self, bottom, top):
-        from . import slicing_cuda as C
-        C.filter_forward(self, bottom, top)
-
-    def backward_gpu(self, top, propagate_down, bottom):
-        self._check_selector_down(propagate_down)
-        from . import slicing_cuda as C
-        C.filter_backward(self, top, propagate_down, bottom)
-
 
 # --- BatchReindex -------------------------------------------------------------
 
+def reindex_lists(indices, rows):
+    """Who took each bottom row: the top rows ``order[begin[r]:begin[r + 1]]`` took row r (in top
+    order, so that the gradient sums add in the order of a scatter over the top rows)."""
+    order = np.argsort(indices, kind="stable").astype(np.int64)
+    begin = np.searchsorted(indices[order], np.arange(rows + 1), side="left").astype(np.int64)
+    return order, begin
+
+
 @njit(cache=True)
-def reindex_backward(dy, dx, indices, inner):
-    """dx = 0, then dx[indices[n]] += dy[n] (rows of ``inner``)."""
-    for i in range(dx.shape[0]):
-        dx[i] = 0
-    for n in range(indices.shape[0]):
-        s = n * inner
-        d = indices[n] * inner
+def reindex_backward(dy, dx, order, begin, inner):
+    """dx[r] = the sum of the top rows dy[order[begin[r]:begin[r + 1]]] (0 for a row no one took)."""
+    for r in range(begin.shape[0] - 1):
+        d = r * inner
         for k in range(inner):
-            dx[d + k] += dy[s + k]
+            dx[d + k] = 0
+        for j in range(begin[r], begin[r + 1]):
+            s = order[j] * inner
+            for k in range(inner):
+                dx[d + k] += dy[s + k]
 
 
 @register_layer("BatchReindex")
 class BatchReindexLayer(Layer):
     exact_num_bottom_blobs = 2
     exact_num_top_blobs = 1
+    cuda_module = CUDA_MODULE
 
     def reshape(self, bottom, top):
         if bottom[1].num_axes != 1:
@@ -383,7 +312,7 @@ class BatchReindexLayer(Layer):
         top[0].reshape((bottom[1].shape[0],) + bottom[0].shape[1:])
         self.inner = bottom[0].count_range(1)
 
-    def _indices(self, bottom):
+    def indices(self, bottom):
         """bottom 1 as integer indices, checked as Caffe does (on the values, before truncation)."""
         raw = bottom[1].cpu_data().reshape(-1)
         num = bottom[0].shape[0]
@@ -397,29 +326,20 @@ class BatchReindexLayer(Layer):
     def allow_force_backward(self, bottom_index):
         return bottom_index == 0     # Caffe would abort on force_backward to the indices; dltrain skips them
 
-    def _check_index_down(self, propagate_down):
+    def check_propagate_down(self, propagate_down):
         if propagate_down[1]:
             raise DLTrainError(f"layer '{self.name}' (BatchReindex) cannot backpropagate to the indices (bottom 1)")
 
     def forward_cpu(self, bottom, top):
-        indices = self._indices(bottom)
+        indices = self.indices(bottom)
         if top[0].count:
             gather_rows(flat(bottom[0].data), flat(top[0].data), indices, self.inner)
 
     def backward_cpu(self, top, propagate_down, bottom):
-        self._check_index_down(propagate_down)
+        self.check_propagate_down(propagate_down)
         if propagate_down[0]:
-            reindex_backward(flat(top[0].diff), flat(bottom[0].diff), self._indices(bottom), self.inner)
-
-    def forward_gpu(self, bottom, top):
-        from . import slicing_cuda as C
-        C.reindex_forward(self, bottom, top, self._indices(bottom))
-
-    def backward_gpu(self, top, propagate_down, bottom):
-        self._check_index_down(propagate_down)
-        if propagate_down[0]:
-            from . import slicing_cuda as C
-            C.reindex_backward(self, top, bottom, self._indices(bottom))
+            order, begin = reindex_lists(self.indices(bottom), bottom[0].shape[0])
+            reindex_backward(flat(top[0].diff), flat(bottom[0].diff), order, begin, self.inner)
 
 
 # --- Parameter ----------------------------------------------------------------
@@ -434,6 +354,7 @@ class ParameterLayer(Layer):
 
     exact_num_bottom_blobs = 0
     exact_num_top_blobs = 1
+    cuda_module = CUDA_MODULE
 
     def setup(self, bottom, top):
         param = self.layer_param.parameter_param
@@ -449,19 +370,14 @@ class ParameterLayer(Layer):
     def reshape(self, bottom, top):
         pass
 
-    def _share(self, top):
+    def share_blob(self, top):
+        """The top is the blob (its data and diff)."""
         if not (top[0].shares_data_with(self.blobs[0]) and top[0].shares_diff_with(self.blobs[0])):
             top[0].share_data(self.blobs[0])
             top[0].share_diff(self.blobs[0])
 
     def forward_cpu(self, bottom, top):
-        self._share(top)
+        self.share_blob(top)
 
     def backward_cpu(self, top, propagate_down, bottom):
-        pass
-
-    def forward_gpu(self, bottom, top):
-        self._share(top)
-
-    def backward_gpu(self, top, propagate_down, bottom):
         pass

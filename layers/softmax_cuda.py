@@ -1,52 +1,29 @@
-"""CUDA kernels of Softmax (the GPU side of layers/softmax.py; SoftmaxWithLoss uses them too).
+"""GPU code of Softmax (the CUDA side of layers/softmax.py; SoftmaxWithLoss and InfogainLoss use it too).
 
-One thread per (outer, inner) position loops over the channels, as the CPU
-kernel does (max subtracted first; sums in float64).
+One thread per (outer, inner) position runs the CPU's very column formulas
+(``softmax_column``, ``softmax_grad_column``: max subtracted first, sums in
+float64).
 """
-import math
-
 from numba import cuda
 
-from .kernels_cuda import grid, jit
+from dlcore.device import grid, jit
+from dlcore.layer import gpu_backward, gpu_forward
+
+from .softmax import SoftmaxLayer, softmax_column, softmax_grad_column
 
 
 @jit
 def _softmax_forward(x, y, outer, channels, inner):
-    dim = channels * inner
     for t in range(cuda.grid(1), outer * inner, cuda.gridsize(1)):
         i = t // inner
-        j = t - i * inner
-        base = i * dim + j
-        m = x[base]
-        for c in range(1, channels):
-            v = x[base + c * inner]
-            if v > m:
-                m = v
-        total = 0.0
-        for c in range(channels):
-            k = base + c * inner
-            e = math.exp(x[k] - m)
-            y[k] = e
-            total += e
-        for c in range(channels):
-            k = base + c * inner
-            y[k] = y[k] / total
+        softmax_column(x, y, i * channels * inner + t - i * inner, channels, inner)
 
 
 @jit
 def _softmax_backward(y, dy, dx, outer, channels, inner):
-    dim = channels * inner
     for t in range(cuda.grid(1), outer * inner, cuda.gridsize(1)):
         i = t // inner
-        j = t - i * inner
-        base = i * dim + j
-        dot = 0.0
-        for c in range(channels):
-            k = base + c * inner
-            dot += dy[k] * y[k]
-        for c in range(channels):
-            k = base + c * inner
-            dx[k] = (dy[k] - dot) * y[k]
+        softmax_grad_column(y, dy, dx, i * channels * inner + t - i * inner, channels, inner)
 
 
 def softmax_forward(x, y, outer, channels, inner):
@@ -60,3 +37,15 @@ def softmax_backward(y, dy, dx, outer, channels, inner):
     n = outer * inner
     if n and channels:
         _softmax_backward[grid(n)](y, dy, dx, outer, channels, inner)
+
+
+@gpu_forward(SoftmaxLayer)
+def softmax_layer_forward(layer, bottom, top):
+    softmax_forward(bottom[0].gpu_data(), top[0].mutable_gpu_data(), layer.outer, layer.channels, layer.inner)
+
+
+@gpu_backward(SoftmaxLayer)
+def softmax_layer_backward(layer, top, propagate_down, bottom):
+    if propagate_down[0]:
+        softmax_backward(top[0].gpu_data(), top[0].gpu_diff(), bottom[0].mutable_gpu_diff(),
+                         layer.outer, layer.channels, layer.inner)

@@ -5,6 +5,13 @@ Flatten and Reshape give a top that *shares* the bottom's data and diff
 the bottom's data and sums their diffs backward; Concat copies slices;
 Silence swallows blobs.  Semantics follow Caffe's flatten_layer.cpp,
 reshape_layer.cpp, split_layer.cpp, concat_layer.cpp and silence_layer.cpp.
+
+Concat (and Slice, layers/slicing.py) move blocks between a "whole" blob
+and "parts" laid side by side along one axis: ``join_parts`` and
+``split_parts`` walk the parts with the block copies of either device
+(``copy_block``/``copy_block_back`` here, their twins of the same arguments
+in layers/structural_cuda.py).  The GPU code is in
+layers/structural_cuda.py.
 """
 import numpy as np
 from numba import njit
@@ -13,18 +20,22 @@ from dlcore.errors import ConfigError
 from dlcore.layer import Layer
 from dlcore.registry import register_layer
 
+from .neurons import flat
 from .softmax import canonical_axis
+
+CUDA_MODULE = ".structural_cuda"
 
 
 def _shares(a, b):
     return a.size == b.size and (a.size == 0 or np.shares_memory(a, b))
 
 
-class _ViewLayer(Layer):
+class ViewLayer(Layer):
     """A top that views the bottom in another shape (Flatten, Reshape)."""
 
     exact_num_bottom_blobs = 1
     exact_num_top_blobs = 1
+    cuda_module = CUDA_MODULE
 
     def _check_not_in_place(self, bottom, top):
         if top[0] is bottom[0]:
@@ -47,18 +58,9 @@ class _ViewLayer(Layer):
         if propagate_down[0] and not _shares(top[0].diff, bottom[0].diff):
             bottom[0].diff[...] = top[0].diff.reshape(bottom[0].shape)
 
-    def forward_gpu(self, bottom, top):
-        if not top[0].shares_data_with(bottom[0]):
-            top[0].share_data(bottom[0])
-
-    def backward_gpu(self, top, propagate_down, bottom):
-        if propagate_down[0] and not top[0].shares_diff_with(bottom[0]):
-            from . import kernels_cuda as K
-            K.copy(top[0].gpu_diff(), bottom[0].mutable_gpu_diff(), bottom[0].count)
-
 
 @register_layer("Flatten")
-class FlattenLayer(_ViewLayer):
+class FlattenLayer(ViewLayer):
     """Merge axes [axis, end_axis] (default 1..-1) into one."""
 
     def reshape(self, bottom, top):
@@ -72,7 +74,7 @@ class FlattenLayer(_ViewLayer):
 
 
 @register_layer("Reshape")
-class ReshapeLayer(_ViewLayer):
+class ReshapeLayer(ViewLayer):
     """reshape_param.shape replaces axes [axis, axis + num_axes) of the bottom.
 
     A 0 copies the bottom's dimension at that position; one -1 is inferred
@@ -148,6 +150,7 @@ class SplitLayer(Layer):
 
     exact_num_bottom_blobs = 1
     min_top_blobs = 1
+    cuda_module = CUDA_MODULE
 
     def reshape(self, bottom, top):
         for i, blob in enumerate(top):
@@ -164,38 +167,27 @@ class SplitLayer(Layer):
     def backward_cpu(self, top, propagate_down, bottom):
         if not propagate_down[0]:
             return
-        dst = bottom[0].diff.reshape(-1)
-        dst[...] = top[0].diff.reshape(-1)
+        dst = flat(bottom[0].diff)
+        dst[...] = flat(top[0].diff)
         for blob in top[1:]:
-            add_into(dst, blob.diff.reshape(-1))
-
-    def forward_gpu(self, bottom, top):
-        for blob in top:
-            if not blob.shares_data_with(bottom[0]):
-                blob.share_data(bottom[0])
-
-    def backward_gpu(self, top, propagate_down, bottom):
-        if not propagate_down[0]:
-            return
-        from . import kernels_cuda as K
-        n = bottom[0].count
-        dst = bottom[0].mutable_gpu_diff()
-        K.copy(top[0].gpu_diff(), dst, n)
-        for blob in top[1:]:
-            K.add_into(dst, blob.gpu_diff(), n)
+            add_into(dst, flat(blob.diff))
 
 
 # --- Concat ---------------------------------------------------------------
+
+@njit(cache=True, inline="always")
+def copy_run(src, s, dst, d, n):
+    """dst[d:d+n] = src[s:s+n]: one contiguous run."""
+    for k in range(n):
+        dst[d + k] = src[s + k]
+
 
 @njit(cache=True)
 def copy_block(src, dst, outer, src_axis, dst_axis, offset, inner):
     """dst[o, offset:offset+src_axis, :] = src[o, :, :] on flat (outer, axis, inner) views."""
     block = src_axis * inner
     for o in range(outer):
-        s = o * block
-        d = (o * dst_axis + offset) * inner
-        for k in range(block):
-            dst[d + k] = src[s + k]
+        copy_run(src, o * block, dst, (o * dst_axis + offset) * inner, block)
 
 
 @njit(cache=True)
@@ -203,10 +195,46 @@ def copy_block_back(src, dst, outer, src_axis, dst_axis, offset, inner):
     """The reverse of copy_block: dst[o, :, :] = src[o, offset:offset+dst_axis, :]."""
     block = dst_axis * inner
     for o in range(outer):
-        s = (o * src_axis + offset) * inner
-        d = o * block
-        for k in range(block):
-            dst[d + k] = src[s + k]
+        copy_run(src, (o * src_axis + offset) * inner, dst, o * block, block)
+
+
+def block_axis(layer, bottom, param, legacy):
+    """Concat's and Slice's axis in ``bottom``: ``param.axis`` (negative counts from the end), or the
+    legacy field named ``legacy`` (``concat_dim``, ``slice_dim``: never negative) if set; not both."""
+    name = f"layer '{layer.name}' ({layer.type})"
+    if not param.HasField(legacy):
+        return canonical_axis(layer, bottom, param.axis)
+    if param.HasField("axis"):
+        raise ConfigError(f"{name}: either axis or {legacy} should be specified; not both")
+    axis = int(getattr(param, legacy))
+    if axis >= bottom.num_axes:
+        raise ConfigError(f"{name}: {legacy} {axis} out of range for a {bottom.num_axes}-D bottom "
+                          f"({bottom.shape_string()})")
+    return axis
+
+
+def _placed(parts):
+    """(part, size, whole_axis, offset) for parts [(flat array or None: skip it, size along the axis)]
+    laid side by side along the middle axis of a whole of whole_axis = the sum of the sizes."""
+    whole_axis = sum(size for _, size in parts)
+    offset = 0
+    for part, size in parts:
+        if part is not None:
+            yield part, size, whole_axis, offset
+        offset += size
+
+
+def join_parts(copy_block, parts, whole, outer, inner):
+    """whole (flat (outer, whole_axis, inner)) = the parts (flat (outer, size, inner)) side by side;
+    ``copy_block``: this module's, or its CUDA twin (structural_cuda.copy_block) on device arrays."""
+    for part, size, whole_axis, offset in _placed(parts):
+        copy_block(part, whole, outer, size, whole_axis, offset, inner)
+
+
+def split_parts(copy_block_back, whole, parts, outer, inner):
+    """The reverse of join_parts: each part = its block of the whole."""
+    for part, size, whole_axis, offset in _placed(parts):
+        copy_block_back(whole, part, outer, whole_axis, size, offset, inner)
 
 
 @register_layer("Concat")
@@ -215,24 +243,11 @@ class ConcatLayer(Layer):
 
     min_bottom_blobs = 1
     exact_num_top_blobs = 1
-
-    def setup(self, bottom, top):
-        param = self.layer_param.concat_param
-        if param.HasField("axis") and param.HasField("concat_dim"):
-            raise ConfigError(f"layer '{self.name}' (Concat): either axis or concat_dim should be specified; "
-                              "not both")
+    cuda_module = CUDA_MODULE
 
     def reshape(self, bottom, top):
-        param = self.layer_param.concat_param
         n = bottom[0].num_axes
-        if param.HasField("concat_dim"):
-            axis = int(param.concat_dim)
-            if axis >= n:
-                raise ConfigError(f"layer '{self.name}' (Concat): concat_dim {axis} out of range for a {n}-D "
-                                  f"bottom ({bottom[0].shape_string()})")
-        else:
-            axis = canonical_axis(self, bottom[0], param.axis)
-        self.axis = axis
+        self.axis = axis = block_axis(self, bottom[0], self.layer_param.concat_param, "concat_dim")
         top_shape = list(bottom[0].shape)
         for i, blob in enumerate(bottom[1:], 1):
             if blob.num_axes != n or any(blob.shape[j] != top_shape[j] for j in range(n) if j != axis):
@@ -252,57 +267,16 @@ class ConcatLayer(Layer):
             if not _shares(top[0].data, bottom[0].data):
                 top[0].share_data(bottom[0])
             return
-        dst = top[0].data.reshape(-1)
-        dst_axis = top[0].shape[self.axis]
-        offset = 0
-        for blob in bottom:
-            src_axis = blob.shape[self.axis]
-            copy_block(blob.data.reshape(-1), dst, self.outer, src_axis, dst_axis, offset, self.inner)
-            offset += src_axis
+        join_parts(copy_block, [(flat(b.data), b.shape[self.axis]) for b in bottom], flat(top[0].data), self.outer,
+                   self.inner)
 
     def backward_cpu(self, top, propagate_down, bottom):
         if len(bottom) == 1:
             if propagate_down[0] and not _shares(top[0].diff, bottom[0].diff):
                 bottom[0].diff[...] = top[0].diff
             return
-        src = top[0].diff.reshape(-1)
-        src_axis = top[0].shape[self.axis]
-        offset = 0
-        for blob, down in zip(bottom, propagate_down):
-            dst_axis = blob.shape[self.axis]
-            if down:
-                copy_block_back(src, blob.diff.reshape(-1), self.outer, src_axis, dst_axis, offset, self.inner)
-            offset += dst_axis
-
-    def forward_gpu(self, bottom, top):
-        if len(bottom) == 1:
-            if not top[0].shares_data_with(bottom[0]):
-                top[0].share_data(bottom[0])
-            return
-        from . import structural_cuda as C
-        dst = top[0].mutable_gpu_data()
-        dst_axis = top[0].shape[self.axis]
-        offset = 0
-        for blob in bottom:
-            src_axis = blob.shape[self.axis]
-            C.concat_forward(blob.gpu_data(), dst, self.outer, src_axis, dst_axis, offset, self.inner)
-            offset += src_axis
-
-    def backward_gpu(self, top, propagate_down, bottom):
-        from . import kernels_cuda as K
-        if len(bottom) == 1:
-            if propagate_down[0] and not top[0].shares_diff_with(bottom[0]):
-                K.copy(top[0].gpu_diff(), bottom[0].mutable_gpu_diff(), bottom[0].count)
-            return
-        from . import structural_cuda as C
-        src = top[0].gpu_diff()
-        src_axis = top[0].shape[self.axis]
-        offset = 0
-        for blob, down in zip(bottom, propagate_down):
-            dst_axis = blob.shape[self.axis]
-            if down:
-                C.concat_backward(src, blob.mutable_gpu_diff(), self.outer, src_axis, dst_axis, offset, self.inner)
-            offset += dst_axis
+        parts = [(flat(b.diff) if down else None, b.shape[self.axis]) for b, down in zip(bottom, propagate_down)]
+        split_parts(copy_block_back, flat(top[0].diff), parts, self.outer, self.inner)
 
 
 # --- Silence --------------------------------------------------------------
@@ -313,6 +287,7 @@ class SilenceLayer(Layer):
 
     min_bottom_blobs = 1
     exact_num_top_blobs = 0
+    cuda_module = CUDA_MODULE
 
     def reshape(self, bottom, top):
         pass
@@ -324,12 +299,3 @@ class SilenceLayer(Layer):
         for blob, down in zip(bottom, propagate_down):
             if down:
                 blob.diff[...] = 0
-
-    def forward_gpu(self, bottom, top):
-        pass
-
-    def backward_gpu(self, top, propagate_down, bottom):
-        from . import kernels_cuda as K
-        for blob, down in zip(bottom, propagate_down):
-            if down:
-                K.fill(blob.mutable_gpu_diff(), 0, blob.count)

@@ -10,74 +10,51 @@
   level is pooled (MAX or AVE, Caffe's Pooling rules: ceil rounding, the
   last window starting inside the image), flattened to N x (C*PH*PW), and
   the levels are concatenated along axis 1.  With pyramid_height 1 the top
-  is the 4-D pooling output itself.  Computed with the pooling kernels of
-  layers/kernels.py (layers/pooling_cuda.py on the GPU).
+  is the 4-D pooling output itself.  Computed with Pooling's loops
+  (layers/pooling.py; pooling_cuda.py's kernels on the GPU), the levels
+  joined and split as Concat does (layers/structural.py).
 * Deconvolution (Caffe's deconv_layer.cpp): the transposed convolution.
   Weights (C_in, num_output / group, kh, kw); output size
   stride * (in - 1) + dilation * (k - 1) + 1 - 2 * pad.  Forward is the
   convolution's data gradient (columns W^T x, then col2im, plus the bias),
   backward is the convolution's forward (im2col of the top gradient, then
   W @ col for the bottom gradient and x @ col^T for the weight gradient).
-  Built from im2col / col2im / gemm of layers/kernels.py (and the implicit
-  GEMM and col2im of layers/kernels_cuda.py on the GPU).
+  Built from im2col / col2im / matmul of layers/kernels.py (and the
+  convolution's implicit GEMMs, layers/convolution_cuda.py, on the GPU).
 
 Only 2-D spatial geometry is supported (as for Convolution).
 """
-import math
-
 import numpy as np
 
-from dlcore.blob import Blob
 from dlcore.errors import ConfigError
-from dlcore.filler import fill
 from dlcore.layer import Layer
 from dlcore.registry import register_layer
 
 from . import kernels as K
-from .convolution import _spatial_values
-from .structural import add_into, copy_block, copy_block_back
+from .convolution import WeightedConvolution, read_geometry, set_output_geometry
+from .pooling import PoolGeometry, check_method, pool_backward, pool_forward, pooled_size
+from .structural import add_into, copy_block, copy_block_back, join_parts, split_parts
 
 # Largest column buffer (elements) before Deconvolution cuts the batch into chunks.
 COL_BUFFER_LIMIT = 1 << 24
 
 
-def _conv_geometry(layer, bottom, type_name):
-    """Read convolution_param's channel axis, kernel, stride, pad and dilation (2-D), Caffe's checks."""
-    cp = layer.layer_param.convolution_param
-    channel_axis = bottom[0].canonical_axis(cp.axis)
-    num_spatial = bottom[0].num_axes - channel_axis - 1
-    if num_spatial != 2:
-        raise ConfigError(f"layer '{layer.name}' ({type_name}): only 2-D geometry is supported (bottom "
-                          f"{bottom[0].shape_string()} has {num_spatial} spatial axes after channel axis "
-                          f"{channel_axis})")
-    kernel = _spatial_values(layer, cp, "kernel_size", cp.kernel_size, "kernel_h", "kernel_w", None, num_spatial)
-    stride = _spatial_values(layer, cp, "stride", cp.stride, "stride_h", "stride_w", 1, num_spatial)
-    pad = _spatial_values(layer, cp, "pad", cp.pad, "pad_h", "pad_w", 0, num_spatial)
-    nd = len(cp.dilation)
-    if nd not in (0, 1, num_spatial):
-        raise ConfigError(f"layer '{layer.name}' ({type_name}): dilation must be specified once, or once per "
-                          f"spatial dimension (dilation specified {nd} times; {num_spatial} spatial dims)")
-    dilation = [1] * num_spatial if nd == 0 else [int(cp.dilation[0 if nd == 1 else i]) for i in range(num_spatial)]
-    if min(kernel) <= 0:
-        raise ConfigError(f"layer '{layer.name}' ({type_name}): filter dimensions must be nonzero "
-                          f"(kernel {kernel})")
-    if min(stride) <= 0:
-        raise ConfigError(f"layer '{layer.name}' ({type_name}): stride dimensions must be nonzero "
-                          f"(stride {stride})")
-    if min(dilation) <= 0:
-        raise ConfigError(f"layer '{layer.name}' ({type_name}): dilation must be nonzero (dilation {dilation})")
-    return channel_axis, kernel, stride, pad, dilation
+def flat(array):
+    return array.reshape(-1)
 
 
 # --- Im2col -------------------------------------------------------------------
 
 @register_layer("Im2col")
 class Im2colLayer(Layer):
+    """Caffe's Im2col: the column matrix of a convolution (convolution_param) as a layer."""
+
     exact_num_bottom_blobs = 1
     exact_num_top_blobs = 1
+    cuda_module = ".vision_extra_cuda"
 
     def setup(self, bottom, top):
-        self.channel_axis, self.kernel, self.stride, self.pad, self.dilation = _conv_geometry(self, bottom, "Im2col")
+        self.channel_axis, self.kernel, self.stride, self.pad, self.dilation = read_geometry(self, bottom)
 
     def reshape(self, bottom, top):
         ax = self.channel_axis
@@ -89,92 +66,71 @@ class Im2colLayer(Layer):
             raise ConfigError(f"layer '{self.name}' (Im2col) does not allow in-place computation")
         self.num = bottom[0].count_range(0, ax)
         self.channels, self.height, self.width = shape[ax], shape[ax + 1], shape[ax + 2]
-        kh, kw = self.kernel
-        self.out_h = K.conv_out_size(self.height, kh, self.pad[0], self.stride[0], self.dilation[0])
-        self.out_w = K.conv_out_size(self.width, kw, self.pad[1], self.stride[1], self.dilation[1])
-        if self.out_h <= 0 or self.out_w <= 0:
-            raise ConfigError(f"layer '{self.name}' (Im2col): the (dilated) kernel {kh}x{kw} does not fit the "
-                              f"padded input {self.height}x{self.width}")
-        self.rows = self.channels * kh * kw
+        set_output_geometry(self)
+        self.rows = self.channels * self.kernel[0] * self.kernel[1]
         top[0].reshape(shape[:ax] + (self.rows, self.out_h, self.out_w))
 
-    def _args(self):
-        return (self.kernel[0], self.kernel[1], self.pad[0], self.pad[1],
-                self.stride[0], self.stride[1], self.dilation[0], self.dilation[1])
+    def strides(self):
+        """The top's column layout: (row_stride, image_stride) of the image layout."""
+        P = self.out_h * self.out_w
+        return P, self.rows * P
 
     def forward_cpu(self, bottom, top):
-        P = self.out_h * self.out_w
         if top[0].count:
-            K.im2col(bottom[0].data.reshape(-1), self.num, self.channels, self.height, self.width, *self._args(),
-                     top[0].data.reshape(-1), P, self.rows * P)
+            K.im2col(flat(bottom[0].data), self.num, self.geometry, flat(top[0].data), *self.strides())
 
     def backward_cpu(self, top, propagate_down, bottom):
         if propagate_down[0] and bottom[0].count:
-            P = self.out_h * self.out_w
-            K.col2im(top[0].diff.reshape(-1), self.num, self.channels, self.height, self.width, *self._args(),
-                     bottom[0].diff.reshape(-1), P, self.rows * P)
-
-    def forward_gpu(self, bottom, top):
-        from . import vision_extra_cuda as C
-        C.im2col_forward(self, bottom, top)
-
-    def backward_gpu(self, top, propagate_down, bottom):
-        if propagate_down[0]:
-            from . import vision_extra_cuda as C
-            C.im2col_backward(self, top, bottom)
+            K.col2im(flat(top[0].diff), self.num, self.geometry, flat(bottom[0].diff), *self.strides())
 
 
 # --- SPP ----------------------------------------------------------------------
 
-class _Level:
-    """One pyramid level's pooling geometry (the attribute names of layers/pooling.py)."""
+def pyramid_level(num, channels, height, width, bins):
+    """The pooling of one pyramid level, ``bins`` bins per side (Caffe's spp_layer.cpp): kernel =
+    ceil(size / bins), stride = kernel, pad = (kernel * bins - size + 1) / 2; the output size by
+    Pooling's rules (ceil rounding, the last window starting inside the image)."""
+    kh, kw = -(-height // bins), -(-width // bins)
+    ph, pw = (kh * bins - height + 1) // 2, (kw * bins - width + 1) // 2
+    padded = bool(ph or pw)
+    return PoolGeometry(num * channels, height, width, pooled_size(height, kh, ph, kh, True, padded),
+                        pooled_size(width, kw, pw, kw, True, padded), kh, kw, ph, pw, kh, kw)
 
-    def __init__(self, num, channels, height, width, bins, method):
-        self.num, self.channels, self.height, self.width = num, channels, height, width
-        self.method = method
-        self.kernel_h = int(math.ceil(height / bins))
-        self.kernel_w = int(math.ceil(width / bins))
-        self.pad_h = (self.kernel_h * bins - height + 1) // 2
-        self.pad_w = (self.kernel_w * bins - width + 1) // 2
-        self.stride_h, self.stride_w = self.kernel_h, self.kernel_w
-        self.pooled_h = self._pooled(height, self.kernel_h, self.pad_h, self.stride_h)
-        self.pooled_w = self._pooled(width, self.kernel_w, self.pad_w, self.stride_w)
-        self.size = channels * self.pooled_h * self.pooled_w     # per image, flattened
-        self.mask = np.zeros(num * self.size, np.int32)
-        self._gpu_mask = None
 
-    def _pooled(self, size, kernel, pad, stride):
-        # Caffe's Pooling output size: ceil rounding; with any padding the last
-        # window must start inside the image.
-        pooled = -(-(size + 2 * pad - kernel) // stride) + 1
-        if (self.pad_h or self.pad_w) and (pooled - 1) * stride >= size + pad:
-            pooled -= 1
-        return pooled
+def pyramid_forward(layer, x, y, outs, masks, pool_forward, copy_block):
+    """Pool the flat images ``x`` at every level (into ``outs``, argmaxes into ``masks``) and lay
+    the levels side by side in ``y`` (num, sum of the sizes); ``pool_forward`` and ``copy_block``:
+    the CPU's or the GPU's (device arrays)."""
+    for g, mask, out in zip(layer.levels, masks, outs):
+        pool_forward(layer.method, g, x, out, mask)
+    join_parts(copy_block, list(zip(outs, layer.sizes)), y, layer.num, 1)
 
-    def geometry(self):
-        return (self.num * self.channels, self.height, self.width, self.pooled_h, self.pooled_w)
 
-    def window(self):
-        return (self.kernel_h, self.kernel_w, self.pad_h, self.pad_w, self.stride_h, self.stride_w)
+def pyramid_backward(layer, dy, dx, parts, masks, scratch, pool_backward, copy_block_back, add_into):
+    """The gradient of :func:`pyramid_forward`: each level's block of ``dy`` into ``parts``, then
+    ``dx`` = the sum of the levels' pooling gradients (``scratch``: one bottom-sized array)."""
+    split_parts(copy_block_back, dy, list(zip(parts, layer.sizes)), layer.num, 1)
+    for i, (g, mask, part) in enumerate(zip(layer.levels, masks, parts)):
+        pool_backward(layer.method, g, part, mask, dx if i == 0 else scratch)
+        if i:
+            add_into(dx, scratch)
 
 
 @register_layer("SPP")
 class SPPLayer(Layer):
+    """Caffe's spatial pyramid pooling (spp_param: pyramid_height, pool)."""
+
     exact_num_bottom_blobs = 1
     exact_num_top_blobs = 1
+    cuda_module = ".vision_extra_cuda"
 
     def setup(self, bottom, top):
-        from dltrain.proto import caffe_pb2
-        P = caffe_pb2.SPPParameter
         param = self.layer_param.spp_param
         self.pyramid_height = int(param.pyramid_height)
         if self.pyramid_height < 1:
             raise ConfigError(f"layer '{self.name}' (SPP): spp_param.pyramid_height must be at least 1")
-        self.method = int(param.pool)
-        if self.method == P.STOCHASTIC:
-            raise ConfigError(f"layer '{self.name}' (SPP): STOCHASTIC pooling is not implemented")
-        if self.method not in (P.MAX, P.AVE):
-            raise ConfigError(f"layer '{self.name}' (SPP): unknown pooling method {self.method}")
+        # (SPPParameter's PoolMethod has PoolingParameter's values: pooling.MAX, AVE, STOCHASTIC)
+        self.method = check_method(self, int(param.pool))
         self.work = K.Workspace()
         self._key = None
 
@@ -190,146 +146,55 @@ class SPPLayer(Layer):
             raise ConfigError(f"{name}: input dimensions cannot be zero ({bottom[0].shape_string()})")
         key = bottom[0].shape
         if key != self._key:
-            self.levels = []
+            self.levels = []             # each level's PoolGeometry
             for i in range(self.pyramid_height):
-                level = _Level(num, channels, height, width, 2 ** i, self.method)
-                if level.pad_h >= level.kernel_h or level.pad_w >= level.kernel_w:
-                    raise ConfigError(f"{name}: pyramid level {i} needs pooling pad ({level.pad_h}, {level.pad_w}) "
-                                      f"not smaller than its kernel ({level.kernel_h}, {level.kernel_w}) for a "
-                                      f"{height}x{width} input, which Caffe's Pooling rejects; use a lower "
-                                      "pyramid_height or a larger input")
-                self.levels.append(level)
+                g = pyramid_level(num, channels, height, width, 2 ** i)
+                if g.ph >= g.kh or g.pw >= g.kw:
+                    raise ConfigError(f"{name}: pyramid level {i} needs pooling pad ({g.ph}, {g.pw}) not smaller "
+                                      f"than its kernel ({g.kh}, {g.kw}) for a {height}x{width} input, which "
+                                      "Caffe's Pooling rejects; use a lower pyramid_height or a larger input")
+                self.levels.append(g)
+            self.num = num
+            self.sizes = [channels * g.PH * g.PW for g in self.levels]      # per image, flattened
+            self.masks = [np.zeros(num * size, np.int32) for size in self.sizes]
             self._key = key
         if self.pyramid_height == 1:
-            lv = self.levels[0]
-            top[0].reshape((num, channels, lv.pooled_h, lv.pooled_w))
+            g = self.levels[0]
+            top[0].reshape((num, channels, g.PH, g.PW))
         else:
-            top[0].reshape((num, sum(lv.size for lv in self.levels)))
+            top[0].reshape((num, sum(self.sizes)))
 
-    def _pool(self, lv, x, y):
-        if lv.method == 0:
-            K.max_pool_forward(x, *lv.geometry(), *lv.window(), y, lv.mask)
-        else:
-            K.ave_pool_forward(x, *lv.geometry(), *lv.window(), y)
-
-    def _unpool(self, lv, dy, dx):
-        if lv.method == 0:
-            K.max_pool_backward(dy, lv.mask, *lv.geometry(), dx)
-        else:
-            K.ave_pool_backward(dy, *lv.geometry(), *lv.window(), dx)
+    def _levels(self, stem):
+        """A flat scratch array per level (``stem``0, ``stem``1...)."""
+        return [self.work.get(f"{stem}{i}", (self.num * size,), self.dtype) for i, size in enumerate(self.sizes)]
 
     def forward_cpu(self, bottom, top):
-        x = bottom[0].data.reshape(-1)
-        y = top[0].data.reshape(-1)
-        if self.pyramid_height == 1:
-            self._pool(self.levels[0], x, y)
-            return
-        num, total, offset = bottom[0].shape[0], top[0].shape[1], 0
-        for lv in self.levels:
-            out = self.work.get("pool", (num * lv.size,), self.dtype)
-            self._pool(lv, x, out)
-            copy_block(out, y, num, lv.size, total, offset, 1)
-            offset += lv.size
+        pyramid_forward(self, flat(bottom[0].data), flat(top[0].data), self._levels("level"), self.masks,
+                        pool_forward, copy_block)
 
     def backward_cpu(self, top, propagate_down, bottom):
-        if not propagate_down[0]:
-            return
-        dy = top[0].diff.reshape(-1)
-        dx = bottom[0].diff.reshape(-1)
-        if self.pyramid_height == 1:
-            self._unpool(self.levels[0], dy, dx)
-            return
-        num, total, offset = bottom[0].shape[0], top[0].shape[1], 0
-        for i, lv in enumerate(self.levels):
-            part = self.work.get("pool", (num * lv.size,), self.dtype)
-            copy_block_back(dy, part, num, total, lv.size, offset, 1)
-            offset += lv.size
-            if i == 0:
-                self._unpool(lv, part, dx)
-            else:
-                scratch = self.work.get("dx", (bottom[0].count,), self.dtype)
-                self._unpool(lv, part, scratch)
-                add_into(dx, scratch)
-
-    def forward_gpu(self, bottom, top):
-        from . import vision_extra_cuda as C
-        C.spp_forward(self, bottom, top)
-
-    def backward_gpu(self, top, propagate_down, bottom):
         if propagate_down[0]:
-            from . import vision_extra_cuda as C
-            C.spp_backward(self, top, bottom)
+            pyramid_backward(self, flat(top[0].diff), flat(bottom[0].diff), self._levels("level"), self.masks,
+                             self.work.get("dx", (bottom[0].count,), self.dtype), pool_backward, copy_block_back,
+                             add_into)
 
 
 # --- Deconvolution ------------------------------------------------------------
 
 @register_layer("Deconvolution")
-class DeconvolutionLayer(Layer):
-    """The transposed convolution (Caffe's DeconvolutionLayer), one top per bottom, shared weights."""
+class DeconvolutionLayer(WeightedConvolution):
+    """The transposed convolution (Caffe's DeconvolutionLayer)."""
 
-    min_bottom_blobs = 1
-    min_top_blobs = 1
-    equal_num_bottom_top_blobs = True
-
-    def setup(self, bottom, top):
-        name = f"layer '{self.name}' (Deconvolution)"
-        cp = self.layer_param.convolution_param
-        self.channel_axis, self.kernel, self.stride, self.pad, self.dilation = _conv_geometry(
-            self, bottom, "Deconvolution")
-        self.channels = bottom[0].shape[self.channel_axis]
-        self.num_output = int(cp.num_output)
-        self.group = int(cp.group)
-        if self.num_output <= 0:
-            raise ConfigError(f"{name}: convolution_param.num_output must be > 0 (got {self.num_output})")
-        if self.group <= 0:
-            raise ConfigError(f"{name}: convolution_param.group must be > 0 (got {self.group})")
-        if self.channels % self.group:
-            raise ConfigError(f"{name}: the input channels ({self.channels}) must be a multiple of group "
-                              f"({self.group})")
-        if self.num_output % self.group:
-            raise ConfigError(f"{name}: num_output ({self.num_output}) must be a multiple of group ({self.group})")
-        self.bias_term = bool(cp.bias_term)
-        weight_shape = (self.channels, self.num_output // self.group) + tuple(self.kernel)
-        if self.blobs:
-            if len(self.blobs) != 1 + self.bias_term:
-                raise ConfigError(f"{name}: incorrect number of weight blobs (expected {1 + self.bias_term}, "
-                                  f"got {len(self.blobs)})")
-            if self.blobs[0].shape != weight_shape:
-                raise ConfigError(f"{name}: incorrect weight shape: expected shape "
-                                  f"{' '.join(map(str, weight_shape))}; instead, shape was "
-                                  f"{self.blobs[0].shape_string()}")
-            if self.bias_term and self.blobs[1].shape != (self.num_output,):
-                raise ConfigError(f"{name}: incorrect bias shape: expected shape {self.num_output}; instead, "
-                                  f"shape was {self.blobs[1].shape_string()}")
-        else:
-            self.blobs = [Blob(*weight_shape, dtype=self.dtype)]
-            fill(self.blobs[0], cp.weight_filler)
-            if self.bias_term:
-                self.blobs.append(Blob(self.num_output, dtype=self.dtype))
-                fill(self.blobs[1], cp.bias_filler)
-        self.work = K.Workspace()
-
-    def _param_down(self, i):
-        ppd = self.param_propagate_down
-        return i >= len(ppd) or bool(ppd[i])
+    cuda_module = ".vision_extra_cuda"
+    transposed = True
 
     def reshape(self, bottom, top):
         name = f"layer '{self.name}' (Deconvolution)"
-        ax = self.channel_axis
-        shape0 = bottom[0].shape
-        if len(shape0) != ax + 3:
-            raise ConfigError(f"{name}: bottom num_axes may not change (now {bottom[0].shape_string()})")
-        if shape0[ax] != self.channels:
-            raise ConfigError(f"{name}: bottom has {shape0[ax]} channels, the weights expect {self.channels}")
-        for b in bottom[1:]:
-            if b.shape != shape0:
-                raise ConfigError(f"{name}: all inputs must have the same shape ({bottom[0].shape_string()} vs "
-                                  f"{b.shape_string()})")
+        self.num, self.in_h, self.in_w = self.check_bottoms(bottom)
         for b, t in zip(bottom, top):
             if t is b:
                 raise ConfigError(f"{name} does not allow in-place computation")
-        self.num = bottom[0].count_range(0, ax)
-        self.in_h, self.in_w = shape0[ax + 1], shape0[ax + 2]
+        ax = self.channel_axis
         kh, kw = self.kernel
         self.out_h = self.stride[0] * (self.in_h - 1) + self.dilation[0] * (kh - 1) + 1 - 2 * self.pad[0]
         self.out_w = self.stride[1] * (self.in_w - 1) + self.dilation[1] * (kw - 1) + 1 - 2 * self.pad[1]
@@ -337,17 +202,16 @@ class DeconvolutionLayer(Layer):
             raise ConfigError(f"{name}: the output would be {self.out_h}x{self.out_w} (input "
                               f"{self.in_h}x{self.in_w}, kernel {kh}x{kw}, stride {self.stride}, pad {self.pad})")
         for t in top:
-            t.reshape(shape0[:ax] + (self.num_output, self.out_h, self.out_w))
+            t.reshape(bottom[0].shape[:ax] + (self.num_output, self.out_h, self.out_w))
         # the convolution this layer transposes maps the top (num_output channels,
         # out_h x out_w) to the bottom (channels, in_h x in_w)
+        # (its output size, by the convolution's rule, is in_h x in_w again)
+        self.geometry = K.conv_geometry(self.num_output, self.out_h, self.out_w, self.kernel, self.pad, self.stride,
+                                        self.dilation)
         self.kernel_dim = (self.num_output // self.group) * kh * kw      # column rows per group
         self.rows = self.kernel_dim * self.group                           # num_output * kh * kw
         per_image = self.rows * self.in_h * self.in_w
         self.chunk = max(1, min(self.num, COL_BUFFER_LIMIT // max(per_image, 1)))
-
-    def _args(self):
-        return (self.kernel[0], self.kernel[1], self.pad[0], self.pad[1],
-                self.stride[0], self.stride[1], self.dilation[0], self.dilation[1])
 
     def _chunks(self):
         for n0 in range(0, self.num, self.chunk):
@@ -366,11 +230,10 @@ class DeconvolutionLayer(Layer):
                 col = self.work.get("col", (cnt, self.rows, P_in), self.dtype)
                 for g in range(G):
                     # columns of group g: W_g^T (Kg x Cg) @ x_g (Cg x P_in), per image
-                    K.gemm(weight[g * Cg:(g + 1) * Cg].T, x[n0:n1, g * Cg:(g + 1) * Cg],
-                           col[:, g * Kg:(g + 1) * Kg])
+                    K.matmul(weight[g * Cg:(g + 1) * Cg].T, x[n0:n1, g * Cg:(g + 1) * Cg],
+                             col[:, g * Kg:(g + 1) * Kg])
                 yc = y[n0:n1].reshape(-1)
-                K.col2im(col.reshape(-1), cnt, self.num_output, self.out_h, self.out_w, *self._args(), yc,
-                         P_in, self.rows * P_in)
+                K.col2im(col.reshape(-1), cnt, self.geometry, yc, P_in, self.rows * P_in)
                 if self.bias_term:
                     K.add_channel_bias(yc, self.blobs[1].data, cnt, self.num_output, P_out)
 
@@ -380,8 +243,8 @@ class DeconvolutionLayer(Layer):
         P_in, P_out = self.in_h * self.in_w, self.out_h * self.out_w
         weight = self.blobs[0].data.reshape(self.channels, Kg)
         weight_diff = self.blobs[0].diff.reshape(self.channels, Kg)
-        do_weight = self._param_down(0)
-        do_bias = self.bias_term and self._param_down(1)
+        do_weight = K.param_down(self, 0)
+        do_bias = self.bias_term and K.param_down(self, 1)
         for i, (t, b) in enumerate(zip(top, bottom)):
             down = i < len(propagate_down) and propagate_down[i]
             dy = t.diff.reshape(self.num, self.num_output, P_out)
@@ -394,24 +257,15 @@ class DeconvolutionLayer(Layer):
             for n0, n1 in self._chunks():
                 cnt = n1 - n0
                 col = self.work.get("col", (cnt, self.rows, P_in), self.dtype)
-                K.im2col(dy[n0:n1].reshape(-1), cnt, self.num_output, self.out_h, self.out_w, *self._args(),
-                         col.reshape(-1), P_in, self.rows * P_in)
+                K.im2col(dy[n0:n1].reshape(-1), cnt, self.geometry, col.reshape(-1), P_in, self.rows * P_in)
                 for g in range(G):
                     cg = col[:, g * Kg:(g + 1) * Kg]                     # (cnt, Kg, P_in)
                     if do_weight:
                         # dW_g (Cg x Kg) += sum over images of x_g (Cg x P_in) @ col_g^T
                         per_image = self.work.get("wstack", (cnt, Cg, Kg), self.dtype)
-                        K.gemm(x[n0:n1, g * Cg:(g + 1) * Cg], cg.transpose(0, 2, 1), per_image)
+                        K.matmul(x[n0:n1, g * Cg:(g + 1) * Cg], cg.transpose(0, 2, 1), per_image)
                         wd = weight_diff[g * Cg:(g + 1) * Cg]
                         np.add(wd, per_image.sum(axis=0), out=wd)
                     if down:
                         # bottom gradient: the convolution's forward, W_g (Cg x Kg) @ col_g
-                        K.gemm(weight[g * Cg:(g + 1) * Cg], cg, dx[n0:n1, g * Cg:(g + 1) * Cg])
-
-    def forward_gpu(self, bottom, top):
-        from . import vision_extra_cuda as C
-        C.deconv_forward(self, bottom, top)
-
-    def backward_gpu(self, top, propagate_down, bottom):
-        from . import vision_extra_cuda as C
-        C.deconv_backward(self, top, propagate_down, bottom)
+                        K.matmul(weight[g * Cg:(g + 1) * Cg], cg, dx[n0:n1, g * Cg:(g + 1) * Cg])

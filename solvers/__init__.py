@@ -6,16 +6,18 @@ the legacy ``solver_type``) names, as pycaffe's ``caffe.get_solver``;
 """
 import numpy as np
 
+from dlcore.config import field_line
 from dlcore.errors import ConfigError
 
 from .lr_policy import POLICIES, LearningRatePolicy, learning_rate
 from .sgd_solvers import (SOLVERS, AdaDeltaSolver, AdaGradSolver, AdamSolver, NesterovSolver, RMSPropSolver,
                           SGDSolver)
-from .solver import Solver, SolverAction, device_for_solver, snapshot_filename, upgrade_solver_param
+from .solver import (Solver, SolverAction, device_for_solver, output_loss_weights, snapshot_filename,
+                     upgrade_solver_param)
 
 __all__ = ["get_solver", "solver_types", "Solver", "SolverAction", "SGDSolver", "NesterovSolver", "AdaGradSolver",
            "RMSPropSolver", "AdaDeltaSolver", "AdamSolver", "SOLVERS", "POLICIES", "LearningRatePolicy",
-           "learning_rate", "snapshot_filename", "device_for_solver"]
+           "learning_rate", "snapshot_filename", "device_for_solver", "output_loss_weights"]
 
 
 def solver_types():
@@ -43,7 +45,6 @@ def get_solver(solver, dtype=np.float32, solver_path=None, gpu=None):
     upgrade_solver_param(param, path)
     cls = SOLVERS.get(param.type)
     if cls is None:
-        from .solver import _field_line
         raise ConfigError(f"unknown solver type '{param.type}' (known types: {', '.join(solver_types())})",
-                          path=path, line=_field_line(path, "type"), field="type")
+                          path=path, line=field_line(path, "type"), field="type")
     return cls(param, dtype=dtype, solver_path=path, gpu=gpu)

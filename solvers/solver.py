@@ -12,9 +12,10 @@ SolverParameter and runs Caffe's schedule:
 - at the end: a snapshot (``snapshot_after_train``) unless one was just
   written, then a last display forward and test where the schedule asks.
 
-Subclasses (:mod:`solvers.sgd_solvers`) implement the update rule.  The
-log lines are Caffe's, so tools/extra/parse_log.py reads them, and every
-display and test result also goes to ``<snapshot_prefix>_log.jsonl``.
+Subclasses (:mod:`solvers.sgd_solvers`) name the update rule (``rule``)
+and give its scalars (``hyper_parameters``).  The log lines are Caffe's,
+so tools/extra/parse_log.py reads them, and every display and test
+result also goes to ``<snapshot_prefix>_log.jsonl``.
 
 dltrain additions: a loss that turns NaN/inf stops the run with a
 DLTrainError naming the first non-finite layer output or gradient (nothing
@@ -28,16 +29,21 @@ import os
 import numpy as np
 
 from dlcore import Net, TEST, TRAIN, backend
-from dlcore.config import load_message, load_net, load_solver, to_prototxt, write_binary
+from dlcore.config import field_line, load_message, load_net, load_solver, to_prototxt, write_binary
 from dlcore.errors import ConfigError, DLTrainError
 from dlcore.rng import set_random_seed
+# Caffe's UpgradeSolverAsNeeded (the legacy solver_type enum -> type) lives with the
+# other format upgrades in dlcore/upgrade.py; re-exported here for the solvers' callers.
+from dlcore.upgrade import upgrade_solver_param
 from dltrain.proto import caffe_pb2
 
-from . import diagnostics
+from . import diagnostics, updates
 from .lr_policy import LearningRatePolicy
 from .training_log import JsonLog, Progress, fmt, info, warning
+from .updates import REG_L1, REG_L2, REG_NONE, GradientSteps
 
-__all__ = ["Solver", "SolverAction", "device_for_solver", "snapshot_filename", "upgrade_solver_param"]
+__all__ = ["Solver", "SolverAction", "device_for_solver", "snapshot_filename", "upgrade_solver_param",
+           "output_loss_weights"]
 
 
 class SolverAction:
@@ -47,19 +53,24 @@ class SolverAction:
     SNAPSHOT = "snapshot"
 
 
-def _field_line(path, field):
-    if not path:
-        return None
-    try:
-        from dlcore.config import _find_field_line
-        return _find_field_line(path, field)
-    except Exception:   # a best-effort location only
-        return None
+def _update_kernels(gpu):
+    """The update kernels of a device: :mod:`solvers.updates` (host arrays) or, on the GPU,
+    :mod:`solvers.updates_cuda` (device arrays), which offer the same functions.  The one
+    place the solver imports the GPU module (a CPU run never imports numba.cuda)."""
+    if gpu:
+        from . import updates_cuda
+        return updates_cuda
+    return updates
 
 
-# Caffe's UpgradeSolverAsNeeded (the legacy solver_type enum -> type) lives with the
-# other format upgrades in dlcore/upgrade.py; re-exported here for the solvers' callers.
-from dlcore.upgrade import upgrade_solver_param  # noqa: E402
+def output_loss_weights(net):
+    """The loss weight of each of ``net``'s output blobs, in ``net.outputs`` order (Caffe's
+    blob_loss_weights_; 0 for an output no loss layer weights)."""
+    weights = {}
+    for name, layer in zip(net.layer_names, net.layers):
+        for top, weight in zip(net.top_names[name], layer.loss_weights):
+            weights[top] = weight
+    return [weights.get(name, 0.0) for name in net.outputs]
 
 
 def device_for_solver(param, gpu_flag=None):
@@ -135,7 +146,12 @@ class Solver:
     """
 
     type = None
-    history_sets = 1      # history blobs per learnable parameter (Adam, AdaDelta: 2)
+    rule = None           # the update rule's name in solvers.updates.RULES
+
+    @property
+    def history_sets(self):
+        """History blobs per learnable parameter: the rule's (Adam, AdaDelta: 2)."""
+        return updates.RULES[self.rule][2] if self.rule else 1
 
     def __init__(self, param, dtype=np.float32, solver_path=None, gpu=None):
         if isinstance(param, caffe_pb2.SolverParameter):
@@ -156,20 +172,18 @@ class Solver:
         self.param = param
         self.dtype = np.dtype(dtype)
         # The device, as pycaffe's: the backend's mode (dlcore.set_mode_gpu / caffe.set_mode_gpu) unless
-        # given; `dltrain train` decides it from --gpu and solver_mode (see device_for_solver).
-        if gpu is None:
-            gpu = backend.is_gpu()
-        elif gpu:
-            backend.require_gpu(what="a GPU solver")
-            backend.select_device()
-        self.gpu = bool(gpu)
+        # given; `dltrain train` decides it from --gpu and solver_mode (see device_for_solver).  The train
+        # net resolves it (Net's gpu argument); the test nets and the update kernels follow the train net.
+        if gpu:
+            backend.require_gpu(what="a GPU solver")      # before anything is built
         info("Initializing solver from parameters: \n" + to_prototxt(param).rstrip("\n"))
         self._check_param()
         self.lr_policy = LearningRatePolicy(param, self._where)
         self.snapshot_prefix = _default_snapshot_prefix(param, solver_path)
         if param.random_seed >= 0:
             set_random_seed(param.random_seed)
-        self.net = self._init_train_net()
+        self.net = self._init_train_net(gpu)
+        self.gpu = self.net.gpu
         self.test_nets = self._init_test_nets()
         self._load_weights()
         self._check_snapshot_write_permissions()
@@ -177,6 +191,8 @@ class Solver:
         self.iter = 0
         self.history = []
         self._pre_solve()
+        self._kernels = _update_kernels(self.gpu)
+        self._update_flags = self._kernels.new_flags(len(self.net.learnable_params))
         self.losses = []
         self.smoothed_loss = 0.0
         self.requested_early_exit = False
@@ -187,14 +203,13 @@ class Solver:
         self._last_snapshot_iter = None
         self._last_rate = None
         self._progress = None
-        self._loss_weights = [self._output_loss_weights(self.net)] + \
-            [self._output_loss_weights(n) for n in self.test_nets]
+        self._loss_weights = [output_loss_weights(net) for net in [self.net] + self.test_nets]
 
     # --- setup -----------------------------------------------------------------
     def _where(self, field):
         if not self.source:
             return {}
-        return {"path": self.source, "line": _field_line(self.source, field)}
+        return {"path": self.source, "line": field_line(self.source, field)}
 
     def _fail(self, message, field):
         raise ConfigError(message, field=field, **self._where(field))
@@ -258,17 +273,13 @@ class Solver:
             state.MergeFrom(solver_state)
         return state
 
-    def _build_net(self, source, solver_state, phase):
+    def _build_net(self, source, solver_state, phase, gpu):
         """A Net from a file path or a NetParameter, in the merged state."""
-        if isinstance(source, caffe_pb2.NetParameter):
-            state = self._merged_state(phase, source.state, solver_state)
-            return Net(source, phase=state.phase, level=state.level, stages=list(state.stage), dtype=self.dtype,
-                       gpu=self.gpu)
-        state = self._merged_state(phase, load_net(source).state, solver_state)
-        return Net(source, phase=state.phase, level=state.level, stages=list(state.stage), dtype=self.dtype,
-                   gpu=self.gpu)
+        net_state = source.state if isinstance(source, caffe_pb2.NetParameter) else load_net(source).state
+        state = self._merged_state(phase, net_state, solver_state)
+        return Net(source, phase=state.phase, level=state.level, stages=list(state.stage), dtype=self.dtype, gpu=gpu)
 
-    def _init_train_net(self):
+    def _init_train_net(self, gpu):
         p = self.param
         fields = [f for f in ("net", "net_param", "train_net", "train_net_param") if p.HasField(f)]
         if not fields:
@@ -290,7 +301,7 @@ class Solver:
         else:
             info(f"Creating training net from net file: {p.net}")
             source = p.net
-        return self._build_net(source, p.train_state, TRAIN)
+        return self._build_net(source, p.train_state, TRAIN, gpu)
 
     def _init_test_nets(self):
         p = self.param
@@ -322,7 +333,7 @@ class Solver:
         for i, (label, source) in enumerate(sources):
             info(f"Creating test net (#{i}) specified by {label}")
             state = p.test_state[i] if p.test_state else None
-            nets.append(self._build_net(source, state, TEST))
+            nets.append(self._build_net(source, state, TEST, self.gpu))
         return nets
 
     def _load_weights(self):
@@ -349,15 +360,6 @@ class Solver:
         for _ in range(self.history_sets):
             for blob in self.net.learnable_params:
                 self.history.append(Blob(blob.shape, dtype=self.dtype))
-
-    @staticmethod
-    def _output_loss_weights(net):
-        """Loss weight of each output blob (Caffe's blob_loss_weights_)."""
-        weights = {}
-        for name, layer in zip(net.layer_names, net.layers):
-            for top, weight in zip(net.top_names[name], layer.loss_weights):
-                weights[top] = weight
-        return [weights.get(name, 0.0) for name in net.outputs]
 
     # --- running -----------------------------------------------------------------
     def set_action_function(self, function):
@@ -516,19 +518,11 @@ class Solver:
             info(f"Iteration {self.iter}, lr = {fmt(self._cast(rate))}")
         self._last_rate = rate
         params = self.net.learnable_params
-        gpu = self.net.gpu
+        kernels = self._kernels
         clip_scale = 1.0
         clip = self.param.clip_gradients
         if clip >= 0:
-            if gpu:
-                from .updates_cuda import sumsq_total
-                total = sumsq_total([(blob.gpu_diff(), blob.count) for blob in params])
-            else:
-                from .updates import sumsq
-                total = 0.0
-                for blob in params:
-                    total += sumsq(blob.diff.reshape(-1))
-            l2norm = math.sqrt(total)
+            l2norm = math.sqrt(kernels.sumsq_total([(self._diff(blob), blob.count) for blob in params]))
             if l2norm > clip:
                 clip_scale = clip / l2norm
                 info(f"Gradient clipping: scaling down gradients (L2 norm {fmt(self._cast(l2norm))} > "
@@ -536,68 +530,57 @@ class Solver:
         # Normally each kernel applies its update in the same pass; with
         # debug_info the [Update] lines come first (weights before the update).
         fused = not debug
-        if gpu:
-            from . import updates_cuda
-            flags = self._gpu_update_flags(len(params))
-            updates_cuda.reset_flags(flags)
-            for param_id in range(len(params)):
-                self.compute_update_value(param_id, rate, clip_scale, apply=fused)
-            bad = updates_cuda.bad_params(flags, len(params))      # one small copy back per iteration
-        else:
-            bad = [param_id for param_id in range(len(params))
-                   if self.compute_update_value(param_id, rate, clip_scale, apply=fused)]
+        kernels.reset_flags(self._update_flags)
+        for param_id in range(len(params)):
+            self.compute_update_value(param_id, rate, clip_scale, apply=fused)
+        bad = kernels.bad_params(self._update_flags, len(params))     # on the GPU one small copy back
         if bad:
             raise self._non_finite_error("the update is not finite", bad_params=bad)
         if not fused:
             diagnostics.update_debug(self.net)
-            if gpu:
-                from .updates_cuda import apply_update
-                for blob in params:
-                    apply_update(blob.mutable_gpu_data(), blob.gpu_diff(), blob.count)
-            else:
-                from .updates import apply_update
-                for blob in params:
-                    apply_update(blob.data.reshape(-1), blob.diff.reshape(-1))
+            for blob in params:
+                kernels.apply_update(self._data(blob), self._diff(blob), blob.count)
 
-    def _common_args(self, param_id, clip_scale, apply):
-        """The apply/clip/normalize/regularize arguments of the update kernels, in the param's dtype."""
+    def _data(self, blob):
+        """``blob``'s data as the update kernels take it, to be written: a flat host array, or on the GPU a
+        device array."""
+        return blob.mutable_gpu_data() if self.gpu else blob.data.reshape(-1)
+
+    def _diff(self, blob, write=False):
+        """``blob``'s diff as the update kernels take it (to be written with ``write``)."""
+        if self.gpu:
+            return blob.mutable_gpu_diff() if write else blob.gpu_diff()
+        return blob.diff.reshape(-1)
+
+    def _gradient_steps(self, param_id, clip_scale):
+        """Steps 1-3 of learnable param ``param_id``: clip, normalize, regularize
+        (:class:`solvers.updates.GradientSteps`, in the param's dtype)."""
         dt = self.dtype.type
         p = self.param
         local_decay = dt(dt(p.weight_decay) * dt(self.net.params_weight_decay[param_id]))
-        reg = 0
+        reg = REG_NONE
         if local_decay:
-            reg = 1 if p.regularization_type == "L2" else 2
+            reg = REG_L2 if p.regularization_type == "L2" else REG_L1
         iter_size = p.iter_size
         norm = dt(dt(1) / dt(iter_size))
-        return (bool(apply), dt(clip_scale), clip_scale != 1.0, norm, iter_size != 1, local_decay, reg)
+        return GradientSteps(dt(clip_scale), clip_scale != 1.0, norm, iter_size != 1, local_decay, reg)
+
+    def hyper_parameters(self, param_id, rate):
+        """The scalars of the update rule (its record in :mod:`solvers.updates`, in the param's
+        dtype) for learnable param ``param_id`` at learning rate ``rate``."""
+        raise NotImplementedError
 
     def compute_update_value(self, param_id, rate, clip_scale=1.0, apply=False):
         """Write the update of learnable param ``param_id`` into its diff (and
-        with ``apply`` also subtract it from the weights); True if non-finite
-        (on the GPU the answer comes from the device flags, read once per iteration)."""
-        raise NotImplementedError
-
-    def _run_update(self, rule, param_id, clip_scale, apply, histories, extra):
-        """Run update ``rule`` (solvers.updates / solvers.updates_cuda) on learnable param ``param_id``."""
+        with ``apply`` also subtract it from the weights) with the rule named
+        ``self.rule``; a non-finite update value is not applied and flags the
+        param (the flags are read once per iteration, see ``_apply_update``)."""
         blob = self.net.learnable_params[param_id]
-        common = self._common_args(param_id, clip_scale, apply)
-        if self.net.gpu:
-            from . import updates_cuda
-            updates_cuda.update(rule, blob.mutable_gpu_data(), blob.mutable_gpu_diff(),
-                                [h.mutable_gpu_data() for h in histories], blob.count,
-                                self._gpu_update_flags(len(self.net.learnable_params)), param_id, common, extra)
-            return False
-        from . import updates
-        kernel = getattr(updates, rule + "_update")
-        return kernel(blob.data.reshape(-1), blob.diff.reshape(-1), *[h.data.reshape(-1) for h in histories],
-                      *common, *extra)
-
-    def _gpu_update_flags(self, count):
-        flags = getattr(self, "_update_flags", None)
-        if flags is None or flags.size < max(count, 1):
-            from . import updates_cuda
-            flags = self._update_flags = updates_cuda.new_flags(count)
-        return flags
+        count = len(self.net.learnable_params)
+        histories = [self._data(self.history[k * count + param_id]) for k in range(self.history_sets)]
+        self._kernels.update(self.rule, self._data(blob), self._diff(blob, write=True), histories, blob.count,
+                             self._update_flags, param_id, bool(apply), self._gradient_steps(param_id, clip_scale),
+                             self.hyper_parameters(param_id, rate))
 
     # --- NaN / inf ---------------------------------------------------------------------
     def _non_finite_error(self, what, bad_params=()):

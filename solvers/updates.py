@@ -1,7 +1,7 @@
-"""Update rules: Caffe's SGDSolver family, one Numba kernel per rule.
+"""Update rules: Caffe's SGDSolver family, each rule's math written once for the CPU and the GPU.
 
-Each kernel does, per element and in Caffe's order, everything the solver
-does to one learnable parameter between backward and ``Net::Update``:
+Per element and in Caffe's order, an update kernel does everything the
+solver does to one learnable parameter between backward and ``Net::Update``:
 
 1. clip: ``g *= clip_scale`` (the global-L2-norm scale of ClipGradients,
    applied when it is < 1);
@@ -15,10 +15,11 @@ With ``apply`` the kernel also applies the update (``w -= g``, Caffe's
 ``Net::Update``) in the same pass: elements are independent, so this is
 exactly Caffe's "compute every update value, then update" and saves a pass
 over memory.  A non-finite update value is never applied; the kernel then
-returns True (the solver stops with an error).  Without ``apply``,
-:func:`apply_update` applies it later (for debug_info's ``[Update]``
-lines, which show the weights before the update).  Every scalar is passed
-in the arrays' dtype, so float32 training does float32 arithmetic as
+sets ``flags[param_id]`` (the solver stops with an error).  Without
+``apply``, :func:`apply_update` applies it later (for debug_info's
+``[Update]`` lines, which show the weights before the update).  Every
+scalar is passed in the arrays' dtype (the fields of :class:`GradientSteps`
+and of the rule's record), so float32 training does float32 arithmetic as
 Caffe's ``Dtype`` code does.
 
 Rules (``lr = rate * lr_mult``; history blobs in Caffe's order: the
@@ -32,167 +33,243 @@ second set, where there is one, follows the first for all parameters):
   h2 = m*h2 + (1-m)*u^2;  g = lr*u``
 - Adam:     ``m1 = b1*m1 + (1-b1)*g;  v = b2*v + (1-b2)*g^2;
   g = lr * sqrt(1-b2^t)/(1-b1^t) * m1 / (sqrt(v) + delta)``, ``t = iter + 1``
+
+Each step is a ``@formula`` below (:func:`gradient`, one per rule,
+:func:`applied`), and the loop over the elements is written once
+(:func:`update_loop`): here it is compiled with ``@njit`` over all elements,
+in :mod:`solvers.updates_cuda` with ``cuda.jit`` as a grid-stride kernel.
+The two modules offer the same functions with the same arguments
+(:func:`update`, :func:`apply_update`, :func:`sumsq_total`, the flags), on
+host arrays here and on device arrays there.
 """
+import math
+from typing import NamedTuple
+
 import numpy as np
 from numba import njit
 
-__all__ = ["REG_NONE", "REG_L2", "REG_L1", "sgd_update", "nesterov_update", "adagrad_update",
-           "rmsprop_update", "adadelta_update", "adam_update", "apply_update", "sumsq"]
+from dlcore.formula import formula
 
+__all__ = ["REG_NONE", "REG_L2", "REG_L1", "GradientSteps", "SGD", "Nesterov", "AdaGrad", "RMSProp", "AdaDelta",
+           "Adam", "RULES", "gradient", "sgd", "nesterov", "adagrad", "rmsprop", "adadelta", "adam", "applied",
+           "update_loop", "update", "apply_update", "sumsq", "sumsq_total", "new_flags", "reset_flags", "bad_params"]
+
+# regularization_type, as the kernels see it (REG_NONE: no weight decay for this parameter)
 REG_NONE, REG_L2, REG_L1 = 0, 1, 2
 
 
-@njit(cache=True, inline="always")
-def _gradient(g, w, clip_scale, do_clip, norm, do_norm, decay, reg):
-    """Steps 1-3 for one element: the regularized, normalized, clipped gradient."""
-    if do_clip:
-        g = g * clip_scale
-    if do_norm:
-        g = g * norm
-    if reg == 1:
-        g = decay * w + g
-    elif reg == 2:
+# --- the records: the kernels' scalars, in the data's dtype ----------------------------
+
+class GradientSteps(NamedTuple):
+    """Steps 1-3 of one parameter: clip, normalize, regularize."""
+    clip_scale: float       # the global clip scale (applied when do_clip)
+    do_clip: bool
+    norm: float             # 1 / iter_size (applied when do_norm)
+    do_norm: bool
+    decay: float            # weight_decay * decay_mult
+    reg: int                # REG_NONE, REG_L2 or REG_L1
+
+
+class SGD(NamedTuple):
+    local_rate: float       # rate * lr_mult
+    momentum: float
+
+
+class Nesterov(NamedTuple):
+    local_rate: float
+    momentum: float
+    one_plus_momentum: float
+
+
+class AdaGrad(NamedTuple):
+    local_rate: float
+    delta: float
+
+
+class RMSProp(NamedTuple):
+    local_rate: float
+    rms_decay: float
+    one_minus_decay: float
+    delta: float
+
+
+class AdaDelta(NamedTuple):
+    local_rate: float
+    momentum: float
+    one_minus_momentum: float
+    delta: float
+
+
+class Adam(NamedTuple):
+    rate_correction: float  # local_rate * sqrt(1 - beta2^t) / (1 - beta1^t)
+    beta1: float
+    one_minus_beta1: float
+    beta2: float
+    one_minus_beta2: float
+    eps_hat: float
+
+
+# --- the formulas -----------------------------------------------------------------------
+
+@formula
+def gradient(g, w, steps):
+    """Steps 1-3 for one element: the clipped, normalized, regularized gradient."""
+    if steps.do_clip:
+        g = g * steps.clip_scale
+    if steps.do_norm:
+        g = g * steps.norm
+    if steps.reg == REG_L2:
+        g = steps.decay * w + g
+    elif steps.reg == REG_L1:
         if w > 0:
-            g = decay + g
+            g = steps.decay + g
         elif w < 0:
-            g = -decay + g
+            g = -steps.decay + g
     return g
 
 
-@njit(cache=True)
-def sgd_update(w, g, h, apply, clip_scale, do_clip, norm, do_norm, decay, reg, local_rate, momentum):
-    bad = False
-    for i in range(w.size):
-        gi = _gradient(g[i], w[i], clip_scale, do_clip, norm, do_norm, decay, reg)
-        hi = momentum * h[i]
-        hi = local_rate * gi + hi
-        h[i] = hi
-        g[i] = hi
-        if np.isfinite(hi):
-            if apply:
-                w[i] = w[i] - hi
-        else:
-            bad = True
-    return bad
+# Each rule: (the update value, the new history value(s)) from the gradient and the old history.
+
+@formula
+def sgd(g, h, r):
+    h = r.momentum * h
+    h = r.local_rate * g + h
+    return h, h
+
+
+@formula
+def nesterov(g, h, r):
+    new = r.momentum * h
+    new = r.local_rate * g + new
+    step_back = -r.momentum * h
+    return r.one_plus_momentum * new + step_back, new
+
+
+@formula
+def adagrad(g, h, r):
+    h = g * g + h
+    u = math.sqrt(h) + r.delta
+    u = g / u
+    return r.local_rate * u, h
+
+
+@formula
+def rmsprop(g, h, r):
+    h = r.rms_decay * h
+    h = r.one_minus_decay * (g * g) + h
+    u = math.sqrt(h) + r.delta
+    u = g / u
+    return r.local_rate * u, h
+
+
+@formula
+def adadelta(g, h, h2, r):
+    h = r.momentum * h
+    h = r.one_minus_momentum * (g * g) + h
+    u = r.delta + h2
+    t = r.delta + h
+    u = u / t
+    u = math.sqrt(u)
+    g = g * u
+    h2 = r.momentum * h2
+    h2 = r.one_minus_momentum * (g * g) + h2
+    return r.local_rate * g, h, h2
+
+
+@formula
+def adam(g, m, v, r):
+    m = r.beta1 * m
+    m = r.one_minus_beta1 * g + m
+    v = r.beta2 * v
+    v = r.one_minus_beta2 * (g * g) + v
+    t = math.sqrt(v) + r.eps_hat
+    t = m / t
+    return r.rate_correction * t, m, v
+
+
+@formula
+def applied(w, u, apply):
+    """Net::Update of one element: (whether the update value ``u`` is finite, the weight).
+
+    The weight becomes ``w - u`` with ``apply``; a non-finite ``u`` is never
+    applied (the caller flags the parameter)."""
+    finite = math.isfinite(u)
+    if finite and apply:
+        w = w - u
+    return finite, w
+
+
+# rule name -> (formula, record, history blobs per parameter)
+RULES = {"sgd": (sgd, SGD, 1), "nesterov": (nesterov, Nesterov, 1), "adagrad": (adagrad, AdaGrad, 1),
+         "rmsprop": (rmsprop, RMSProp, 1), "adadelta": (adadelta, AdaDelta, 2), "adam": (adam, Adam, 2)}
+
+
+# --- the loop, written once ---------------------------------------------------------------
+
+def update_loop(rule, first, stride):
+    """The update kernel of ``rule`` as a plain function, to compile for a device.
+
+    ``kernel(w, g, h1, h2, n, flags, param_id, apply, steps, hyper)`` runs
+    elements ``first(), first() + stride(), ...`` below ``n`` (the CPU: all of
+    them; a CUDA grid: this thread's).  ``h2`` is the second history (a rule
+    with one history ignores it: pass ``h1`` again; ``two`` is a constant of
+    the closure, so Numba drops the branch not taken); ``steps`` a
+    :class:`GradientSteps`, ``hyper`` the rule's record.  The weight is read
+    once and written only where the update value is finite (a branch: an
+    unconditional select-and-store made the CPU loop of Adam 5x slower).
+    """
+    fn, _, histories = RULES[rule]
+    two = histories == 2
+
+    def kernel(w, g, h1, h2, n, flags, param_id, apply, steps, hyper):
+        for i in range(first(), n, stride()):
+            wi = w[i]
+            gi = gradient(g[i], wi, steps)
+            if two:
+                u, h1[i], h2[i] = fn(gi, h1[i], h2[i], hyper)
+            else:
+                u, h1[i] = fn(gi, h1[i], hyper)
+            g[i] = u
+            finite, wi = applied(wi, u, apply)
+            if finite:
+                w[i] = wi
+            else:
+                flags[param_id] = 1
+    kernel.__qualname__ = kernel.__name__ = f"{rule}_update"     # names the kernel and its cache files
+    return kernel
+
+
+@formula
+def _first():
+    return 0
+
+
+@formula
+def _stride():
+    return 1
+
+
+KERNELS = {rule: njit(cache=True)(update_loop(rule, _first, _stride)) for rule in RULES}
+
+
+# --- what the solver calls (updates_cuda has the same functions for device arrays) ----------
+
+def update(rule, w, g, histories, n, flags, param_id, apply, steps, hyper):
+    """Run ``rule`` over a parameter's ``n`` elements (flat arrays ``w``, ``g``, its 1 or 2 histories)."""
+    if n:
+        KERNELS[rule](w, g, histories[0], histories[-1], n, flags, param_id, apply, steps, hyper)
 
 
 @njit(cache=True)
-def nesterov_update(w, g, h, apply, clip_scale, do_clip, norm, do_norm, decay, reg, local_rate, momentum,
-                    one_plus_momentum):
-    bad = False
-    for i in range(w.size):
-        gi = _gradient(g[i], w[i], clip_scale, do_clip, norm, do_norm, decay, reg)
-        old = h[i]
-        hi = momentum * old
-        hi = local_rate * gi + hi
-        h[i] = hi
-        step_back = -momentum * old
-        u = one_plus_momentum * hi + step_back
-        g[i] = u
-        if np.isfinite(u):
-            if apply:
-                w[i] = w[i] - u
-        else:
-            bad = True
-    return bad
-
-
-@njit(cache=True)
-def adagrad_update(w, g, h, apply, clip_scale, do_clip, norm, do_norm, decay, reg, local_rate, delta):
-    bad = False
-    for i in range(w.size):
-        gi = _gradient(g[i], w[i], clip_scale, do_clip, norm, do_norm, decay, reg)
-        hi = gi * gi + h[i]
-        h[i] = hi
-        u = np.sqrt(hi) + delta
-        u = gi / u
-        u = local_rate * u
-        g[i] = u
-        if np.isfinite(u):
-            if apply:
-                w[i] = w[i] - u
-        else:
-            bad = True
-    return bad
-
-
-@njit(cache=True)
-def rmsprop_update(w, g, h, apply, clip_scale, do_clip, norm, do_norm, decay, reg, local_rate, rms_decay,
-                   one_minus_decay, delta):
-    bad = False
-    for i in range(w.size):
-        gi = _gradient(g[i], w[i], clip_scale, do_clip, norm, do_norm, decay, reg)
-        hi = rms_decay * h[i]
-        hi = one_minus_decay * (gi * gi) + hi
-        h[i] = hi
-        u = np.sqrt(hi) + delta
-        u = gi / u
-        u = local_rate * u
-        g[i] = u
-        if np.isfinite(u):
-            if apply:
-                w[i] = w[i] - u
-        else:
-            bad = True
-    return bad
-
-
-@njit(cache=True)
-def adadelta_update(w, g, h, h2, apply, clip_scale, do_clip, norm, do_norm, decay, reg, local_rate, momentum,
-                    one_minus_momentum, delta):
-    bad = False
-    for i in range(w.size):
-        gi = _gradient(g[i], w[i], clip_scale, do_clip, norm, do_norm, decay, reg)
-        hi = momentum * h[i]
-        hi = one_minus_momentum * (gi * gi) + hi
-        h[i] = hi
-        u = delta + h2[i]
-        t = delta + hi
-        u = u / t
-        u = np.sqrt(u)
-        gi = gi * u
-        h2i = momentum * h2[i]
-        h2i = one_minus_momentum * (gi * gi) + h2i
-        h2[i] = h2i
-        gi = local_rate * gi
-        g[i] = gi
-        if np.isfinite(gi):
-            if apply:
-                w[i] = w[i] - gi
-        else:
-            bad = True
-    return bad
-
-
-@njit(cache=True)
-def adam_update(w, g, m, v, apply, clip_scale, do_clip, norm, do_norm, decay, reg, rate_correction, beta1,
-                one_minus_beta1, beta2, one_minus_beta2, eps_hat):
-    bad = False
-    for i in range(w.size):
-        gi = _gradient(g[i], w[i], clip_scale, do_clip, norm, do_norm, decay, reg)
-        mi = beta1 * m[i]
-        mi = one_minus_beta1 * gi + mi
-        m[i] = mi
-        vi = beta2 * v[i]
-        vi = one_minus_beta2 * (gi * gi) + vi
-        v[i] = vi
-        t = np.sqrt(vi) + eps_hat
-        t = mi / t
-        u = rate_correction * t
-        g[i] = u
-        if np.isfinite(u):
-            if apply:
-                w[i] = w[i] - u
-        else:
-            bad = True
-    return bad
-
-
-@njit(cache=True)
-def apply_update(w, g):
-    """Net::Update for one parameter: ``w -= g``."""
+def _subtract(w, g):
     for i in range(w.size):
         w[i] = w[i] - g[i]
+
+
+def apply_update(w, g, n):
+    """Net::Update for one parameter: ``w -= g``."""
+    if n:
+        _subtract(w[:n], g[:n])
 
 
 @njit(cache=True)
@@ -203,3 +280,25 @@ def sumsq(a):
         x = np.float64(a[i])
         s += x * x
     return s
+
+
+def sumsq_total(arrays_and_counts):
+    """The sum of squares of several arrays, as one Python float."""
+    total = 0.0
+    for array, n in arrays_and_counts:
+        total += sumsq(array[:n])
+    return total
+
+
+def new_flags(count):
+    """One int32 per parameter: set by the kernels when an update value is not finite."""
+    return np.zeros(max(count, 1), np.int32)
+
+
+def reset_flags(flags):
+    flags[:] = 0
+
+
+def bad_params(flags, count):
+    """The parameter ids whose update was not finite."""
+    return [int(i) for i in np.flatnonzero(flags[:count])]

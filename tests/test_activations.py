@@ -177,6 +177,23 @@ def test_float32_matches_float64(name):
         np.testing.assert_allclose(a, b, rtol=2e-5, atol=2e-6)
 
 
+@pytest.mark.parametrize("name", sorted(ELTWISE))
+def test_formulas_run_as_python(name):
+    """The CUDA simulator runs the formulas as plain Python: they give what the compiled CPU loops gave."""
+    text, _, x = ELTWISE[name]
+    layer = layer_of(text)
+    bottom, top = run(layer, x, dy=np.random.default_rng(4).uniform(-1, 1, x.shape))
+    for m, params in ((layer.forward_map, layer.forward_params()), (layer.backward_map, layer.backward_params())):
+        arrays = {}
+        for operand in m.reads + m.writes:
+            blob, diff = layer.operand(operand, [bottom], [top])
+            arrays[operand] = (blob.diff if diff else blob.data).reshape(-1)
+        for i in range(x.size):
+            got = m.formula(*(arrays[r][i] for r in m.reads), *params)
+            np.testing.assert_allclose(got if isinstance(got, tuple) else (got,), [arrays[w][i] for w in m.writes],
+                                       rtol=1e-14, err_msg=f"{name}: {m.formula.__name__}")
+
+
 def test_backward_respects_propagate_down():
     for text in ('type: "ELU"', 'type: "Power" power_param { power: 2 }', 'type: "Clip" clip_param { min: 0 max: 1 }',
                  'type: "AbsVal"', 'type: "Exp"', 'type: "BNLL"', 'type: "Swish"'):

@@ -14,6 +14,15 @@ F32, F64 = np.float32, np.float64
 BOTH = pytest.mark.parametrize("dtype", [F32, F64])
 
 
+def test_every_activation_has_gpu_code():
+    """Each layer runs kernels of its own on the GPU, not its CPU pair on host copies (which would pass the
+    comparisons below trivially)."""
+    from dlcore.registry import get_layer_class
+    for name in ("PReLU", "ELU", "AbsVal", "Power", "Exp", "Log", "BNLL", "Threshold", "Swish", "Clip"):
+        cls = get_layer_class(name)
+        assert cls.has_gpu_forward() and cls.has_gpu_backward(), name
+
+
 @BOTH
 def test_prelu(dtype):
     compare_layer('type: "PReLU"', [(2, 3, 2, 2)], dtype)

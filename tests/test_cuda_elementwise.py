@@ -11,6 +11,14 @@ BOTH = pytest.mark.parametrize("dtype", [F32, F64])
 S3 = [(2, 3, 4)] * 3
 
 
+def test_every_layer_has_gpu_code():
+    """Each layer runs kernels of its own on the GPU, not its CPU pair on host copies (ArgMax has no backward)."""
+    from dlcore.registry import get_layer_class
+    for name in ("Eltwise", "Tile", "Reduction", "ArgMax"):
+        cls = get_layer_class(name)
+        assert cls.has_gpu_forward() and (cls.has_gpu_backward() or name == "ArgMax"), name
+
+
 @BOTH
 def test_eltwise(dtype):
     for params in ('operation: PROD', 'operation: PROD stable_prod_grad: false', 'operation: SUM',

@@ -111,20 +111,24 @@ def test_reductions_and_elementwise():
 
 
 def test_col2im_is_the_adjoint_of_im2col():
-    # <im2col(x), c> == <x, col2im(c)> for random x, c (the CPU im2col is the reference)
+    # <im2col(x), c> == <x, col2im(c)> for random x, c (the CPU im2col is the reference), in both layouts
     from numba import cuda
 
     from dltrain.layers import kernels as CPU
     KC = _k()
     rng = np.random.default_rng(2)
-    N, C, H, W, kh, kw, ph, pw, sh, sw, dh, dw = 2, 3, 6, 5, 3, 2, 1, 0, 2, 1, 1, 2
-    OH = CPU.conv_out_size(H, kh, ph, sh, dh)
-    OW = CPU.conv_out_size(W, kw, pw, sw, dw)
-    P = OH * OW
-    x = rng.standard_normal(N * C * H * W)
-    col = np.empty(C * kh * kw * N * P)
-    CPU.im2col(x, N, C, H, W, kh, kw, ph, pw, sh, sw, dh, dw, col, N * P, P)
-    c = rng.standard_normal(col.size)
-    out = cuda.device_array(x.size)
-    KC.col2im(cuda.to_device(c), N * P, N, C, H, W, kh, kw, ph, pw, sh, sw, dh, dw, OH, OW, out)
-    np.testing.assert_allclose(np.dot(col, c), np.dot(x, out.copy_to_host()), rtol=1e-12)
+    N = 2
+    g = CPU.conv_geometry(3, 6, 5, kernel=(3, 2), pad=(1, 0), stride=(2, 1), dilation=(1, 2))
+    P = g.OH * g.OW
+    x = rng.standard_normal(N * g.C * g.H * g.W)
+    for strides in ((N * P, P), (P, g.C * g.kh * g.kw * P)):      # the batch and the image layouts
+        col = np.empty(g.C * g.kh * g.kw * N * P)
+        CPU.im2col(x, N, g, col, *strides)
+        c = rng.standard_normal(col.size)
+        out = cuda.device_array(x.size)
+        KC.col2im(cuda.to_device(c), N, g, out, *strides)
+        np.testing.assert_allclose(np.dot(col, c), np.dot(x, out.copy_to_host()), rtol=1e-12)
+        # and the GPU's im2col is the CPU's
+        dcol = cuda.device_array(col.size)
+        KC.im2col(cuda.to_device(x), N, g, dcol, *strides)
+        np.testing.assert_array_equal(dcol.copy_to_host(), col)

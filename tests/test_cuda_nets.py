@@ -29,7 +29,7 @@ def _cpu_mode_after():
 
 def test_blob_syncs_host_and_device():
     from dlcore import Blob
-    from dltrain.layers import kernels_cuda as K
+    from dlcore import device as K
     blob = Blob(2, 3)
     assert not blob.has_device_memory() and blob.data_head == "host"
     blob.data[...] = np.arange(6).reshape(2, 3)
@@ -50,7 +50,7 @@ def test_blob_syncs_host_and_device():
 
 def test_shared_blobs_share_both_sides():
     from dlcore import Blob
-    from dltrain.layers import kernels_cuda as K
+    from dlcore import device as K
     a, b = Blob(2, 3), Blob(6)
     b.share_data(a)
     b.share_diff(a)

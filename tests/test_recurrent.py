@@ -226,34 +226,23 @@ def test_gradient_with_static_input_and_exposed_hidden_state():
 # against the NumPy reference
 # ---------------------------------------------------------------------------
 
+REFERENCES = {"LSTM": (3, lambda *args: lstm_reference(*args)[0]),      # (seed, reference of the top)
+              "RNN": (4, lambda *args: rnn_reference(*args)[0])}
+
+
+@pytest.mark.parametrize("kind", ["LSTM", "RNN"])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("static", [False, True])
-def test_lstm_matches_reference(dtype, static):
-    rng = np.random.default_rng(3)
+def test_matches_reference(kind, dtype, static):
+    seed, reference = REFERENCES[kind]
+    rng = np.random.default_rng(seed)
     t, n, d, h = 6, 4, 5, 7
     cont = (rng.random((t, n)) > 0.3).astype(float)
     cont[0] = 0
-    layer = make_layer("LSTM", dtype, num_output=h, low=-1, high=1)
+    layer = make_layer(kind, dtype, num_output=h, low=-1, high=1)
     bottom = random_inputs(rng, t, n, d, static=static, h=h, dtype=dtype, cont=cont)
     top = run(layer, bottom, 1)
-    ref, _, _ = lstm_reference(params_of(layer), bottom[0].data.astype(F64), cont,
-                               bottom[2].data.astype(F64) if static else None)
-    tol = 1e-12 if dtype == np.float64 else 2e-6
-    np.testing.assert_allclose(top[0].data, ref, rtol=tol, atol=tol)
-
-
-@pytest.mark.parametrize("dtype", [np.float32, np.float64])
-@pytest.mark.parametrize("static", [False, True])
-def test_rnn_matches_reference(dtype, static):
-    rng = np.random.default_rng(4)
-    t, n, d, h = 6, 4, 5, 7
-    cont = (rng.random((t, n)) > 0.3).astype(float)
-    cont[0] = 0
-    layer = make_layer("RNN", dtype, num_output=h, low=-1, high=1)
-    bottom = random_inputs(rng, t, n, d, static=static, h=h, dtype=dtype, cont=cont)
-    top = run(layer, bottom, 1)
-    ref, _ = rnn_reference(params_of(layer), bottom[0].data.astype(F64), cont,
-                           bottom[2].data.astype(F64) if static else None)
+    ref = reference(params_of(layer), bottom[0].data.astype(F64), cont, bottom[2].data.astype(F64) if static else None)
     tol = 1e-12 if dtype == np.float64 else 2e-6
     np.testing.assert_allclose(top[0].data, ref, rtol=tol, atol=tol)
 
@@ -345,14 +334,19 @@ def test_cont_zero_differs_from_cont_one_after_t0(kind):
     np.testing.assert_allclose(out_zero.reshape(t * n, H), single.reshape(t * n, H), rtol=1e-12)
 
 
-@pytest.mark.parametrize("kind", ["LSTM", "RNN"])
-def test_state_carries_across_batches_gradients_do_not(kind):
-    rng = np.random.default_rng(9)
-    t, n = 3, 2
+def two_batches(seed, t, n):
+    """One sequence of 2t steps for n streams, fresh at t = 0, to feed in two batches of t: (rng, x, cont)."""
+    rng = np.random.default_rng(seed)
     cont = np.ones((2 * t, n))
     cont[0] = 0
+    return rng, rng.uniform(-1, 1, (2 * t, n, D)), cont
+
+
+@pytest.mark.parametrize("kind", ["LSTM", "RNN"])
+def test_state_carries_across_batches_gradients_do_not(kind):
+    t, n = 3, 2
+    rng, x, cont = two_batches(9, t, n)
     cont[4, 0] = 0
-    x = rng.uniform(-1, 1, (2 * t, n, D))
     layer = make_layer(kind, low=-1, high=1)
     b1 = [blob(x[:t]), blob(cont[:t])]
     top = run(layer, b1, 1)
@@ -415,11 +409,8 @@ def test_state_resets_when_batch_size_changes_and_on_reset():
 
 @pytest.mark.parametrize("kind", ["LSTM", "RNN"])
 def test_exposed_hidden_chains_like_one_long_sequence(kind):
-    rng = np.random.default_rng(11)
     t, n = 3, 2
-    cont = np.ones((2 * t, n))
-    cont[0] = 0
-    x = rng.uniform(-1, 1, (2 * t, n, D))
+    _, x, cont = two_batches(11, t, n)
     nrec = 2 if kind == "LSTM" else 1
     long_layer = make_layer(kind, low=-1, high=1)
     long_out = run(long_layer, [blob(x), blob(cont)], 1)[0].data
@@ -656,12 +647,12 @@ def test_blobs_in_the_definition_are_used_legacy_shapes_included():
 
 @pytest.mark.parametrize("kind", ["LSTM", "RNN"])
 def test_worker_thread_gives_the_same_results(kind, monkeypatch):
-    # big layers hand part of the work to a second thread (layers/recurrent.py,
-    # "Two streams of work"); forced here on a small one, it must change nothing
-    from dltrain.layers import recurrent
-    recurrent._Streams._setup()
-    if recurrent._Streams._worker is None:
-        pytest.skip("no second core or no per-thread BLAS control: everything runs in order anyway")
+    # big layers hand part of the work to a second thread (layers/overlap.py);
+    # forced here on a small one, it must change nothing
+    from dltrain.layers import overlap
+    overlap.Streams._setup()
+    if overlap.Streams._worker is None:
+        pytest.skip("no second core or no BLAS thread control: everything runs in order anyway")
     rng = np.random.default_rng(17)
     t, n, d, h = 7, 3, 4, 5
     cont = (rng.random((t, n)) > 0.3).astype(float)
@@ -670,8 +661,8 @@ def test_worker_thread_gives_the_same_results(kind, monkeypatch):
     diffs = [rng.uniform(-1, 1, s) for s in [(t, n, h)] + [(1, n, h)] * nrec]
     results = []
     for forced in (False, True):
-        monkeypatch.setattr(recurrent._Streams, "enabled", forced)
-        monkeypatch.setattr(recurrent._Streams, "min_work", 0)
+        monkeypatch.setattr(overlap.Streams, "enabled", forced)
+        monkeypatch.setattr(overlap.Streams, "min_work", 0)
         set_random_seed(1)                   # the same weights both times
         layer = make_layer(kind, num_output=h, expose_hidden=True, low=-1, high=1)
         top = run(layer, bottom, 1 + nrec)

@@ -19,7 +19,7 @@ from dlcore.config import solver_from_string
 from dlcore.errors import ConfigError
 from dltrain.proto import caffe_pb2
 from dltrain.solvers import (AdaDeltaSolver, AdaGradSolver, AdamSolver, NesterovSolver, RMSPropSolver, SGDSolver,
-                     get_solver)
+                     get_solver, updates)
 
 N, D = 24, 3            # samples, features
 
@@ -361,3 +361,33 @@ def test_test_state_and_test_iter_counts():
     param.net_param.CopyFrom(net)
     with pytest.raises(ConfigError, match="test_interval"):
         get_solver(param)
+
+
+# --- the update kernels themselves ------------------------------------------------------------
+
+@pytest.mark.parametrize("rule", sorted(updates.RULES))
+@pytest.mark.parametrize("reg", [updates.REG_NONE, updates.REG_L2, updates.REG_L1])
+def test_update_kernels_are_their_formulas_in_float32(rule, reg):
+    """Each compiled CPU kernel, on float32 arrays with float32 records, is bit for bit its loop and
+    formulas run as plain Python on np.float32 scalars: float32 arithmetic throughout; a non-finite
+    update value is stored in the diff, never applied, and flags its parameter."""
+    f = np.float32
+    fn, record, histories = updates.RULES[rule]
+    hyper = record(*(f(v) for v in (0.01, 0.9, 0.1, 0.999, 0.001, 1e-8)[:len(record._fields)]))
+    steps = updates.GradientSteps(f(0.7), True, f(f(1) / f(3)), True, f(5e-3) if reg else f(0), reg)
+    rng = np.random.default_rng(3)
+    w, g, h1, h2 = (rng.standard_normal(40).astype(f) for _ in range(4))
+    h1, h2 = np.abs(h1), np.abs(h2)
+    w[::5] = 0
+    g[7] = np.inf
+    arrays = [[x.copy() for x in (w, g, h1, h2)] for _ in range(2)]
+    flags = [updates.new_flags(3) for _ in range(2)]
+    compiled, python = arrays
+    updates.update(rule, *compiled[:2], compiled[2:2 + histories], 40, flags[0], 1, True, steps, hyper)
+    plain = updates.update_loop(rule, lambda: 0, lambda: 1)
+    with np.errstate(all="ignore"):
+        plain(python[0], python[1], python[2], python[1 + histories], 40, flags[1], 1, True, steps, hyper)
+    for a, b in zip(compiled, python):
+        np.testing.assert_array_equal(a, b)
+    assert updates.bad_params(flags[0], 3) == updates.bad_params(flags[1], 3) == [1]
+    assert compiled[0][7] == w[7] and not np.isfinite(compiled[1][7])

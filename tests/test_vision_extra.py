@@ -170,9 +170,9 @@ def test_spp_matches_the_pooling_layer(method):
     assert top[0].shape == (2, 63)                              # Caffe's TestSetup: 3 * (1 + 4 + 16)
     offset = 0
     for lv in spp.levels:
-        _, _, pooled = run(f'type: "Pooling" pooling_param {{ pool: {method} kernel_h: {lv.kernel_h} '
-                           f'kernel_w: {lv.kernel_w} stride_h: {lv.stride_h} stride_w: {lv.stride_w} '
-                           f'pad_h: {lv.pad_h} pad_w: {lv.pad_w} }}', [x])
+        _, _, pooled = run(f'type: "Pooling" pooling_param {{ pool: {method} kernel_h: {lv.kh} '
+                           f'kernel_w: {lv.kw} stride_h: {lv.sh} stride_w: {lv.sw} '
+                           f'pad_h: {lv.ph} pad_w: {lv.pw} }}', [x])
         part = pooled[0].data.reshape(2, -1)
         np.testing.assert_array_equal(top[0].data[:, offset:offset + part.shape[1]], part)
         offset += part.shape[1]

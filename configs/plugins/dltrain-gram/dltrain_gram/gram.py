@@ -19,10 +19,11 @@ In a net file (parameters as YAML in param_str, checked by the schema below):
             python_param { param_str: "normalize: spatial\\nscale: 1.0" } }
 
 CPU kernels: ``gram_forward`` / ``gram_backward`` (@njit, any float dtype).
-GPU: ``forward_gpu`` / ``backward_gpu`` are batched products of dltrain's
-shared CUDA matrix product (``dltrain.layers.kernels_cuda.gemm``) on the blobs'
-device arrays; they import it inside the methods, so a CPU run never loads
-``numba.cuda``.
+GPU: ``gram_cuda.py`` beside this file (named by ``cuda_module``, imported
+only when the layer runs on the GPU, so a CPU run never loads
+``numba.cuda``): batched products of dltrain's shared CUDA matrix product
+(``dltrain.layers.kernels_cuda.gemm``) on the blobs' device arrays, the
+same layout as dltrain's own layers.
 """
 from numba import njit
 
@@ -67,6 +68,7 @@ class GramLayer(Layer):
 
     exact_num_bottom_blobs = 1
     exact_num_top_blobs = 1
+    cuda_module = ".gram_cuda"           # the GPU code, beside this file
     params = {
         "normalize": Param(str, "spatial", choices=("none", "spatial", "all"),
                            doc="divide by 1, by the number of positions M, or by C*M"),
@@ -95,21 +97,3 @@ class GramLayer(Layer):
         if propagate_down[0]:
             gram_backward(self._features(bottom[0].data), top[0].diff, self._features(bottom[0].diff),
                           self.factor)
-
-    def forward_gpu(self, bottom, top):
-        from dltrain.layers import kernels_cuda as K
-        C, M = self.channels, self.size
-        # G[n] = factor * F[n] F[n]^T, for every sample n at once
-        K.gemm(C, C, M, bottom[0].gpu_data(), bottom[0].gpu_data(), top[0].mutable_gpu_data(), tb=True,
-               alpha=self.factor, batch=self.batch, a_bs=C * M, b_bs=C * M, c_bs=C * C)
-
-    def backward_gpu(self, top, propagate_down, bottom):
-        if not propagate_down[0]:
-            return
-        from dltrain.layers import kernels_cuda as K
-        C, M = self.channels, self.size
-        x, dy, dx = bottom[0].gpu_data(), top[0].gpu_diff(), bottom[0].mutable_gpu_diff()
-        # dF[n] = factor * dG[n] F[n] + factor * dG[n]^T F[n]
-        K.gemm(C, M, C, dy, x, dx, alpha=self.factor, batch=self.batch, a_bs=C * C, b_bs=C * M, c_bs=C * M)
-        K.gemm(C, M, C, dy, x, dx, ta=True, alpha=self.factor, beta=1.0, batch=self.batch, a_bs=C * C,
-               b_bs=C * M, c_bs=C * M)

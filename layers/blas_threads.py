@@ -1,0 +1,63 @@
+"""BLAS thread control (threadpoolctl), for the recurrent layers' two streams of work (layers/overlap.py).
+
+``controllable()`` says whether a BLAS whose threads can be limited is
+loaded (NumPy's OpenBLAS, MKL, BLIS ...); ``single_threaded()`` is a context
+in which BLAS calls from this thread run on one thread, restored on exit;
+``limits_are_per_thread()`` says how far such a limit reaches.
+
+How far the limit reaches depends on the library (threadpoolctl's notes):
+an OpenMP BLAS limits the calling thread only; OpenBLAS with its own
+pthreads pool (NumPy's wheels) has one process-wide setting, which
+threadpoolctl lets one thread at a time change, so a limit set by another
+thread meanwhile is a no-op (it is already in force).
+"""
+import contextlib
+import os
+import threading
+
+_lock = threading.Lock()
+_controller = None        # None: not looked for yet; False: no BLAS threadpoolctl can control
+
+
+def _blas():
+    """threadpoolctl's controller of NumPy's BLAS (the one np.matmul calls: the libraries under NumPy's
+    folder, else every BLAS loaded), looked for once; False if there is none it can control."""
+    global _controller
+    if _controller is None:
+        with _lock:
+            if _controller is None:
+                import numpy
+                from threadpoolctl import ThreadpoolController
+                blas = ThreadpoolController().select(user_api="blas")
+                home = os.path.dirname(os.path.dirname(os.path.realpath(numpy.__file__)))
+                own = [lib for lib in blas.lib_controllers
+                       if os.path.realpath(lib.filepath).startswith(os.path.join(home, "numpy"))]
+                if own:
+                    blas = blas.select(filepath=[lib.filepath for lib in own])
+                _controller = blas if blas.lib_controllers else False
+    return _controller
+
+
+def controllable():
+    """Whether a BLAS whose thread count can be set is loaded."""
+    return bool(_blas())
+
+
+def limits_are_per_thread():
+    """Whether a limit set in one thread leaves the others alone: OpenBLAS or BLIS built on OpenMP.
+    Otherwise (OpenBLAS's own pthreads pool, MKL) one setting holds for the whole process."""
+    blas = _blas()
+    return bool(blas) and all(lib["internal_api"] in ("openblas", "blis") and lib.get("threading_layer") == "openmp"
+                              for lib in blas.info())
+
+
+def thread_counts():
+    """The thread count of each controlled library now (empty without one)."""
+    blas = _blas()
+    return [lib["num_threads"] for lib in blas.info()] if blas else []
+
+
+def single_threaded():
+    """Context: BLAS single-threaded for the calling thread (a no-op without a controllable BLAS)."""
+    blas = _blas()
+    return blas.limit(limits=1, user_api="blas") if blas else contextlib.nullcontext()
