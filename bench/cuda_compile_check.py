@@ -54,7 +54,7 @@ class _Recorder:
                 try:
                     types = tuple(numba.typeof(_host(a)) for a in args)
                     key = getattr(kern, "_dltrain_key", None)
-                    name = (kern.fn.__module__, kern.fn.__qualname__)
+                    name = (kern.fn.__module__, kern.fn.__qualname__, kern.fn.__code__.co_filename)
                     recorder.seen.add((name, key, types))
                 except Exception as err:          # never break the tests
                     print(f"cuda_compile_check: could not record {kern}: {err}", file=sys.stderr)
@@ -109,7 +109,7 @@ def _no_driver_device(cc):
         dispatcher.get_current_device = lambda: _Device
 
 
-def _dispatcher(module, qualname, key):
+def _dispatcher(module, qualname, key, filename):
     """The kernel a recording names: a module attribute, or one a factory makes (``key``:
     (module, function, args) to call again; the GEMM's key is its variant)."""
     import importlib
@@ -120,7 +120,12 @@ def _dispatcher(module, qualname, key):
     if key is not None:
         from dltrain.layers import kernels_cuda
         return kernels_cuda._kernel_for(*key)[0], f"gemm{key}"
-    obj = importlib.import_module(module)
+    try:
+        obj = importlib.import_module(module)
+    except ModuleNotFoundError:
+        # a module a test wrote to a temporary folder (docs/ARCHITECTURE.md's example): import it from there
+        sys.path.insert(0, os.path.dirname(filename))
+        obj = importlib.import_module(module)
     for part in qualname.split("."):
         obj = getattr(obj, part)
     return obj, f"{module}.{qualname}"
@@ -134,9 +139,9 @@ def compile_all(entries, cc):
     ptxas = _ptxas()
     failures = 0
     done = set()
-    for (module, qualname), key, types in entries:
+    for (module, qualname, filename), key, types in entries:
         try:
-            dispatcher, label = _dispatcher(module, qualname, key)
+            dispatcher, label = _dispatcher(module, qualname, key, filename)
         except Exception as err:
             failures += 1
             print(f"FAIL {module}.{qualname}: cannot find the kernel ({type(err).__name__}: {err}); a kernel made "

@@ -88,16 +88,18 @@ class Layer:
         raise NotImplementedError(f"{type(self).__name__} has no CPU backward")
 
     def forward_gpu(self, bottom, top):
-        """The GPU forward: the registered GPU code, or ``forward_cpu`` on host copies."""
-        code = self.gpu_code("forward")
+        """The GPU forward: the code a CUDA module registered, or ``forward_cpu`` on host copies.
+
+        (A plugin overriding this method may call it through ``super()``.)"""
+        code = _find_gpu_code(type(self), "forward", methods=False)
         if code is None:
             self.forward_cpu(bottom, top)
         else:
             code(self, bottom, top)
 
     def backward_gpu(self, top, propagate_down, bottom):
-        """The GPU backward: the registered GPU code, or ``backward_cpu`` on host copies."""
-        code = self.gpu_code("backward")
+        """The GPU backward: the code a CUDA module registered, or ``backward_cpu`` on host copies."""
+        code = _find_gpu_code(type(self), "backward", methods=False)
         if code is None:
             self.backward_cpu(top, propagate_down, bottom)
         else:
@@ -248,7 +250,7 @@ def _register_gpu(layer_class, stage):
     return register
 
 
-def _find_gpu_code(cls, stage):
+def _find_gpu_code(cls, stage, methods=True):
     import importlib
     bases = [klass for klass in cls.__mro__ if issubclass(klass, Layer) and klass is not Layer]
     for klass in bases:                  # first load every CUDA module the bases name: code a base's
@@ -256,7 +258,7 @@ def _find_gpu_code(cls, stage):
         if module:
             importlib.import_module(_sibling(module, klass.__module__))
     for klass in bases:
-        method = klass.__dict__.get(stage + "_gpu")
+        method = klass.__dict__.get(stage + "_gpu") if methods else None
         if method is not None:           # a plugin's own forward_gpu/backward_gpu
             return method
         code = _GPU_CODE.get((klass, stage))

@@ -85,28 +85,30 @@ def test_bad_tile_configuration_is_refused():
 
 
 def test_reductions_and_elementwise():
+    # dlcore.device: the plumbing layers and solvers share; kernels_cuda: layer math
     from numba import cuda
+    from dlcore import device as D
     KC = _k()
     rng = np.random.default_rng(1)
     x = rng.standard_normal(1000).astype(np.float32)
     d = cuda.to_device(x)
-    np.testing.assert_allclose(KC.sum_host(d), x.astype(np.float64).sum(), rtol=1e-9)
-    np.testing.assert_allclose(KC.sum_host(d, squares=True), (x.astype(np.float64) ** 2).sum(), rtol=1e-9)
-    assert KC.max_host(d) == x.max()
+    np.testing.assert_allclose(D.sum_host(d), x.astype(np.float64).sum(), rtol=1e-9)
+    np.testing.assert_allclose(D.sum_host(d, squares=True), (x.astype(np.float64) ** 2).sum(), rtol=1e-9)
+    assert D.max_host(d) == x.max()
     data = rng.standard_normal((3, 4, 5))
     out = cuda.to_device(np.ones(4))
     KC.channel_sum(cuda.to_device(data.ravel()), 3, 4, 5, out)
     np.testing.assert_allclose(out.copy_to_host(), 1 + data.sum(axis=(0, 2)), rtol=1e-12)
     y = cuda.to_device(np.arange(6.0))
-    KC.axpby(2.0, cuda.to_device(np.ones(6)), -1.0, y)
+    D.axpby(2.0, cuda.to_device(np.ones(6)), -1.0, y)
     np.testing.assert_allclose(y.copy_to_host(), 2 - np.arange(6.0))
     m = rng.standard_normal((2, 3, 4))
     t = cuda.device_array(24)
     KC.transpose(cuda.to_device(m.ravel()), t, 2, 3, 4)
     np.testing.assert_array_equal(t.copy_to_host().reshape(2, 4, 3), m.transpose(0, 2, 1))
-    z = KC.device_zeros(5, np.float32)
-    KC.fill(z, 3, n=2, off=1)
-    KC.copy(cuda.to_device(np.array([9.0, 8.0], np.float32)), z, n=2, d_off=3)
+    z = D.device_zeros(5, np.float32)
+    D.fill(z, 3, n=2, off=1)
+    D.copy(cuda.to_device(np.array([9.0, 8.0], np.float32)), z, n=2, d_off=3)
     np.testing.assert_array_equal(z.copy_to_host(), [0, 3, 3, 9, 8])
 
 
