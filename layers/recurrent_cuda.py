@@ -223,8 +223,15 @@ def _make_fused(nbt, tile):
         ro = zero
         rg = zero
         for k0 in range(0, H, BK):
-            for gate in range(4):
-                _stage(Ws[gate], w_h, (gate * H + j0) * H + k0, H, H - j0, H - k0, BJ, BK, True, tid, NT, zero)
+            for e in range(tid, 4 * BJ * BK, NT):     # the four gates' tiles in one pass (fewer registers)
+                gate = e // (BJ * BK)
+                r = e - gate * (BJ * BK)
+                jj = r // BK
+                kk = r - jj * BK
+                v = zero
+                if j0 + jj < H and k0 + kk < H:
+                    v = w_h[(gate * H + j0 + jj) * H + k0 + kk]
+                Ws[gate, kk, jj] = v
             _stage(Hs, hc, (t * N + n0) * H + k0, H, N - n0, H - k0, BS, BK, True, tid, NT, zero)
             cuda.syncthreads()
             for kk in range(BK):
