@@ -23,7 +23,7 @@ image that cannot be read is skipped with a warning, as Caffe does.
 with X uint8 ``N x C x H x W`` or ``N x H x W`` (one channel; float arrays
 are stored as ``float_data``), y integer labels of length N, keys ``%08d``.
 
-Both go through :func:`layers.db_data.write_lmdb`, which writes the
+Both go through :func:`dltrain.layers.db_data.write_lmdb`, which writes the
 database into a temporary folder and renames it into place.
 """
 import os

@@ -1,7 +1,7 @@
 """The solver types: SGD, Nesterov, AdaGrad, RMSProp, AdaDelta, Adam.
 
 Each is Caffe's class of the same name: the loop of :class:`Solver` with
-the update rule of :mod:`solvers.updates` (``rule``) and that rule's
+the update rule of :mod:`dltrain.solvers.updates` (``rule``) and that rule's
 scalars (``hyper_parameters``: its record, in the param's dtype).
 ``history`` holds Caffe's history blobs in Caffe's order (Adam: all first
 moments, then all second moments; AdaDelta: all squared-gradient averages,

@@ -7,12 +7,12 @@ SolverParameter and runs Caffe's schedule:
   == 0`` (and ``iter > 0`` or ``test_initialization``); ``iter_size``
   forward/backward passes accumulate gradients; the loss is averaged over
   them and smoothed over ``average_loss`` iterations for display; the
-  update (see :mod:`solvers.updates`) is applied; ``iter`` is incremented;
+  update (see :mod:`dltrain.solvers.updates`) is applied; ``iter`` is incremented;
   a snapshot is written every ``snapshot`` iterations;
 - at the end: a snapshot (``snapshot_after_train``) unless one was just
   written, then a last display forward and test where the schedule asks.
 
-Subclasses (:mod:`solvers.sgd_solvers`) name the update rule (``rule``)
+Subclasses (:mod:`dltrain.solvers.sgd_solvers`) name the update rule (``rule``)
 and give its scalars (``hyper_parameters``).  The log lines are Caffe's,
 so tools/extra/parse_log.py reads them, and every display and test
 result also goes to ``<snapshot_prefix>_log.jsonl``.
@@ -20,7 +20,7 @@ result also goes to ``<snapshot_prefix>_log.jsonl``.
 dltrain additions: a loss that turns NaN/inf stops the run with a
 DLTrainError naming the first non-finite layer output or gradient (nothing
 is snapshotted from the broken state); a stop request (Ctrl-C, see
-:mod:`solvers.signals`) snapshots before stopping; a live progress line
+:mod:`dltrain.solvers.signals`) snapshots before stopping; a live progress line
 on a terminal.
 """
 import math
@@ -54,8 +54,8 @@ class SolverAction:
 
 
 def _update_kernels(gpu):
-    """The update kernels of a device: :mod:`solvers.updates` (host arrays) or, on the GPU,
-    :mod:`solvers.updates_cuda` (device arrays), which offer the same functions.  The one
+    """The update kernels of a device: :mod:`dltrain.solvers.updates` (host arrays) or, on the GPU,
+    :mod:`dltrain.solvers.updates_cuda` (device arrays), which offer the same functions.  The one
     place the solver imports the GPU module (a CPU run never imports numba.cuda)."""
     if gpu:
         from . import updates_cuda
@@ -554,7 +554,7 @@ class Solver:
 
     def _gradient_steps(self, param_id, clip_scale):
         """Steps 1-3 of learnable param ``param_id``: clip, normalize, regularize
-        (:class:`solvers.updates.GradientSteps`, in the param's dtype)."""
+        (:class:`dltrain.solvers.updates.GradientSteps`, in the param's dtype)."""
         dt = self.dtype.type
         p = self.param
         local_decay = dt(dt(p.weight_decay) * dt(self.net.params_weight_decay[param_id]))
@@ -566,7 +566,7 @@ class Solver:
         return GradientSteps(dt(clip_scale), clip_scale != 1.0, norm, iter_size != 1, local_decay, reg)
 
     def hyper_parameters(self, param_id, rate):
-        """The scalars of the update rule (its record in :mod:`solvers.updates`, in the param's
+        """The scalars of the update rule (its record in :mod:`dltrain.solvers.updates`, in the param's
         dtype) for learnable param ``param_id`` at learning rate ``rate``."""
         raise NotImplementedError
 

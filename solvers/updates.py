@@ -37,7 +37,7 @@ second set, where there is one, follows the first for all parameters):
 Each step is a ``@formula`` below (:func:`gradient`, one per rule,
 :func:`applied`), and the loop over the elements is written once
 (:func:`update_loop`): here it is compiled with ``@njit`` over all elements,
-in :mod:`solvers.updates_cuda` with ``cuda.jit`` as a grid-stride kernel.
+in :mod:`dltrain.solvers.updates_cuda` with ``cuda.jit`` as a grid-stride kernel.
 The two modules offer the same functions with the same arguments
 (:func:`update`, :func:`apply_update`, :func:`sumsq_total`, the flags), on
 host arrays here and on device arrays there.

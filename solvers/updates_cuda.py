@@ -1,6 +1,6 @@
 """The update rules on the GPU: solvers/updates.py's kernels compiled for CUDA.
 
-The very loop and formulas of the CPU kernels (:func:`solvers.updates.update_loop`),
+The very loop and formulas of the CPU kernels (:func:`dltrain.solvers.updates.update_loop`),
 compiled with ``cuda.jit`` as grid-stride kernels, one thread per element,
 on the parameter's, its gradient's and its history's device arrays, which
 never leave the device.  A non-finite update value is never applied; the
