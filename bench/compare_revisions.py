@@ -1,6 +1,6 @@
 """Before/after figures of a change: the same bench scripts on two revisions, interleaved, in one run.
 
-    python bench/compare_revisions.py BASE_REV [--rounds 3] [--digits-runs 2] [--skip lstm ...]
+    python bench/compare_revisions.py BASE_REV [--repeats 2] [--digits-runs 2] [--skip lstm ...]
 
 BASE_REV (a commit, tag or branch) is checked out in a temporary git worktree; "after" is this
 working tree as it is.  For each revision, in alternation so machine noise hits both alike:
@@ -87,7 +87,7 @@ def main():
             for label in trees:
                 row.append(statistics.median(f["dltrain"] for f in figures[label]))
                 row.append(statistics.median(f.get("torch", float("nan")) for f in figures[label]))
-            rows.append((row, "ms"))
+            rows.append(row)
             print(f"{name}: done", file=sys.stderr)
         if "digits" not in args.skip:
             for tree in trees.values():
@@ -98,19 +98,18 @@ def main():
                 for label, tree in trees.items():
                     wall, accuracy[label] = run_digits(tree)
                     walls[label].append(wall)
-            rows.append((["digits (3,000 iterations)", statistics.median(walls["before"]), accuracy["before"],
-                          statistics.median(walls["after"]), accuracy["after"]], "s"))
+            digits = [statistics.median(walls["before"]), accuracy["before"],
+                      statistics.median(walls["after"]), accuracy["after"]]
         print(f"base {args.base} vs this tree; machine: {os.cpu_count()} CPUs; median of {args.repeats} runs")
         print(f"{'benchmark':28s} {'before':>10s} {'(torch)':>9s} {'after':>10s} {'(torch)':>9s} {'after/before':>13s}")
-        for row, unit in rows:
-            name, before, ref_before, after, ref_after = row
-            if unit == "s":
-                print(f"{name:28s} {before:9.2f}s {ref_before:8.2%}a {after:9.2f}s {ref_after:8.2%}a "
-                      f"{after / before:13.2f}")
-            else:
-                print(f"{name:28s} {before:8.2f}ms {ref_before:7.2f}ms {after:8.2f}ms {ref_after:7.2f}ms "
-                      f"{after / before:13.2f}")
-        print("(digits: wall seconds of the whole run and final test accuracy, a = accuracy)")
+        for name, before, ref_before, after, ref_after in rows:
+            print(f"{name:28s} {before:8.2f}ms {ref_before:7.2f}ms {after:8.2f}ms {ref_after:7.2f}ms "
+                  f"{after / before:13.2f}")
+        if "digits" not in args.skip:
+            before, acc_before, after, acc_after = digits
+            print(f"digits, whole 3,000-iteration run (wall, median of {args.digits_runs}): before {before:.2f} s "
+                  f"(test accuracy {acc_before:.2%}), after {after:.2f} s ({acc_after:.2%}), "
+                  f"after/before {after / before:.2f}")
     finally:
         subprocess.run(["git", "worktree", "remove", "--force", base], cwd=ROOT, capture_output=True)
 

@@ -114,7 +114,7 @@ def _dispatcher(module, qualname, key, filename):
     (module, function, args) to call again; the GEMM's key is its variant)."""
     import importlib
     if key is not None and isinstance(key, tuple) and len(key) == 3 and isinstance(key[0], str) \
-            and isinstance(key[2], tuple) and key[0].startswith(("dltrain.layers.", "dltrain.solvers.")):
+            and isinstance(key[2], tuple) and key[0].startswith(("dltrain.layers.", "dltrain.solvers.", "dlcore.")):
         factory = getattr(importlib.import_module(key[0]), key[1])
         return factory(*key[2]), f"{key[0]}.{key[1]}{key[2]}"
     if key is not None:

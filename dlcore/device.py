@@ -21,6 +21,7 @@ Conventions
   correct; :func:`grid` picks one (small under the simulator, which runs
   one OS thread per CUDA thread).
 """
+import importlib
 import math
 
 import numba
@@ -275,3 +276,63 @@ def max_host(x, n=None):
         blocks = max(1, min((n + RED_TPB - 1) // RED_TPB, MAX_BLOCKS))
         _reduce_max[blocks, RED_TPB](x, n, out)
     return float(out.copy_to_host()[0])
+
+
+# ---------------------------------------------------------------------------
+# the element-wise map: a formula over device arrays (the CPU's is dlcore.formula.cpu_map)
+# ---------------------------------------------------------------------------
+
+def _map_body(f, inputs, outputs):
+    """A grid-stride kernel (n, params, *outputs, *inputs): outputs[..][i] = f(inputs[0][i], ..., *params)."""
+    if outputs == 2:
+        if inputs == 1:
+            def kernel(n, p, u, v, a):
+                for i in range(cuda.grid(1), n, cuda.gridsize(1)):
+                    u[i], v[i] = f(a[i], *p)
+        elif inputs == 2:
+            def kernel(n, p, u, v, a, b):
+                for i in range(cuda.grid(1), n, cuda.gridsize(1)):
+                    u[i], v[i] = f(a[i], b[i], *p)
+        else:
+            def kernel(n, p, u, v, a, b, c):
+                for i in range(cuda.grid(1), n, cuda.gridsize(1)):
+                    u[i], v[i] = f(a[i], b[i], c[i], *p)
+    elif inputs == 1:
+        def kernel(n, p, u, a):
+            for i in range(cuda.grid(1), n, cuda.gridsize(1)):
+                u[i] = f(a[i], *p)
+    elif inputs == 2:
+        def kernel(n, p, u, a, b):
+            for i in range(cuda.grid(1), n, cuda.gridsize(1)):
+                u[i] = f(a[i], b[i], *p)
+    else:
+        def kernel(n, p, u, a, b, c):
+            for i in range(cuda.grid(1), n, cuda.gridsize(1)):
+                u[i] = f(a[i], b[i], c[i], *p)
+    return kernel
+
+
+_MAPS = {}
+
+
+def map_kernel(module, name, inputs, outputs):
+    """The map kernel of the formula ``module.name`` with 1-3 input and 1-2 output arrays (made once)."""
+    key = (module, name, inputs, outputs)
+    kernel = _MAPS.get(key)
+    if kernel is None:
+        if not (1 <= inputs <= 3 and 1 <= outputs <= 2):
+            raise ValueError(f"map_kernel: {inputs} inputs, {outputs} outputs (1-3 and 1-2 supported)")
+        kernel = jit(_map_body(getattr(importlib.import_module(module), name), inputs, outputs))
+        # how to make it again (bench/cuda_compile_check.py compiles every kernel a run used)
+        kernel._dltrain_key = (__name__, "map_kernel", key)
+        _MAPS[key] = kernel
+    return kernel
+
+
+def map_formula(f, n, inputs, outputs, params=()):
+    """``outputs[0][i] = f(inputs[0][i], ..., *params)`` for i < n on the device (a formula returning a
+    pair fills two outputs): the GPU's ``dlcore.formula.cpu_map``.  ``params``: scalars, passed as
+    given (in the data's dtype, as a rule)."""
+    if n:
+        kernel = map_kernel(f.__module__, f.__name__, len(inputs), len(outputs))
+        kernel[grid(n)](n, tuple(params), *outputs, *inputs)

@@ -21,9 +21,11 @@ Numba's on-disk cache keys a kernel on its own file: after editing a
 formula in another file, clear the cache (``find . -name '*.nb[ic]' -delete``)
 or touch the kernels' files.
 """
+import numpy as np
+from numba import njit
 from numba.extending import overload, register_jitable
 
-__all__ = ["formula"]
+__all__ = ["formula", "cpu_map"]
 
 
 def formula(fn=None, *, inline_cpu=False):
@@ -40,3 +42,51 @@ def formula(fn=None, *, inline_cpu=False):
             overload(fn, target="cpu", inline="always", strict=False)(lambda *args, **kwargs: fn)
         return fn
     return make if fn is None else make(fn)
+
+
+# --- the element-wise map: a formula over arrays (the GPU's is dlcore.device.map_formula) -----------
+
+def _map_loop(f, inputs, outputs):
+    """loop(*inputs, *outputs, *params): outputs[..][i] = f(inputs[0][i], ..., *params) for every i."""
+    if outputs == 2:
+        if inputs == 1:
+            def loop(a, u, v, *p):
+                for i in range(np.uint64(a.shape[0])):
+                    u[i], v[i] = f(a[i], *p)
+        elif inputs == 2:
+            def loop(a, b, u, v, *p):
+                for i in range(np.uint64(a.shape[0])):
+                    u[i], v[i] = f(a[i], b[i], *p)
+        else:
+            def loop(a, b, c, u, v, *p):
+                for i in range(np.uint64(a.shape[0])):
+                    u[i], v[i] = f(a[i], b[i], c[i], *p)
+    elif inputs == 1:
+        def loop(a, u, *p):
+            for i in range(np.uint64(a.shape[0])):
+                u[i] = f(a[i], *p)
+    elif inputs == 2:
+        def loop(a, b, u, *p):
+            for i in range(np.uint64(a.shape[0])):
+                u[i] = f(a[i], b[i], *p)
+    else:
+        def loop(a, b, c, u, *p):
+            for i in range(np.uint64(a.shape[0])):
+                u[i] = f(a[i], b[i], c[i], *p)
+    return loop
+
+
+_LOOPS = {}
+
+
+def cpu_map(f, inputs, outputs):
+    """The @njit loop ``loop(*inputs, *outputs, *params)`` of the formula ``f``: 1-3 input and 1-2 output
+    arrays of one length (a formula returning a pair fills two).  Made once, cached on disk with this
+    file's kernels: after editing a formula, clear the cache (see above)."""
+    key = (f, inputs, outputs)
+    loop = _LOOPS.get(key)
+    if loop is None:
+        if not (1 <= inputs <= 3 and 1 <= outputs <= 2):
+            raise ValueError(f"cpu_map: {inputs} inputs, {outputs} outputs (1-3 and 1-2 supported)")
+        loop = _LOOPS[key] = njit(cache=True, error_model="numpy")(_map_loop(f, inputs, outputs))
+    return loop

@@ -91,7 +91,7 @@ class Layer:
         """The GPU forward: the code a CUDA module registered, or ``forward_cpu`` on host copies.
 
         (A plugin overriding this method may call it through ``super()``.)"""
-        code = _find_gpu_code(type(self), "forward", methods=False)
+        code = _lookup(type(self), "forward", methods=False)
         if code is None:
             self.forward_cpu(bottom, top)
         else:
@@ -99,7 +99,7 @@ class Layer:
 
     def backward_gpu(self, top, propagate_down, bottom):
         """The GPU backward: the code a CUDA module registered, or ``backward_cpu`` on host copies."""
-        code = _find_gpu_code(type(self), "backward", methods=False)
+        code = _lookup(type(self), "backward", methods=False)
         if code is None:
             self.backward_cpu(top, propagate_down, bottom)
         else:
@@ -113,10 +113,7 @@ class Layer:
         first of a ``forward_gpu``-style method the class defines itself (a
         plugin's) or a function its ``cuda_module`` registered.
         """
-        key = (cls, stage)
-        if key not in _GPU_FOUND:
-            _GPU_FOUND[key] = _find_gpu_code(cls, stage) if cls.gpu_capable else None
-        return _GPU_FOUND[key]
+        return _lookup(cls, stage, methods=True)
 
     @classmethod
     def has_gpu_forward(cls):
@@ -229,7 +226,7 @@ class Layer:
 
 
 _GPU_CODE = {}      # (layer class, "forward"/"backward") -> fn, registered by the CUDA modules
-_GPU_FOUND = {}     # (layer class, stage) -> what gpu_code found (None: run the CPU pair)
+_GPU_FOUND = {}     # (layer class, stage, methods) -> what _lookup found (None: run the CPU pair)
 
 
 def gpu_forward(layer_class):
@@ -250,7 +247,16 @@ def _register_gpu(layer_class, stage):
     return register
 
 
-def _find_gpu_code(cls, stage, methods=True):
+def _lookup(cls, stage, methods):
+    """The GPU code of ``cls`` for ``stage``, found once; ``methods``: a plugin's own
+    forward_gpu/backward_gpu counts (not when that very method asks, through super())."""
+    key = (cls, stage, methods)
+    if key not in _GPU_FOUND:
+        _GPU_FOUND[key] = _find_gpu_code(cls, stage, methods) if cls.gpu_capable else None
+    return _GPU_FOUND[key]
+
+
+def _find_gpu_code(cls, stage, methods):
     import importlib
     bases = [klass for klass in cls.__mro__ if issubclass(klass, Layer) and klass is not Layer]
     for klass in bases:                  # first load every CUDA module the bases name: code a base's

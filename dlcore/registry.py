@@ -21,7 +21,8 @@ def register_layer(type_name):
     plugin) is a ConfigError naming both.
     """
     def decorate(cls):
-        if not _builtins_loaded and not cls.__module__.startswith(("dltrain.layers.", "dlcore.")):
+        from .plugins import is_plugin_class
+        if not _builtins_loaded and is_plugin_class(cls):
             _load_builtins()     # so that a plugin's clash with a built-in is seen here
         owner = _LAYERS.get(type_name)
         if owner is not None and owner is not cls:

@@ -29,7 +29,7 @@ from numba import njit
 from dlcore.blob import Blob
 from dlcore.errors import ConfigError, DLTrainError
 from dlcore.filler import fill
-from dlcore.formula import formula
+from dlcore.formula import cpu_map, formula
 from dlcore.registry import register_layer
 
 from .neurons import NeuronLayer, flat, relu, relu_grad, sigmoid
@@ -39,58 +39,10 @@ CUDA_MODULE = ".activations_cuda"
 KBNLL_THRESHOLD = 50.0    # Caffe's kBNLL_THRESHOLD
 
 
-# --- the element-wise map ------------------------------------------------------------------------
-
-def _map_loop(f, inputs, outputs):
-    """loop(*inputs, *outputs, *params): outputs[..][i] = f(inputs[0][i], ..., *params) for every i."""
-    if outputs == 2:
-        if inputs == 1:
-            def loop(a, u, v, *p):
-                for i in range(np.uint64(a.shape[0])):
-                    u[i], v[i] = f(a[i], *p)
-        elif inputs == 2:
-            def loop(a, b, u, v, *p):
-                for i in range(np.uint64(a.shape[0])):
-                    u[i], v[i] = f(a[i], b[i], *p)
-        else:
-            def loop(a, b, c, u, v, *p):
-                for i in range(np.uint64(a.shape[0])):
-                    u[i], v[i] = f(a[i], b[i], c[i], *p)
-    elif inputs == 1:
-        def loop(a, u, *p):
-            for i in range(np.uint64(a.shape[0])):
-                u[i] = f(a[i], *p)
-    elif inputs == 2:
-        def loop(a, b, u, *p):
-            for i in range(np.uint64(a.shape[0])):
-                u[i] = f(a[i], b[i], *p)
-    else:
-        def loop(a, b, c, u, *p):
-            for i in range(np.uint64(a.shape[0])):
-                u[i] = f(a[i], b[i], c[i], *p)
-    return loop
-
-
-_LOOPS = {}
-
-
-def cpu_map(f, inputs, outputs):
-    """The @njit loop ``loop(*inputs, *outputs, *params)`` of the formula ``f``: 1-3 input and 1-2 output
-    arrays of one length (a formula returning a pair fills two).  Made once, cached on disk with this
-    file's kernels: after editing a formula of another file, clear the cache (dlcore/formula.py)."""
-    key = (f, inputs, outputs)
-    loop = _LOOPS.get(key)
-    if loop is None:
-        if not (1 <= inputs <= 3 and 1 <= outputs <= 2):
-            raise ValueError(f"cpu_map: {inputs} inputs, {outputs} outputs (1-3 and 1-2 supported)")
-        loop = _LOOPS[key] = njit(cache=True, error_model="numpy")(_map_loop(f, inputs, outputs))
-    return loop
-
-
 class Map(NamedTuple):
     """One pass of an activation: its formula over the elements of some operands.
 
-    On the CPU through ``cpu_map``, on the GPU through activations_cuda.map_formula.  Operands: "x"
+    On the CPU through ``cpu_map``, on the GPU through dlcore.device.map_formula.  Operands: "x"
     the forward's input (the kept copy when the layer keeps one), "y" the top data, "dy" the top
     diff, "dx" the bottom diff, "s" Swish's sigmoid.
     """

@@ -5,80 +5,20 @@ Element-wise, grid-stride, on the blobs' flat device arrays, with the very
 formulas the CPU loops use (``@formula`` in activations.py) and the scalars
 the layer gives both (``forward_params``/``backward_params``, in the data's
 dtype).  One kernel per formula and operand count, made on first use by
-:func:`map_formula` (also the launcher of layers/elementwise_cuda.py); a
+:func:`dlcore.device.map_formula`; a
 layer names its formulas and their operands (``ActivationLayer.forward_map``
 and ``backward_map``), which its CPU loops use too.  PReLU's slope gradient is
 the per-element term written to a scratch array and summed per channel by
 ``kernels_cuda.channel_sum`` (float64 accumulation).
 """
-import importlib
-
 from numba import cuda
 
-from dlcore.device import copy, grid, jit, scalar
+from dlcore.device import copy, grid, jit, map_formula, scalar
 from dlcore.layer import gpu_backward, gpu_forward
 
 from .activations import ActivationLayer, PReLULayer, prelu_slope_term, shifted_power, shifted_power_grad
 from .kernels_cuda import channel_sum
 from .neurons import relu, relu_grad
-
-
-# --- the element-wise map ------------------------------------------------------
-
-def _map_body(f, inputs, outputs):
-    """A grid-stride kernel (n, params, *outputs, *inputs): outputs[..][i] = f(inputs[0][i], ..., *params)."""
-    if outputs == 2:
-        if inputs == 1:
-            def kernel(n, p, u, v, a):
-                for i in range(cuda.grid(1), n, cuda.gridsize(1)):
-                    u[i], v[i] = f(a[i], *p)
-        elif inputs == 2:
-            def kernel(n, p, u, v, a, b):
-                for i in range(cuda.grid(1), n, cuda.gridsize(1)):
-                    u[i], v[i] = f(a[i], b[i], *p)
-        else:
-            def kernel(n, p, u, v, a, b, c):
-                for i in range(cuda.grid(1), n, cuda.gridsize(1)):
-                    u[i], v[i] = f(a[i], b[i], c[i], *p)
-    elif inputs == 1:
-        def kernel(n, p, u, a):
-            for i in range(cuda.grid(1), n, cuda.gridsize(1)):
-                u[i] = f(a[i], *p)
-    elif inputs == 2:
-        def kernel(n, p, u, a, b):
-            for i in range(cuda.grid(1), n, cuda.gridsize(1)):
-                u[i] = f(a[i], b[i], *p)
-    else:
-        def kernel(n, p, u, a, b, c):
-            for i in range(cuda.grid(1), n, cuda.gridsize(1)):
-                u[i] = f(a[i], b[i], c[i], *p)
-    return kernel
-
-
-_MAPS = {}
-
-
-def map_kernel(module, name, inputs, outputs):
-    """The map kernel of the formula ``module.name`` with 1-3 input and 1-2 output arrays (made once)."""
-    key = (module, name, inputs, outputs)
-    kernel = _MAPS.get(key)
-    if kernel is None:
-        if not (1 <= inputs <= 3 and 1 <= outputs <= 2):
-            raise ValueError(f"map_kernel: {inputs} inputs, {outputs} outputs (1-3 and 1-2 supported)")
-        kernel = jit(_map_body(getattr(importlib.import_module(module), name), inputs, outputs))
-        # how to make it again (bench/cuda_compile_check.py compiles every kernel a run used)
-        kernel._dltrain_key = (__name__, "map_kernel", key)
-        _MAPS[key] = kernel
-    return kernel
-
-
-def map_formula(f, n, inputs, outputs, params=()):
-    """``outputs[0][i] = f(inputs[0][i], ..., *params)`` for i < n on the device (a formula returning a
-    pair fills two outputs): the GPU's ``cpu_map`` (activations.py).  ``params``: scalars, passed as
-    given (in the data's dtype, as a rule)."""
-    if n:
-        kernel = map_kernel(f.__module__, f.__name__, len(inputs), len(outputs))
-        kernel[grid(n)](n, tuple(params), *outputs, *inputs)
 
 
 # --- the activations: a formula each way (``ActivationLayer.forward_map``/``backward_map``) --------

@@ -26,12 +26,11 @@ import numpy as np
 from numba import njit
 
 from dlcore.errors import ConfigError, DLTrainError
-from dlcore.formula import formula
+from dlcore.formula import cpu_map, formula
 from dlcore.layer import Layer
 from dlcore.registry import register_layer
 from dltrain.proto import caffe_pb2
 
-from .activations import cpu_map
 from .neurons import flat, scale_copy
 from .softmax import canonical_axis
 
@@ -81,6 +80,7 @@ def axpy_into(x, y, alpha):
 
 mul_into = cpu_map(product, 2, 1)       # mul_into(a, b, y): y = a * b (y may be a or b)
 div_into = cpu_map(quotient, 2, 1)      # div_into(a, b, y): y = a / b (IEEE: x/0 gives inf or nan, as in Caffe)
+route_into = cpu_map(routed, 2, 1)      # route_into(dy, mask, dx, index): dx = dy where bottom index won
 
 
 # MAX's steps in place: the generic map would see y and the mask twice, as an input and as an output,
@@ -167,7 +167,7 @@ class EltwiseLayer(Layer):
             elif self.op == ELTWISE_SUM:
                 scale_copy(dy, dx, self.coeffs[i])
             else:
-                cpu_map(routed, 2, 1)(dy, self.mask, dx, i)
+                route_into(dy, self.mask, dx, i)
 
 
 # --- Tile ---------------------------------------------------------------------

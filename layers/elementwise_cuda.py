@@ -2,7 +2,7 @@
 
 The formulas and tie rules are the CPU's own (``@formula`` in
 elementwise.py), mapped over the flat device arrays by
-``activations_cuda.map_formula``.  Eltwise's SUM uses the shared
+``dlcore.device.map_formula``.  Eltwise's SUM uses the shared
 scale/axpby of dlcore.device; MAX keeps its winner index in a device int32
 array of the layer's workspace.  Tile indexes the flat output; Reduction
 runs one block per output (a shared-memory tree in float64); ArgMax one
@@ -13,10 +13,9 @@ import numba
 import numpy as np
 from numba import cuda
 
-from dlcore.device import MAX_BLOCKS, RED_TPB, axpby, block_sum, copy, grid, jit, scale
+from dlcore.device import MAX_BLOCKS, RED_TPB, axpby, block_sum, copy, grid, jit, map_formula, scale
 from dlcore.layer import gpu_backward, gpu_forward
 
-from .activations_cuda import map_formula
 from .elementwise import (ELTWISE_PROD, ELTWISE_SUM, ArgMaxLayer, EltwiseLayer, ReductionLayer, TileLayer,
                           argmax_items, keep_larger, product, quotient, reduction_grad, reduction_term, routed)
 

@@ -174,7 +174,7 @@ class LossLayer(Layer):
     ignore_label = 0
     labels = None                    # a Labels record, for the losses that take class labels
     valid_count = -1                 # the last forward's count of non-ignored labels (-1: unknown)
-    refused_bottoms = ()             # (index, what): bottoms a gradient may not be asked for (labels)
+    refused_bottoms = ()             # (index, what): bottoms a gradient may not be asked for, nor forced (labels)
 
     def read_loss_param(self, default=VALID):
         """ignore_label and the normalization mode from ``loss_param``."""
@@ -211,6 +211,9 @@ class LossLayer(Layer):
     def loss_scale(self, top, factor=1.0):
         """factor * the loss weight / the normalizer: what backward scales the gradient by."""
         return factor * float(top[0].cpu_diff().flat[0]) / self.normalizer(self.valid_count)
+
+    def allow_force_backward(self, bottom_index):
+        return all(bottom_index != index for index, _ in self.refused_bottoms)
 
     def backward(self, top, propagate_down, bottom):
         for index, what in self.refused_bottoms:
@@ -352,9 +355,6 @@ class SoftmaxWithLossLayer(LossLayer):
         if propagate_down[0]:
             log_loss_backward(flat(self.prob), flat(bottom[1].data), self.matrix(bottom), self.matrix_row_sums(bottom),
                               flat(bottom[0].diff), self.labels, self.loss_scale(top))
-
-    def allow_force_backward(self, bottom_index):
-        return bottom_index != 1
 
 
 # --- EuclideanLoss ----------------------------------------------------------

@@ -188,9 +188,6 @@ class _PerItemLoss(LossLayer):
             raise _label_channels_error(self, bottom)
         self.set_labels(self.num, self.dim, 1)
 
-    def allow_force_backward(self, bottom_index):
-        return bottom_index != 1
-
 
 # --- HingeLoss ------------------------------------------------------------------------
 
@@ -299,9 +296,6 @@ class SigmoidCrossEntropyLossLayer(LossLayer):
         if propagate_down[0]:
             sigmoid_ce_backward(flat(bottom[0].data), flat(bottom[1].data), flat(bottom[0].diff), self.labels,
                                 self.loss_scale(top))
-
-    def allow_force_backward(self, bottom_index):
-        return bottom_index != 1
 
 
 # --- MultinomialLogisticLoss ---------------------------------------------------------------
@@ -473,6 +467,3 @@ class InfogainLossLayer(SoftmaxWithLossLayer):
         if len(bottom) == 3:
             row_sums(flat(bottom[2].data), self.channels, self.sum_rows)      # H may change: summed every time
         return self.sum_rows
-
-    def allow_force_backward(self, bottom_index):
-        return bottom_index == 0

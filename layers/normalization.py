@@ -42,6 +42,7 @@ from dlcore.registry import register_layer
 from dltrain.proto import caffe_pb2
 
 from .activations import power_backward, power_forward
+from .elementwise import mul_into as multiply     # out = a * b (a may be b: the squares)
 from .kernels import add_channel_bias, channel_sum, param_down
 from .neurons import flat
 from .pooling import PoolGeometry, ave_pool_backward, ave_pool_forward
@@ -386,13 +387,6 @@ def lrn_across_backward(x, scale, dy, dx, p):
                 r = np.uint64(tail * HW)
                 for i in range(uHW):
                     accum[i] -= ratio[r + i]
-
-
-@njit(cache=True, error_model="numpy")
-def multiply(a, b, out):
-    """out = a * b (a may be b: the squares)."""
-    for i in range(np.uint64(a.shape[0])):
-        out[i] = a[i] * b[i]
 
 
 @njit(cache=True, error_model="numpy")

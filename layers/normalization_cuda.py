@@ -20,10 +20,11 @@ import numba
 import numpy as np
 from numba import cuda
 
-from dlcore.device import MAX_BLOCKS, RED_TPB, TPB, block_sum, copy, fill, grid, jit, scalar
+from dlcore.device import MAX_BLOCKS, RED_TPB, TPB, block_sum, copy, fill, grid, jit, map_formula, scalar
 from dlcore.layer import gpu_backward, gpu_forward
 
 from .activations_cuda import power_backward, power_forward
+from .elementwise import product
 from .kernels_cuda import channel_sum
 from .normalization import (BatchNormLayer, BiasLayer, LRNLayer, MVNLayer, ScaleLayer, batch_norm_std,
                             global_stats_factor, lrn_grad, lrn_output, lrn_power, lrn_ratio, lrn_term,
@@ -373,12 +374,6 @@ def lrn_across_backward(x, scale, dy, dx, p):
 
 
 @jit
-def _multiply(a, b, out):
-    for i in range(cuda.grid(1), out.size, cuda.gridsize(1)):
-        out[i] = a[i] * b[i]
-
-
-@jit
 def _lrn_within_backward(dy, power, x, d_square, dx):
     for i in range(cuda.grid(1), dx.size, cuda.gridsize(1)):
         dx[i] = lrn_within_grad(dy[i], power[i], x[i], d_square[i])
@@ -386,8 +381,7 @@ def _lrn_within_backward(dy, power, x, d_square, dx):
 
 def multiply(a, b, out):
     """out = a * b (a may be b: the squares)."""
-    if out.size:
-        _multiply[grid(out.size)](a, b, out)
+    map_formula(product, out.size, [a, b], [out])
 
 
 def lrn_within_backward(dy, power, x, d_square, dx):

@@ -214,14 +214,18 @@ def update_loop(rule, first, stride):
     them; a CUDA grid: this thread's).  ``h2`` is the second history (a rule
     with one history ignores it: pass ``h1`` again; ``two`` is a constant of
     the closure, so Numba drops the branch not taken); ``steps`` a
-    :class:`GradientSteps`, ``hyper`` the rule's record.  The weight is read
+    :class:`GradientSteps`, ``hyper`` the rule's record, both passed as plain
+    tuples (:func:`update` converts them).  The weight is read
     once and written only where the update value is finite (a branch: an
     unconditional select-and-store made the CPU loop of Adam 5x slower).
     """
-    fn, _, histories = RULES[rule]
+    fn, record, histories = RULES[rule]
     two = histories == 2
 
     def kernel(w, g, h1, h2, n, flags, param_id, apply, steps, hyper):
+        # The records arrive as plain tuples (a NamedTuple argument costs Numba's dispatch ~4 us a call).
+        steps = GradientSteps(*steps)
+        hyper = record(*hyper)
         for i in range(first(), n, stride()):
             wi = w[i]
             gi = gradient(g[i], wi, steps)
@@ -257,7 +261,7 @@ KERNELS = {rule: njit(cache=True)(update_loop(rule, _first, _stride)) for rule i
 def update(rule, w, g, histories, n, flags, param_id, apply, steps, hyper):
     """Run ``rule`` over a parameter's ``n`` elements (flat arrays ``w``, ``g``, its 1 or 2 histories)."""
     if n:
-        KERNELS[rule](w, g, histories[0], histories[-1], n, flags, param_id, apply, steps, hyper)
+        KERNELS[rule](w, g, histories[0], histories[-1], n, flags, param_id, apply, tuple(steps), tuple(hyper))
 
 
 @njit(cache=True)

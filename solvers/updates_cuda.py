@@ -46,7 +46,8 @@ def kernel(rule):
 def update(rule, w, g, histories, n, flags, param_id, apply, steps, hyper):
     """Run ``rule`` over a parameter's ``n`` elements (device arrays ``w``, ``g``, its 1 or 2 histories)."""
     if n:
-        kernel(rule)[grid(n)](w, g, histories[0], histories[-1], n, flags, param_id, apply, steps, hyper)
+        kernel(rule)[grid(n)](w, g, histories[0], histories[-1], n, flags, param_id, apply, tuple(steps),
+                              tuple(hyper))
 
 
 def apply_update(w, g, n):
