@@ -113,6 +113,8 @@ def convert_imageset(root, listfile, db, gray=False, shuffle=False, resize_heigh
     from dlcore.rng import get_rng
     from dltrain.layers.db_data import _pillow, write_lmdb
     _check_backend(backend)
+    if seed is not None and seed < 0:
+        raise DLTrainError(f"the shuffle seed must be >= 0 (got {seed})")
     _pillow()
     lines = read_image_list(listfile)
     if shuffle:

@@ -14,6 +14,7 @@ inputs inside ``kink +- kink_range`` skipped.  Exit status 0 when every
 element passes, 1 otherwise (the worst elements are printed).
 """
 import argparse
+import math
 
 from dlcore import TEST, TRAIN
 
@@ -45,9 +46,40 @@ def _range(text):
         low, high = (float(v) for v in text.split(","))
     except ValueError:
         raise argparse.ArgumentTypeError(f"--fill takes LOW,HIGH (-1,1), got '{text}'") from None
-    if not low < high:
-        raise argparse.ArgumentTypeError(f"--fill {text}: LOW must be below HIGH")
+    if not (math.isfinite(low) and math.isfinite(high) and low < high):
+        raise argparse.ArgumentTypeError(f"--fill {text}: LOW must be below HIGH, both finite")
     return low, high
+
+
+def _number(text):
+    try:
+        return float(text)
+    except ValueError:
+        return math.nan       # refused below, with the flag's own message
+
+
+def _positive(text):
+    value = _number(text)
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"must be a positive number, got '{text}'")
+    return value
+
+
+def _non_negative(text):
+    value = _number(text)
+    if not (math.isfinite(value) and value >= 0):
+        raise argparse.ArgumentTypeError(f"must be a number >= 0, got '{text}'")
+    return value
+
+
+def _index(text):
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 0, got '{text}'")
+    return value
 
 
 def _phase(text):
@@ -65,6 +97,10 @@ def cmd_gradcheck(args):
     else:
         backend.set_mode_cpu()
     labels = dict(args.labels)
+    for index in args.check_bottom:
+        if index >= len(args.bottom):
+            from dlcore import DLTrainError
+            raise DLTrainError(f"--check-bottom {index}: out of range ({len(args.bottom)} bottoms given by --bottom)")
     try:
         report = check_layer(args.layer_file, args.bottom, stepsize=args.stepsize, threshold=args.threshold,
                              seed=args.seed, kink=args.kink, kink_range=args.kink_range,
@@ -92,15 +128,15 @@ def register(sub):
     p.add_argument("layer_file", help="a .prototxt or .yaml file holding the layer definition")
     p.add_argument("--bottom", type=_shape, action="append", default=[], required=True, metavar="SHAPE",
                    help="the shape of the next bottom blob, e.g. 2,3,4,4 (repeat once per bottom)")
-    p.add_argument("--stepsize", type=float, default=1e-2, help="finite-difference step (default 1e-2)")
-    p.add_argument("--threshold", type=float, default=1e-3, help="relative tolerance (default 1e-3)")
+    p.add_argument("--stepsize", type=_positive, default=1e-2, help="finite-difference step (default 1e-2)")
+    p.add_argument("--threshold", type=_non_negative, default=1e-3, help="relative tolerance (default 1e-3)")
     p.add_argument("--kink", type=float, default=0.0, help="centre of the non-smooth band to skip (default 0)")
     p.add_argument("--kink-range", "--kink_range", dest="kink_range", type=float, default=-1.0,
                    help="half-width of the skipped band; -1 (default) skips nothing")
-    p.add_argument("--seed", type=int, default=1701, help="random seed for the bottoms and the layer (default 1701)")
+    p.add_argument("--seed", type=_index, default=1701, help="random seed for the bottoms and the layer (default 1701)")
     p.add_argument("--exhaustive", action="store_true",
                    help="check the gradient of each output element in turn (Caffe's CheckGradientExhaustive)")
-    p.add_argument("--check-bottom", "--check_bottom", dest="check_bottom", type=int, action="append", default=[],
+    p.add_argument("--check-bottom", "--check_bottom", dest="check_bottom", type=_index, action="append", default=[],
                    metavar="INDEX", help="check only these bottoms (repeatable; default: all but --labels)")
     p.add_argument("--labels", type=_label, action="append", default=[], metavar="INDEX:CLASSES",
                    help="fill bottom INDEX with integer labels 0..CLASSES-1 and do not check it")

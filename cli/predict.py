@@ -33,6 +33,7 @@ the alphabet, characters outside it become the unknown index 1.  ``cont``
 first time step and 1 after, per name; it is filled only when the codec
 names a ``cont`` input.
 """
+import argparse
 import json
 import os
 import sys
@@ -154,6 +155,16 @@ def predict(net, codec, names, batch=1024):
     return result
 
 
+def _digits(text):
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if not 0 <= value <= 30:
+        raise argparse.ArgumentTypeError(f"must be an integer from 0 to 30, got '{text}'")
+    return value
+
+
 def _read_names(path):
     try:
         if path == "-":
@@ -198,5 +209,5 @@ def register(sub):
     p.add_argument("--weights", required=True, help="the trained .caffemodel")
     p.add_argument("--file", help="a file of names, one per line ('-': standard input)")
     p.add_argument("--codec", help="the codec JSON (default: charcodec.json beside the model)")
-    p.add_argument("--digits", type=int, default=4, help="decimals printed (default 4)")
+    p.add_argument("--digits", type=_digits, default=4, help="decimals printed (default 4)")
     p.set_defaults(func=cmd_predict)

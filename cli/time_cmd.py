@@ -20,7 +20,9 @@ def _stages(text):
 
 def cmd_time(args):
     """Average forward/backward time per layer and in total, as `caffe time`."""
-    from dlcore import Net, backend
+    from dlcore import DLTrainError, Net, backend
+    if args.iterations < 1:       # the report is an average per iteration
+        raise DLTrainError(f"--iterations must be at least 1 (got {args.iterations})")
     sync = lambda: None       # noqa: E731
     if args.gpu is not None:
         from dltrain.cli.train import _gpu_id
@@ -51,7 +53,7 @@ def cmd_time(args):
         t_iter = clock()
         for i, layer in enumerate(layers):
             t = clock()
-            layer.reshape(net._bottom_vecs[i], net._top_vecs[i])
+            layer.run_reshape(net._bottom_vecs[i], net._top_vecs[i])
             layer.forward(net._bottom_vecs[i], net._top_vecs[i])
             sync()
             fwd[i] += clock() - t

@@ -1,7 +1,10 @@
 """Blob: an N-D array of data and its gradient (diff), as Caffe's Blob."""
+import math
+import os
+
 import numpy as np
 
-from .errors import ConfigError
+from .errors import AllocationError, BlobError, ConfigError
 
 
 def _as_shape(shape):
@@ -12,14 +15,54 @@ def _as_shape(shape):
             shape = shape.dim
     shape = tuple(int(d) for d in shape)
     if any(d < 0 for d in shape):
-        raise ValueError(f"blob dimensions must be >= 0, got {shape}")
+        raise BlobError(f"blob dimensions must be >= 0, got {shape}")
     return shape
 
 
 def shape_string(shape):
     """Caffe's way of printing a shape: '64 1 28 28 (50176)'."""
-    count = int(np.prod(shape, dtype=np.int64))
-    return " ".join(str(d) for d in shape) + f" ({count})"
+    return " ".join(str(d) for d in shape) + f" ({math.prod(shape)})"
+
+
+def _physical_memory():
+    """This machine's memory in bytes, or None where the system does not say."""
+    try:
+        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (AttributeError, OSError, ValueError):
+        return None
+
+
+PHYSICAL_MEMORY = _physical_memory()
+
+
+def format_bytes(n):
+    """'4.0 TB', '512 B': decimal units, as disk and memory sizes are sold."""
+    for unit in ("B", "kB", "MB", "GB", "TB", "PB", "EB"):
+        if n < 1000 or unit == "EB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000
+
+
+def _allocation_error(shape, itemsize, detail):
+    dims = " x ".join(str(d) for d in shape) or "()"
+    return AllocationError(f"cannot allocate {format_bytes(math.prod(shape) * itemsize)} for a blob of shape "
+                           f"{dims} x {itemsize} bytes: {detail}")
+
+
+def _new_memory(shape, count, dtype):
+    """Data and diff memory for ``count`` values of a blob of ``shape``.
+
+    Refused before allocating when one array alone is larger than this
+    machine's memory: NumPy may hand out such an array lazily, and the
+    process would be killed later, when it is written.
+    """
+    if PHYSICAL_MEMORY is not None and count * dtype.itemsize > PHYSICAL_MEMORY:
+        raise _allocation_error(shape, dtype.itemsize,
+                                f"more than this machine's memory ({format_bytes(PHYSICAL_MEMORY)})")
+    try:
+        return SyncedMemory(count, dtype), SyncedMemory(count, dtype)
+    except (MemoryError, ValueError, OverflowError) as err:   # the last two: more than NumPy can index
+        raise _allocation_error(shape, dtype.itemsize, str(err)) from None
 
 
 HOST, DEVICE, SYNCED = 0, 1, 2     # SyncedMemory.head: which side holds the newest values
@@ -93,13 +136,15 @@ class Blob:
         shape = _as_shape(shape)
         if shape == self._shape:
             return
-        count = int(np.prod(shape, dtype=np.int64))
+        count = math.prod(shape)
         if count != self._data_mem.host.size:
             # New memory on both sides (the device side is made when asked for).
-            self._data_mem = SyncedMemory(count, self.dtype)
-            self._diff_mem = SyncedMemory(count, self.dtype)
+            self._data_mem, self._diff_mem = _new_memory(shape, count, self.dtype)
         # Same size: keep the memory (and its values), as Caffe does.
-        self._data = self._data_mem.host.reshape(shape)
+        try:
+            self._data = self._data_mem.host.reshape(shape)
+        except ValueError:          # e.g. 0 x 2**70: no values, but NumPy cannot index it
+            raise BlobError(f"blob shape {shape_string(shape)} has a dimension too large to index") from None
         self._diff = self._diff_mem.host.reshape(shape)
         self._shape = shape
 
@@ -120,7 +165,7 @@ class Blob:
 
     def count_range(self, start, end=None):
         """Product of the dimensions in [start, end) (Caffe's count(start, end))."""
-        return int(np.prod(self._shape[start:end], dtype=np.int64))
+        return math.prod(self._shape[start:end])
 
     def canonical_axis(self, axis):
         """Turn a negative axis into a positive one, with a clear error."""
@@ -242,18 +287,28 @@ class Blob:
             and proto_shape(proto) == (1,) * (4 - len(self._shape)) + self._shape)
 
     def from_proto(self, proto, reshape=True):
-        """Read a BlobProto (new ``shape`` or legacy num/channels/height/width)."""
-        shape = proto_shape(proto)
+        """Read a BlobProto (new ``shape`` or legacy num/channels/height/width).
+
+        As Caffe's FromProto: the data values (``double_data`` if any, else
+        ``data``) must match the shape's count; diff values are optional.
+        Raises BlobError, without the file and layer, which the caller adds.
+        """
+        shape = _as_shape(proto_shape(proto))
+        count = math.prod(shape)
+        data = proto.double_data or proto.data
+        diff = proto.double_diff or proto.diff
+        if len(data) != count:
+            raise BlobError(f"the file holds {len(data)} values for shape {shape_string(shape)}")
+        if len(diff) and len(diff) != count:
+            raise BlobError(f"the file holds {len(diff)} diff values for shape {shape_string(shape)}")
         if reshape:
             self.reshape(shape)
         elif not self.shape_equals(proto):
-            raise ValueError(f"shape mismatch: stored {shape_string(shape)}, blob {self.shape_string()}")
-        for name, target in (("data", self.data), ("diff", self.diff)):
-            values = getattr(proto, "double_" + name) or getattr(proto, name)
-            if len(values):
-                if len(values) != self.count:
-                    raise ValueError(f"BlobProto has {len(values)} {name} values for shape {self.shape_string()}")
-                target.reshape(-1)[:] = np.asarray(values, dtype=self.dtype)
+            raise BlobError(f"shape mismatch: the file holds {shape_string(shape)}, the blob is "
+                            f"{self.shape_string()}")
+        self.data.reshape(-1)[:] = np.asarray(data, dtype=self.dtype)
+        if len(diff):
+            self.diff.reshape(-1)[:] = np.asarray(diff, dtype=self.dtype)
         return self
 
     def to_proto(self, proto=None, write_diff=False):

@@ -27,3 +27,21 @@ class ConfigError(DLTrainError):
     def __str__(self):
         where = self.where()
         return f"{where}: {self.message}" if where else self.message
+
+
+class BlobError(ConfigError, ValueError):
+    """A blob shape that cannot be (a negative dimension), or a stored blob
+    (BlobProto) whose values do not fit its shape.  The caller that knows
+    the layer and the file re-raises it with them: ``err.message`` is the
+    bare reason.  A ValueError too, as Blob's shape errors always were."""
+
+
+class AllocationError(DLTrainError, MemoryError):
+    """Memory for a blob that this machine cannot provide.  The message
+    names the size and the shape; the net adds the layer."""
+
+
+class Interrupted(KeyboardInterrupt):
+    """The user's Ctrl-C, raised by dltrain's SIGINT handler.  Unlike a
+    KeyboardInterrupt that a layer's own code raises (a failure of that
+    layer), it always passes through untouched."""

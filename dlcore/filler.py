@@ -37,8 +37,14 @@ def fill(blob, param, rng=None):
     if kind == "constant":
         values = np.full(shape, param.value)
     elif kind == "uniform":
+        if not (math.isfinite(param.min) and math.isfinite(param.max) and param.min <= param.max):
+            # Caffe: CHECK_LE(a, b); NumPy refuses an infinite range.
+            raise ConfigError(f"uniform filler: needs finite min <= max, got min {param.min:g}, max {param.max:g}")
         values = rng.uniform(param.min, param.max, shape)
     elif kind == "gaussian":
+        if not (math.isfinite(param.mean) and math.isfinite(param.std) and param.std >= 0):
+            raise ConfigError(f"gaussian filler: needs a finite mean and a finite std >= 0, got mean "
+                              f"{param.mean:g}, std {param.std:g}")
         values = rng.normal(param.mean, param.std, shape)
         if param.sparse < -1:
             raise ConfigError(f"gaussian filler: sparse must be >= -1, got {param.sparse}")

@@ -60,7 +60,7 @@ class GradientChecker:
     # --- the check -------------------------------------------------------------
     def _forward(self, layer, bottom, top):
         set_random_seed(self.seed)
-        layer.reshape(bottom, top)
+        layer.run_reshape(bottom, top)
         layer.forward(bottom, top)
 
     @staticmethod

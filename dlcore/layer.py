@@ -3,9 +3,14 @@ import numpy as np
 
 from . import backend as _backend
 from .blob import Blob
-from .errors import ConfigError, DLTrainError
+from .errors import BlobError, ConfigError, DLTrainError, Interrupted
 
 TRAIN, TEST = 0, 1
+
+# What a layer's own code may raise that counts as that layer failing: any error, and also
+# sys.exit() (SystemExit) or a KeyboardInterrupt it raises itself, which must not end a run
+# silently (exit code 0) or pass for the user's Ctrl-C (that one is an Interrupted).
+LAYER_CODE_ERRORS = (Exception, SystemExit, KeyboardInterrupt)
 
 
 class Layer:
@@ -23,7 +28,8 @@ class Layer:
     may declare ``params = {"name": Param(type, default, ...)}``; the values
     come from ``python_param { param_str: "<YAML mapping>" }`` and are set
     as attributes (``self.name``) before ``setup``.  An exception a plugin
-    raises in setup, forward or backward becomes a
+    raises in setup, reshape, forward or backward (``sys.exit()`` and a
+    KeyboardInterrupt of its own included) becomes a
     :class:`dlcore.plugins.PluginError` naming the layer, its type and the
     plugin's module.
 
@@ -64,7 +70,13 @@ class Layer:
         self.phase = layer_param.phase if layer_param.HasField("phase") else TRAIN
         # Parameters stored in the definition itself (a Caffe-written model
         # carries them) are loaded as they are; setup then skips filling.
-        self.blobs = [Blob(dtype=self.dtype).from_proto(b) for b in layer_param.blobs]
+        self.blobs = []
+        for index, stored in enumerate(layer_param.blobs):
+            try:
+                self.blobs.append(Blob(dtype=self.dtype).from_proto(stored))
+            except BlobError as err:
+                raise ConfigError(f"layer '{layer_param.name}' ({layer_param.type}) param {index}, stored in the "
+                                  f"net definition: {err.message}") from None
         self.param_propagate_down = []
         self.loss_weights = []
         # Run forward_gpu/backward_gpu?  The backend's mode at construction; a Net sets its own.
@@ -136,6 +148,23 @@ class Layer:
         return True
 
     # --- what the net calls -------------------------------------------------
+    def code_failure(self, stage, err):
+        """The PluginError to raise for ``err`` from this layer's code in ``stage``,
+        or None to let ``err`` through: dltrain's own layers' errors, dltrain's
+        own errors and the user's Ctrl-C are already what they say."""
+        from .plugins import is_plugin_class
+        return layer_code_failure(self, stage, err) if is_plugin_class(type(self)) else None
+
+    def run_reshape(self, bottom, top):
+        """``reshape``, as the net calls it before each forward (errors as ``forward``'s)."""
+        try:
+            self.reshape(bottom, top)
+        except LAYER_CODE_ERRORS as err:
+            failure = self.code_failure("reshape", err)
+            if failure is None:
+                raise
+            raise failure from err
+
     def forward(self, bottom, top):
         try:
             code = self.gpu_code("forward") if self.gpu else None
@@ -143,10 +172,11 @@ class Layer:
                 code(self, bottom, top)
             else:
                 self.forward_cpu(bottom, top)
-        except Exception as err:
-            if not _plugin_failure(self, err):
+        except LAYER_CODE_ERRORS as err:
+            failure = self.code_failure("forward", err)
+            if failure is None:
                 raise
-            raise _failure(self, "forward", err) from err
+            raise failure from err
 
     def backward(self, top, propagate_down, bottom):
         try:
@@ -155,10 +185,11 @@ class Layer:
                 code(self, top, propagate_down, bottom)
             else:
                 self.backward_cpu(top, propagate_down, bottom)
-        except Exception as err:
-            if not _plugin_failure(self, err):
+        except LAYER_CODE_ERRORS as err:
+            failure = self.code_failure("backward", err)
+            if failure is None:
                 raise
-            raise _failure(self, "backward", err) from err
+            raise failure from err
 
     def initialize(self, bottom, top):
         """Caffe's Layer::SetUp: check blob counts, setup, reshape, loss weights."""
@@ -168,10 +199,11 @@ class Layer:
         try:
             self.setup(bottom, top)
             self.reshape(bottom, top)
-        except Exception as err:
-            if not _plugin_failure(self, err):
+        except LAYER_CODE_ERRORS as err:
+            failure = self.code_failure("setup", err)
+            if failure is None:
                 raise
-            raise _failure(self, "setup", err) from err
+            raise failure from err
         self.set_loss_weights(top)
         if len(self.param_propagate_down) < len(self.blobs):
             self.param_propagate_down += [True] * (len(self.blobs) - len(self.param_propagate_down))
@@ -282,13 +314,21 @@ def _sibling(module, owner):
     return f"{package}{module}" if package else module[1:]
 
 
-def _plugin_failure(layer, err):
-    """Should ``err`` from ``layer`` become a PluginError?  Only for plugin
-    layers, and never for dltrain's own errors (already clear)."""
-    from .plugins import is_plugin_class
-    return not isinstance(err, DLTrainError) and is_plugin_class(type(layer))
+def layer_code_failure(layer, stage, err, origin=None):
+    """The PluginError for ``err``, raised by a plugin's or a Python layer's own
+    code in ``stage``; None for dltrain's own errors (already clear) and for
+    the user's Ctrl-C (an Interrupted), which pass through as they are.
 
-
-def _failure(layer, stage, err):
-    from .plugins import layer_failure
-    return layer_failure(layer, stage, err)
+    A SystemExit or KeyboardInterrupt becomes a plain PluginError, not one
+    that is also of the original class: an uncaught SystemExit ends Python
+    with exit code 0 and no message, and a KeyboardInterrupt reads as the
+    user's Ctrl-C.  The original stays in ``.original``.
+    """
+    from .plugins import PluginError, layer_failure
+    if isinstance(err, (DLTrainError, Interrupted)):
+        return None
+    failure = layer_failure(layer, stage, err, origin)
+    if isinstance(failure, (SystemExit, KeyboardInterrupt)):
+        failure = PluginError(failure.message, layer_name=failure.layer_name, layer_type=failure.layer_type,
+                              origin=failure.origin, stage=stage, original=err)
+    return failure

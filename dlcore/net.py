@@ -11,10 +11,15 @@ from collections import OrderedDict
 import numpy as np
 
 from . import backend as _backend
-from .blob import Blob, proto_shape, shape_string
-from .errors import ConfigError, DLTrainError
-from .layer import TEST, TRAIN
+from . import blob as _blob
+from . import log
+from .blob import Blob, format_bytes, proto_shape, shape_string
+from .errors import AllocationError, BlobError, ConfigError, DLTrainError
+from .layer import TRAIN
 from .registry import get_layer_class
+
+# What an allocation error suggests: the usual cause of a net too large to hold.
+SIZE_HINT = "is a num_output, an input or data shape, or a batch_size far too large?"
 
 
 # --- phase / level / stage filtering -------------------------------------------
@@ -179,18 +184,28 @@ class Net:
         self.name = param.name
         self.phase = param.state.phase
         self.force_backward = param.force_backward
-        param = filter_net(upgraded_net(param, self.source), self._where)
+        upgraded = upgraded_net(param, self.source)
+        param = filter_net(upgraded, self._where)
+        if not param.layer:
+            raise self._no_layers_error(upgraded)
         self.param = param
         param = insert_splits(param, self._where)
 
         self.layers, self._layer_names = [], []
         self.blobs = OrderedDict()
         self._bottom_vecs, self._top_vecs = [], []
+        # Blob names per layer index (the dicts below, pycaffe's, are by layer name: with two
+        # parameterless layers of one name, they hold the last one's).
+        self._bottom_name_vecs, self._top_name_vecs = [], []
         self.bottom_names, self.top_names = OrderedDict(), OrderedDict()
         self.bottom_need_backward, self.layer_need_backward = [], []
         blob_need_backward = {}
         available = {}      # blob name -> Blob, produced and not yet consumed
         self._input_names = []
+        named = {}          # layer name -> the first layer of that name
+        data_bytes = 0      # the data of every blob so far: what forward will write
+        counted = set()     # ids of the data memories in data_bytes (shared memory counts once)
+        shared_params = set()   # the param { name } seen so far
 
         for layer_id, layer_param in enumerate(param.layer):
             if not layer_param.HasField("phase"):
@@ -203,7 +218,13 @@ class Net:
                 cls = get_layer_class(layer_param.type)
             except ConfigError as err:
                 raise ConfigError(f"layer '{layer_param.name}': {err.message}", **self._where(layer_param.name)) from None
-            layer = cls(layer_param, dtype=self.dtype)
+            try:
+                layer = cls(layer_param, dtype=self.dtype)
+            except ConfigError as err:     # a parameter blob stored in the definition
+                if err.path is None and self.source:
+                    where = self._where(layer_param.name)
+                    err.path, err.line = where["path"], where["line"]
+                raise
             layer.gpu = self.gpu
             layer.net_source = self.source     # a Python layer's module may sit beside the net file
 
@@ -243,11 +264,26 @@ class Net:
 
             try:
                 layer.initialize(bottom, top)
+            except BlobError as err:            # a shape no blob can take, from the layer's reshape
+                raise ConfigError(f"layer '{layer_param.name}' ({layer_param.type}): {err.message}",
+                                  **self._where(layer_param.name)) from None
             except ConfigError as err:
                 if err.path is None and self.source:
                     where = self._where(layer_param.name)
                     err.path, err.line = where["path"], where["line"]
                 raise
+            except MemoryError as err:          # an AllocationError, or NumPy's own
+                if isinstance(err, DLTrainError) and not isinstance(err, AllocationError):
+                    raise                           # a plugin's own: its PluginError names the layer
+                raise self._memory_error(layer_param, err) from None
+
+            data_bytes += self._new_data_bytes(layer, top, counted, shared_params)
+            memory = _blob.PHYSICAL_MEMORY
+            if memory is not None and data_bytes > memory:
+                raise ConfigError(f"layer '{layer_param.name}' ({layer_param.type}): the net's blobs need "
+                                  f"{format_bytes(data_bytes)} up to this layer, more than this machine's memory "
+                                  f"({format_bytes(memory)}); {SIZE_HINT}",
+                                  **self._where(layer_param.name))
 
             specs = layer_param.param
             if len(specs) > len(layer.blobs):
@@ -259,10 +295,16 @@ class Net:
                 layer.param_propagate_down.append(lr_mult != 0)
                 need_backward |= lr_mult != 0
 
+            first = named.setdefault(layer_param.name, layer)
+            if first is not layer:
+                self._duplicate_name(first, layer)
+
             self.layers.append(layer)
             self._layer_names.append(layer_param.name)
             self._bottom_vecs.append(bottom)
             self._top_vecs.append(top)
+            self._bottom_name_vecs.append(list(layer_param.bottom))
+            self._top_name_vecs.append(top_names)
             self.bottom_names[layer_param.name] = list(layer_param.bottom)
             self.top_names[layer_param.name] = top_names
             self.bottom_need_backward.append(bottom_need)
@@ -275,27 +317,83 @@ class Net:
         if self.force_backward:
             for i, layer in enumerate(self.layers):
                 self.layer_need_backward[i] = True
-                for j, name in enumerate(self.bottom_names[self._layer_names[i]]):
+                for j in range(len(self._bottom_name_vecs[i])):
                     self.bottom_need_backward[i][j] |= layer.allow_force_backward(j)
                 layer.param_propagate_down = [True] * len(layer.blobs)
         self._outputs = sorted(available)   # Caffe keeps them in a std::set
         self._collect_params()
         self.layer_dict = OrderedDict(zip(self._layer_names, self.layers))
 
+    def _no_layers_error(self, unfiltered):
+        """The error for a net whose phase/level/stage rules leave no layer (or that has none)."""
+        where = {"path": self.source} if self.source else {}
+        net = "the net" if self.source or not self.name else f"net '{self.name}'"
+        if not unfiltered.layer:
+            return ConfigError(f"{net} has no layers", **where)
+        state = unfiltered.state
+        described = "TRAIN" if state.phase == TRAIN else "TEST"
+        if state.level:
+            described += f", level {state.level}"
+        if state.stage:
+            described += f", stages {', '.join(state.stage)}"
+        count = len(unfiltered.layer)
+        left_out = f"all {count} of its layers" if count > 1 else "its one layer"
+        return ConfigError(f"{net} has no layers for phase {described}: the include/exclude rules leave out "
+                           f"{left_out}", **where)
+
+    def _duplicate_name(self, first, second):
+        """Two layers of one name: an error where either has parameters (weights are
+        saved and loaded by layer name, so one layer's would load into the other), else a
+        warning (Caffe allows it; only one of them is reachable by name)."""
+        name = second.name
+        what = (f"two layers of the net are named '{name}' ({first.layer_param.type} and "
+                f"{second.layer_param.type})")
+        if first.blobs or second.blobs:
+            raise ConfigError(f"{what}: weights are saved and loaded by layer name, so give each layer with "
+                              "parameters a name of its own", **self._where(name))
+        where = ":".join(str(part) for part in self._where(name).values() if part is not None)
+        log.warning(f"{where + ': ' if where else ''}{what}; net.layer_dict, top_names and bottom_names "
+                    "hold only the last")
+
+    @staticmethod
+    def _new_data_bytes(layer, top, counted, shared_params):
+        """Bytes of data memory that ``layer`` added (its tops and parameters),
+        counting each memory once: in-place tops and Split's shared tops are
+        counted with their owner, a shared parameter (``param { name }``) with
+        its first layer."""
+        specs = [spec.name for spec in layer.layer_param.param]
+        param_names = specs + [""] * (len(layer.blobs) - len(specs))
+        added = 0
+        for blob, param_name in zip(list(top) + list(layer.blobs), [""] * len(top) + param_names):
+            if param_name in shared_params:
+                continue
+            if param_name:
+                shared_params.add(param_name)
+            memory = blob._data_mem
+            if id(memory) not in counted:
+                counted.add(id(memory))
+                added += memory.host.nbytes
+        return added
+
+    def _memory_error(self, layer_param, err):
+        """A ConfigError for a MemoryError (an AllocationError, or NumPy's own) in a layer."""
+        return ConfigError(f"layer '{layer_param.name}' ({layer_param.type}): {err}; {SIZE_HINT}",
+                           **self._where(layer_param.name))
+
     def _prune_backward(self):
         """Caffe's second pass: skip backward where nothing reaches a loss, or
         where every reader of a layer's tops declines the gradient."""
         under_loss, skip = set(), set()
         for i in range(len(self.layers) - 1, -1, -1):
-            layer, name = self.layers[i], self._layer_names[i]
-            contributes = any(layer.loss(j) or top in under_loss for j, top in enumerate(self.top_names[name]))
-            skip_down = all(top in skip for top in self.top_names[name])
+            layer, tops = self.layers[i], self._top_name_vecs[i]
+            contributes = any(layer.loss(j) or top in under_loss for j, top in enumerate(tops))
+            skip_down = all(top in skip for top in tops)
             if self.layer_need_backward[i] and skip_down:
                 self.layer_need_backward[i] = False
                 self.bottom_need_backward[i] = [False] * len(self.bottom_need_backward[i])
             if not contributes:
                 self.layer_need_backward[i] = False
-            for j, bottom in enumerate(self.bottom_names[name]):
+            for j, bottom in enumerate(self._bottom_name_vecs[i]):
                 if contributes:
                     under_loss.add(bottom)
                 else:
@@ -398,18 +496,24 @@ class Net:
     def forward_from_to(self, start, end):
         """Run layers start..end (indices, inclusive); return the weighted loss."""
         loss = 0.0
-        for i in range(start, end + 1):
-            layer, bottom, top = self.layers[i], self._bottom_vecs[i], self._top_vecs[i]
-            layer.reshape(bottom, top)
-            layer.forward(bottom, top)
-            for blob, weight in zip(top, layer.loss_weights):
-                if weight:
-                    # The gradient seed for backward (written only when it changed: on
-                    # the GPU the seed then stays on the device).
-                    seed = blob.cpu_diff()
-                    if seed.size and not (seed == weight).all():
-                        blob.diff[...] = weight
-                    loss += weight * float(blob.cpu_data().sum())
+        i = start
+        try:
+            for i in range(start, end + 1):
+                layer, bottom, top = self.layers[i], self._bottom_vecs[i], self._top_vecs[i]
+                layer.run_reshape(bottom, top)
+                layer.forward(bottom, top)
+                for blob, weight in zip(top, layer.loss_weights):
+                    if weight:
+                        # The gradient seed for backward (written only when it changed: on
+                        # the GPU the seed then stays on the device).
+                        seed = blob.cpu_diff()
+                        if seed.size and not (seed == weight).all():
+                            blob.diff[...] = weight
+                        loss += weight * float(blob.cpu_data().sum())
+        except MemoryError as err:      # a top that grew past what the machine holds
+            if isinstance(err, DLTrainError) and not isinstance(err, AllocationError):
+                raise                   # a plugin's own MemoryError: its PluginError names the layer
+            raise self._memory_error(self.layers[i].layer_param, err) from None
         return loss
 
     def backward_from_to(self, start, end):
@@ -432,7 +536,7 @@ class Net:
         end_ind = self._layer_index(end, len(self.layers) - 1)
         self.loss = self.forward_from_to(start_ind, end_ind)
         # pycaffe returns the blob named like the end layer; its tops are what that means.
-        names = (self.top_names[end] if end is not None else self._outputs) + list(blobs or [])
+        names = (self._top_name_vecs[end_ind] if end is not None else self._outputs) + list(blobs or [])
         return {name: self.blobs[name].data for name in dict.fromkeys(names)}
 
     def backward(self, diffs=None, start=None, end=None, **kwargs):
@@ -444,7 +548,7 @@ class Net:
         start_ind = self._layer_index(start, len(self.layers) - 1)
         end_ind = self._layer_index(end, 0)
         self.backward_from_to(start_ind, end_ind)
-        names = (list(self.bottom_names[end]) if end is not None else self._input_names) + list(diffs or [])
+        names = (self._bottom_name_vecs[end_ind] if end is not None else self._input_names) + list(diffs or [])
         return {name: self.blobs[name].diff for name in dict.fromkeys(names) if name in self.blobs}
 
     def set_input_arrays(self, data, labels):
@@ -465,7 +569,7 @@ class Net:
 
     def reshape(self):
         for layer, bottom, top in zip(self.layers, self._bottom_vecs, self._top_vecs):
-            layer.reshape(bottom, top)
+            layer.run_reshape(bottom, top)
 
     def clear_param_diffs(self):
         if self.gpu:
@@ -496,10 +600,13 @@ class Net:
 
     # --- weights -----------------------------------------------------------------------
     def copy_from(self, source):
-        """Copy parameters by layer name from a .caffemodel path or a NetParameter.
+        """Copy parameters by layer name from a .caffemodel path or a NetParameter;
+        returns the number of layers whose parameters were copied.
 
         Layers absent from the source keep their values; a shape mismatch is
-        an error naming the layer and both shapes.
+        an error naming the layer and both shapes.  As Caffe, each source
+        layer that matches no layer of the net is logged ("Ignoring source
+        layer NAME"); a source that copies nothing at all is a warning.
         """
         from dltrain.proto import caffe_pb2
         path = None
@@ -508,9 +615,11 @@ class Net:
             path = str(source)
             source = load_message(path, caffe_pb2.NetParameter)
         source_layers = list(upgraded_net(source, path).layer)     # V0/V1 weight files too
+        copied = 0
         for src in source_layers:
             layer = self.layer_dict.get(src.name)
             if layer is None:
+                log.info(f"Ignoring source layer {src.name}")
                 continue
             if len(src.blobs) != len(layer.blobs):
                 raise ConfigError(f"cannot copy weights into layer '{src.name}': the file has {len(src.blobs)} "
@@ -521,7 +630,17 @@ class Net:
                         f"cannot copy param {j} weights from layer '{src.name}': shape mismatch; source "
                         f"{shape_string(proto_shape(stored))}, target {blob.shape_string()}. To learn this layer's "
                         "parameters from scratch rather than copying them, rename the layer", path=path)
-                blob.from_proto(stored, reshape=False)
+                try:
+                    blob.from_proto(stored, reshape=False)
+                except BlobError as err:
+                    raise ConfigError(f"layer '{src.name}' param {j}: {err.message}", path=path) from None
+            copied += bool(layer.blobs)
+        if not copied:
+            what = f"'{path}'" if path else "the given NetParameter"
+            held = (f"none of its {len(source_layers)} layers matches a layer of net '{self.name}' with parameters"
+                    if source_layers else "it holds no layers")
+            log.warning(f"no weights were copied from {what}: {held}")
+        return copied
 
     def share_trained_layers_with(self, other):
         """Use ``other``'s parameter arrays in the same-named layers (a TEST net

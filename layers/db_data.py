@@ -39,20 +39,24 @@ Only the LMDB backend exists; ``backend: LEVELDB`` is refused with a clear
 error.  (Caffe's default backend is LEVELDB: a layer that does not name its
 backend is read as LMDB when its source is an LMDB.)
 """
+import copy
 import io
 import os
 import queue
 import shutil
+import sys
 import threading
 import weakref
 
 import numpy as np
+from google.protobuf.message import DecodeError
 from numba import njit
 
 from dlcore import log
 from dlcore.errors import ConfigError, DLTrainError
 from dlcore.layer import TRAIN, Layer
 from dlcore.registry import register_layer
+from dlcore.resume import generator_state, new_generator
 from dlcore.rng import get_rng
 from dltrain.proto import caffe_pb2
 
@@ -405,15 +409,17 @@ def write_lmdb(path, records, map_size=1 << 20, commit_every=1000):
 # ---------------------------------------------------------------------------
 
 class _Failure:
-    def __init__(self, message):
+    def __init__(self, message, about_data=True):
         self.message = message
+        self.about_data = about_data
 
 
 class _Prefetcher:
     """Reads and transforms batches in a daemon thread into a bounded queue.
 
-    Holds no reference to the layer, so the layer can be collected; the
-    layer's finalizer calls ``stop``.
+    Each batch comes with its *position*: the key of the next record and the transformer's generator state
+    after the batch, which is where a resumed run continues (the thread reads ahead of the net).  Holds no
+    reference to the layer, so the layer can be collected; the layer's finalizer calls ``stop``.
     """
 
     def __init__(self, name, env, start_key, batch_size, transformer, prefetch):
@@ -439,7 +445,7 @@ class _Prefetcher:
                         raise DLTrainError(f"{self.name}: the reader thread has stopped") from None
         if isinstance(item, _Failure):
             self.stop_event.set()
-            raise DLTrainError(item.message)
+            raise _ReaderError(item.message, item.about_data)
         return item
 
     def stop(self, timeout=2.0):
@@ -447,6 +453,24 @@ class _Prefetcher:
         thread = self.thread
         if thread.is_alive() and thread is not threading.current_thread():
             thread.join(timeout)
+
+
+class _ReaderError(DLTrainError):
+    def __init__(self, message, about_data):
+        super().__init__(message)
+        self.about_data = about_data
+
+
+def _stop_reader(prefetcher):
+    """The layer's finalizer.  A second Ctrl-C while the process exits (the main thread has finished, so
+    this runs from atexit) ends it as an interrupted run, without a traceback from here."""
+    try:
+        prefetcher.stop()
+    except KeyboardInterrupt:
+        if threading.main_thread().is_alive():
+            raise
+        sys.stderr.flush()
+        os._exit(130)
 
 
 def _put(q, stop, item):
@@ -457,6 +481,12 @@ def _put(q, stop, item):
         except queue.Full:
             continue
     return False
+
+
+# What goes wrong because of the records themselves; anything else (a Numba cache that cannot be loaded, memory,
+# a bug) is reported as what it is, not blamed on the data source.
+# (Pillow raises OSError and SyntaxError for images it cannot decode; OSError also covers reading the source.)
+_DATA_ERRORS = (DLTrainError, DecodeError, UnicodeDecodeError, OSError, SyntaxError)
 
 
 def _read_loop(q, stop, env, start_key, batch_size, transformer):
@@ -474,7 +504,7 @@ def _read_loop(q, stop, env, start_key, batch_size, transformer):
                     key, value = cursor.item()
                     try:
                         datum = caffe_pb2.Datum.FromString(value)
-                    except Exception as err:   # google.protobuf.message.DecodeError
+                    except DecodeError as err:
                         raise DLTrainError(f"record is not a Datum ({err})") from None
                     array = transformer.decode(datum)
                     if shape is None:
@@ -492,14 +522,30 @@ def _read_loop(q, stop, env, start_key, batch_size, transformer):
                 else:
                     batch = np.stack([p.astype(np.float32) for p in pixels])
                 data = transformer.transform(batch)
-                if not _put(q, stop, (data, labels)):
+                position = {"key": cursor.key(), "transform_rng": generator_state(transformer.rng)}
+                if not _put(q, stop, (data, labels, position)):
                     break
     except Exception as err:   # surfaced by the next forward in the main thread
-        where = f" (record '{key.decode(errors='replace')}')" if key else ""
-        message = str(err.message if isinstance(err, ConfigError) else err)
-        if not message.startswith(owner):
-            message = f"{owner}: {message}"
-        _put(q, stop, _Failure(f"{message}{where}"))
+        if isinstance(err, _DATA_ERRORS + (_lmdb().Error,)):
+            where = f" (record '{key.decode(errors='replace')}')" if key else ""
+            message = str(err.message if isinstance(err, ConfigError) else err)
+            if not message.startswith(owner):
+                message = f"{owner}: {message}"
+            _put(q, stop, _Failure(f"{message}{where}"))
+        else:
+            _put(q, stop, _Failure(f"{owner}: the reader thread failed, not because of the data: "
+                                   f"{type(err).__name__}: {err}{_numba_cache_hint(err)}", about_data=False))
+
+
+def _numba_cache_hint(err):
+    """A hint when ``err`` was raised while Numba loaded a compiled kernel from its cache."""
+    tb = err.__traceback__
+    while tb is not None:
+        if "numba" in tb.tb_frame.f_code.co_filename and "caching" in tb.tb_frame.f_code.co_filename:
+            return ("; it was raised loading a kernel from Numba's cache: delete the cache files (*.nbi, *.nbc in "
+                    "the __pycache__ folders, or NUMBA_CACHE_DIR) and run again")
+        tb = tb.tb_next
+    return ""
 
 
 # ---------------------------------------------------------------------------
@@ -516,7 +562,7 @@ class DataLayer(Layer):
 
     def setup(self, bottom, top):
         dp = self.layer_param.data_param
-        owner = f"layer '{self.name}' (Data)"
+        self.owner = owner = f"layer '{self.name}' (Data)"
         self.source = dp.source
         if not dp.source:
             raise ConfigError(f"{owner}: data_param.source is not set", field="data_param.source")
@@ -572,19 +618,28 @@ class DataLayer(Layer):
         if len(top) > 1:
             top[1].reshape(self.batch_size)
         self.entries = entries
-        self._prefetcher = _Prefetcher(f"{owner} reading '{dp.source}'", env, start_key, self.batch_size,
-                                       self.transformer, dp.prefetch)
-        self._finalizer = weakref.finalize(self, self._prefetcher.stop)
+        self._env = env
+        self._prefetch = dp.prefetch
+        self._prefetcher = self._finalizer = None
+        self._start(start_key, self.transformer)
+
+    def _start(self, key, transformer):
+        """(Re)start the reader thread at record ``key`` with ``transformer`` (its generator as it stands)."""
+        self.close()
+        self._position = {"key": key, "transform_rng": generator_state(transformer.rng)}
+        self._prefetcher = _Prefetcher(f"{self.owner} reading '{self.source}'", self._env, key, self.batch_size,
+                                       transformer, self._prefetch)
+        self._finalizer = weakref.finalize(self, _stop_reader, self._prefetcher)
 
     def reshape(self, bottom, top):
         pass   # the tops take each batch's shape in forward
 
     def forward_cpu(self, bottom, top):
         try:
-            data, labels = self._prefetcher.get()
-        except DLTrainError as err:
+            data, labels, self._position = self._prefetcher.get()
+        except _ReaderError as err:
             message = str(err)
-            if self.source not in message:
+            if err.about_data and self.source not in message:
                 message = f"{message} (source '{self.source}')"
             raise DLTrainError(message) from None
         top[0].reshape(data.shape)
@@ -595,6 +650,30 @@ class DataLayer(Layer):
 
     def backward_cpu(self, top, propagate_down, bottom):
         pass
+
+    # --- exact resume (dlcore.resume) -------------------------------------------------------------
+    def resume_state(self):
+        """The next record's key and the transformer's generator, after the batches the net has taken (the
+        reader thread's read-ahead does not count)."""
+        return self._position
+
+    def restore_resume_state(self, state):
+        key = bytes(state["key"])
+        with self._env.begin() as txn:
+            if txn.get(key) is None:
+                log.warning(f"{self.owner}: record '{key.decode(errors='replace')}' of the solver state is not in "
+                            f"'{self.source}'; reading from the first record")
+                cursor = txn.cursor()
+                cursor.first()
+                key = cursor.key()
+        stored_rng = state.get("transform_rng")
+        if (stored_rng is None) != (self.transformer.rng is None):
+            raise ValueError("its random crop/mirror setting differs from the net's")
+        # A copy for the new thread: the old one may still be finishing a batch with the old generator.
+        transformer = copy.copy(self.transformer)
+        transformer.rng = new_generator(stored_rng)
+        self.transformer = transformer
+        self._start(key, transformer)
 
     def close(self):
         """Stop the reader thread now (it also stops when the layer is collected)."""

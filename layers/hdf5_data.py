@@ -84,6 +84,7 @@ class HDF5DataLayer(Layer):
                               field="hdf5_data_param.batch_size")
         self.batch_size = int(p.batch_size)
         self.shuffle = bool(p.shuffle)
+        self.source = p.source
         self.dataset_names = list(self.layer_param.top)
         if len(self.dataset_names) < len(top):          # anonymous tops cannot name a dataset
             raise ConfigError(f"{self.owner}: every top must be named after an HDF5 dataset")
@@ -91,9 +92,7 @@ class HDF5DataLayer(Layer):
         log.info(f"Loading list of HDF5 filenames from: {p.source}")
         self.files = read_source_list(p.source, self.owner)
         log.info(f"Number of HDF5 files: {len(self.files)}")
-        self.file_order = np.arange(len(self.files))
-        if self.shuffle:
-            get_rng().shuffle(self.file_order)
+        self.file_order = self._shuffled(np.arange(len(self.files)))
         self.current_file = 0
         self.arrays = None
         self._load(self.files[self.file_order[0]])
@@ -102,7 +101,17 @@ class HDF5DataLayer(Layer):
             blob.reshape((self.batch_size,) + array.shape[1:])
         self.row_shapes = [a.shape[1:] for a in self.arrays]
 
-    def _load(self, path):
+    def _shuffled(self, order):
+        """``order`` shuffled by dltrain's generator when ``shuffle`` is set: a new array (resume_state hands
+        out references, so nothing is shuffled in place)."""
+        if not self.shuffle:
+            return order
+        order = order.copy()
+        get_rng().shuffle(order)
+        return order
+
+    def _load(self, path, permutation=None):
+        """Read ``path``'s datasets; its row order is ``permutation`` if given, else a new one."""
         h5py = import_h5py("HDF5Data")
         arrays = []
         try:
@@ -137,11 +146,12 @@ class HDF5DataLayer(Layer):
                 if array.shape[1:] != shape:
                     raise DLTrainError(f"{self.owner}: dataset '{name}' in HDF5 file '{path}' has rows of shape "
                                        f"{array.shape[1:]}, the first file's have {shape}")
+        if permutation is not None and len(permutation) != rows:
+            raise DLTrainError(f"{self.owner}: HDF5 file '{path}' has {rows} rows; the solver state's row order "
+                               f"has {len(permutation)}")
         self.arrays = arrays
         self.path = path
-        self.permutation = np.arange(rows)
-        if self.shuffle:
-            get_rng().shuffle(self.permutation)
+        self.permutation = self._shuffled(np.arange(rows)) if permutation is None else permutation
         log.info(f"Successfully loaded {rows} rows from {path}" + (" (shuffled)" if self.shuffle else ""))
 
     def _next(self):
@@ -152,15 +162,42 @@ class HDF5DataLayer(Layer):
                 self.current_file += 1
                 if self.current_file == len(self.files):
                     self.current_file = 0
-                    if self.shuffle:
-                        get_rng().shuffle(self.file_order)
+                    self.file_order = self._shuffled(self.file_order)
                 self._load(self.files[self.file_order[self.current_file]])
             self.current_row = 0
-            if self.shuffle:
-                get_rng().shuffle(self.permutation)
+            self.permutation = self._shuffled(self.permutation)
 
     def reshape(self, bottom, top):
         pass   # shaped in setup
+
+    # --- exact resume (dlcore.resume; the shuffles draw from the global generator, restored with it) --------
+    def resume_state(self):
+        """The file, the row, and the file and row orders."""
+        return {"files": len(self.files), "file_order": self.file_order, "current_file": self.current_file,
+                "current_row": self.current_row, "permutation": self.permutation}
+
+    def restore_resume_state(self, state):
+        if int(state["files"]) != len(self.files):
+            raise ValueError(f"it was written for a list of {state['files']} HDF5 files; '{self.source}' "
+                             f"lists {len(self.files)}")
+        file_order = np.asarray(state["file_order"], np.int64)
+        if not np.array_equal(np.sort(file_order), np.arange(len(self.files))):
+            raise ValueError("its file order is not a permutation of the list")
+        current_file = int(state["current_file"])
+        if not 0 <= current_file < len(self.files):
+            raise ValueError(f"file index {current_file} is out of range")
+        permutation = np.asarray(state["permutation"], np.int64)
+        self.file_order, self.current_file = file_order, current_file
+        path = self.files[file_order[current_file]]
+        if path != self.path or len(permutation) != self.arrays[0].shape[0]:
+            self._load(path, permutation)
+        if not np.array_equal(np.sort(permutation), np.arange(self.arrays[0].shape[0])):
+            raise ValueError("its row order is not a permutation of the file's rows")
+        self.permutation = permutation
+        row = int(state["current_row"])
+        if not 0 <= row < self.arrays[0].shape[0]:
+            raise ValueError(f"row {row} is out of range")
+        self.current_row = row
 
     def forward_cpu(self, bottom, top):
         filled = 0

@@ -82,6 +82,7 @@ from dlcore import log
 from dlcore.errors import ConfigError, DLTrainError
 from dlcore.layer import Layer
 from dlcore.registry import register_layer
+from dlcore.resume import generator_state, new_generator, set_generator_state
 from dlcore.rng import get_rng
 
 from .data import read_list_file
@@ -262,7 +263,9 @@ class ImageDataLayer(Layer):
         # As Caffe: the transformer seeds its generator first, then the shuffling one, then rand_skip.
         self.transformer = DataTransformer(self.layer_param.transform_param, self.phase, self.dtype, owner=owner)
         log.info(f"Opening file {p.source}")
-        self.lines = read_image_list(p.source, owner)
+        self.file_lines = read_image_list(p.source, owner)
+        self.lines = self.file_lines
+        self.order = np.arange(len(self.lines))      # self.lines[i] is self.file_lines[self.order[i]]
         self.rng = None
         if self.shuffle:
             log.info("Shuffling data")
@@ -287,8 +290,9 @@ class ImageDataLayer(Layer):
         log.info(f"output data size: {self.batch_size},{shape[0]},{shape[1]},{shape[2]}")
 
     def _shuffle(self):
-        order = self.rng.permutation(len(self.lines))
-        self.lines = [self.lines[i] for i in order]
+        # New objects, never changed in place: resume_state hands out references.
+        self.order = self.order[self.rng.permutation(len(self.lines))]
+        self.lines = [self.file_lines[i] for i in self.order]
 
     def _load(self, index):
         path, _ = self.lines[index]
@@ -326,6 +330,29 @@ class ImageDataLayer(Layer):
     def backward_cpu(self, top, propagate_down, bottom):
         pass
 
+    # --- exact resume (dlcore.resume) -------------------------------------------------------------
+    def resume_state(self):
+        """The next line, the shuffled order, and the shuffling and transforming generators."""
+        return {"pos": self.pos, "lines": len(self.file_lines), "order": self.order if self.shuffle else None,
+                "shuffle_rng": generator_state(self.rng), "transform_rng": generator_state(self.transformer.rng)}
+
+    def restore_resume_state(self, state):
+        if int(state["lines"]) != len(self.file_lines):
+            raise ValueError(f"it was written for a list of {state['lines']} images; '{self.source}' lists "
+                             f"{len(self.file_lines)}")
+        if (state["shuffle_rng"] is None) != (self.rng is None) or \
+                (state["transform_rng"] is None) != (self.transformer.rng is None):
+            raise ValueError("its shuffle or random crop/mirror setting differs from the net's")
+        if state["order"] is not None:
+            order = np.asarray(state["order"], np.int64)
+            if order.shape != self.order.shape or not np.array_equal(np.sort(order), np.arange(order.size)):
+                raise ValueError("its image order is not a permutation of the list")
+            self.order = order
+            self.lines = [self.file_lines[i] for i in order]
+        self.pos = int(state["pos"]) % len(self.lines)
+        self.rng = new_generator(state["shuffle_rng"])
+        self.transformer.rng = new_generator(state["transform_rng"])
+
 
 # ---------------------------------------------------------------------------
 # MemoryData
@@ -353,6 +380,7 @@ class MemoryDataLayer(Layer):
         self.labels = None
         self.n = 0
         self.pos = 0
+        self._resume_pos = None
 
     def reset(self, data, labels, n=None):
         """Use ``data`` (n x channels x height x width) and ``labels`` (n) from now on, from their first row.
@@ -380,6 +408,9 @@ class MemoryDataLayer(Layer):
         self.labels = labels.reshape(-1)
         self.n = n
         self.pos = 0
+        resumed, self._resume_pos = self._resume_pos, None
+        if resumed is not None and resumed[1] == n:
+            self.pos = resumed[0]         # restored before the arrays were given: continue where the run was
 
     Reset = reset       # Caffe's name
 
@@ -409,6 +440,18 @@ class MemoryDataLayer(Layer):
 
     def backward_cpu(self, top, propagate_down, bottom):
         pass
+
+    # --- exact resume (dlcore.resume) -------------------------------------------------------------
+    def resume_state(self):
+        """The next row of the arrays given (which the run gives again; the arrays are not stored)."""
+        return {"pos": self.pos, "n": self.n}
+
+    def restore_resume_state(self, state):
+        pos, n = int(state["pos"]), int(state["n"])
+        if self.data is not None and n == self.n:
+            self.pos = pos % self.n
+        else:
+            self._resume_pos = (pos, n)   # the arrays come later (set_input_arrays after restore)
 
 
 # ---------------------------------------------------------------------------
@@ -657,6 +700,13 @@ class WindowDataLayer(Layer):
                                   field="transform_param.mean_value")
             values = t.mean_values * (c if len(t.mean_values) == 1 else 1)
             self.mean[...] = np.asarray(values, np.float32).astype(self.dtype)[:, None, None]
+
+    def resume_state(self):
+        """The window sampler's generator (the windows are drawn at random, with no position)."""
+        return {"sampler_rng": generator_state(self.rng)}
+
+    def restore_resume_state(self, state):
+        set_generator_state(self.rng, state["sampler_rng"])
 
     def _rand(self):
         """Caffe's PrefetchRand: an unsigned 32-bit draw."""

@@ -33,6 +33,9 @@ An exception from the user's code becomes a PluginError naming the layer,
 its type, the module and the class (the user's own traceback is its
 cause, shown by ``dltrain --debug``); it is also an instance of the
 original exception's class, so ``except RuntimeError`` still works.
+``sys.exit()`` or a KeyboardInterrupt raised by the user's code is a
+failure too (a plain PluginError, exit code 1 from the CLI); the user's
+own Ctrl-C (dlcore.errors.Interrupted) passes through.
 
 A Python layer is code by definition: loading a net that names one runs
 that module, as in Caffe.
@@ -42,9 +45,9 @@ import os
 import numpy as np
 
 from dlcore.blob import Blob
-from dlcore.errors import ConfigError, DLTrainError
-from dlcore.layer import Layer
-from dlcore.plugins import import_module_from, layer_failure
+from dlcore.errors import ConfigError
+from dlcore.layer import LAYER_CODE_ERRORS, Layer, layer_code_failure
+from dlcore.plugins import import_module_from
 from dlcore.registry import register_layer
 
 __all__ = ["BlobVec", "CaffeLayer", "PythonLayer"]
@@ -180,9 +183,9 @@ class PythonLayer(Layer):
                 raise ConfigError(f"{where}: cannot import module '{self.module_name}': no such module on "
                                   f"sys.path or in {', '.join(dict.fromkeys(dirs))} (class "
                                   f"'{self.class_name}')", field="module") from None
-            raise layer_failure(self, "import", err, self.origin) from err
-        except Exception as err:
-            raise layer_failure(self, "import", err, self.origin) from err
+            self._reraise("import", err)
+        except LAYER_CODE_ERRORS as err:
+            self._reraise("import", err)
         cls = getattr(module, self.class_name, None)
         if cls is None or not callable(cls):
             names = sorted(n for n, v in vars(module).items() if isinstance(v, type) and not n.startswith("_")
@@ -196,8 +199,8 @@ class PythonLayer(Layer):
         cls = self._user_class()
         try:
             impl = _instantiate(cls, self.layer_param)
-        except Exception as err:
-            raise layer_failure(self, "construction", err, self.origin) from err
+        except LAYER_CODE_ERRORS as err:
+            self._reraise("construction", err)
         existing = getattr(impl, "blobs", None)
         if existing is not None and existing is not self.blobs:
             self.blobs.extend(b for b in existing if b not in self.blobs)
@@ -210,13 +213,19 @@ class PythonLayer(Layer):
         impl.phase = self.phase
         return impl
 
+    def _reraise(self, stage, err):
+        """The user's code raised ``err`` in ``stage``: raise a PluginError naming
+        this layer, or ``err`` itself (dltrain's own errors, the user's Ctrl-C)."""
+        failure = layer_code_failure(self, stage, err, self.origin)
+        if failure is None:
+            raise err
+        raise failure from err
+
     def _call(self, stage, method, *args):
         try:
             return getattr(self.impl, method)(*args)
-        except DLTrainError:
-            raise
-        except Exception as err:
-            raise layer_failure(self, stage, err, self.origin) from err
+        except LAYER_CODE_ERRORS as err:
+            self._reraise(stage, err)
 
     # --- the Layer interface ----------------------------------------------------------------
     def setup(self, bottom, top):

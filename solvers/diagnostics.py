@@ -28,7 +28,7 @@ def _asum_mean(array):
 
 def _forward_layer_info(net, i, ids):
     name = net.layer_names[i]
-    for blob, blob_name in zip(net._top_vecs[i], net.top_names[name]):
+    for blob, blob_name in zip(net._top_vecs[i], net._top_name_vecs[i]):
         info(f"    [Forward] Layer {name}, top blob {blob_name} data: {fmt(_asum_mean(blob.data))}")
     for p, blob in enumerate(net.layers[i].blobs):
         display = net.param_display_names[ids[i][p]]
@@ -37,7 +37,7 @@ def _forward_layer_info(net, i, ids):
 
 def _backward_layer_info(net, i):
     name = net.layer_names[i]
-    for j, (blob, blob_name) in enumerate(zip(net._bottom_vecs[i], net.bottom_names[name])):
+    for j, (blob, blob_name) in enumerate(zip(net._bottom_vecs[i], net._bottom_name_vecs[i])):
         if net.bottom_need_backward[i][j]:
             info(f"    [Backward] Layer {name}, bottom blob {blob_name} diff: {fmt(_asum_mean(blob.diff))}")
     layer = net.layers[i]
@@ -123,7 +123,7 @@ def find_non_finite(net):
                 return f"parameter {p} of layer '{name}' (forward: the weights themselves)"
         if net._bottom_vecs[i]:
             net.forward_from_to(i, i)
-        for blob, blob_name in zip(net._top_vecs[i], net.top_names[name]):
+        for blob, blob_name in zip(net._top_vecs[i], net._top_name_vecs[i]):
             if not _finite(blob.data):
                 return f"output '{blob_name}' of layer '{name}' (forward)"
     for i in range(n - 1, -1, -1):
@@ -131,7 +131,7 @@ def find_non_finite(net):
             continue
         name = names[i]
         net.backward_from_to(i, i)
-        for j, (blob, blob_name) in enumerate(zip(net._bottom_vecs[i], net.bottom_names[name])):
+        for j, (blob, blob_name) in enumerate(zip(net._bottom_vecs[i], net._bottom_name_vecs[i])):
             if net.bottom_need_backward[i][j] and not _finite(blob.diff):
                 return f"gradient of input '{blob_name}' of layer '{name}' (backward)"
         for p, blob in enumerate(net.layers[i].blobs):

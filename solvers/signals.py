@@ -5,16 +5,19 @@ solver.set_action_function(handler.requested_action)`` turns a signal into
 a request the solver polls at each iteration boundary (and between test
 batches), so the update in progress finishes and a consistent snapshot can
 be written.  Effects: ``stop`` (dltrain: snapshot, then stop; a second
-Ctrl-C interrupts at once), ``snapshot`` (snapshot and go on), ``none``
-(ignore the signal).
+Ctrl-C interrupts at once, raising dlcore.errors.Interrupted, which no
+layer wrapper mistakes for a layer's own failure), ``snapshot`` (snapshot
+and go on), ``none`` (ignore the signal).
 """
 import signal
 import threading
 
+from dlcore.errors import Interrupted
+
 from .solver import SolverAction
 from .training_log import info
 
-__all__ = ["SignalHandler", "EFFECTS"]
+__all__ = ["SignalHandler", "EFFECTS", "raise_interrupted"]
 
 EFFECTS = (SolverAction.STOP, SolverAction.SNAPSHOT, SolverAction.NONE)
 
@@ -39,7 +42,7 @@ class SignalHandler:
             return
         if effect == SolverAction.STOP:
             if self._stop_requested and signum == signal.SIGINT:
-                raise KeyboardInterrupt
+                raise Interrupted
             self._stop_requested = True
             info(f"Caught {name}: finishing this iteration, writing a snapshot, then stopping "
                  "(press Ctrl-C again to quit at once)")
@@ -64,3 +67,9 @@ class SignalHandler:
             signal.signal(signum, previous)
         self._previous.clear()
         return False
+
+
+def raise_interrupted(signum, frame):
+    """A SIGINT handler for commands without a SignalHandler: the user's Ctrl-C
+    as an Interrupted (still a KeyboardInterrupt), never as a layer's failure."""
+    raise Interrupted

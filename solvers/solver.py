@@ -28,9 +28,9 @@ import os
 
 import numpy as np
 
-from dlcore import Net, TEST, TRAIN, backend
+from dlcore import Net, TEST, TRAIN, backend, resume
 from dlcore.config import field_line, load_message, load_net, load_solver, to_prototxt, write_binary
-from dlcore.errors import ConfigError, DLTrainError
+from dlcore.errors import BlobError, ConfigError, DLTrainError
 from dlcore.rng import set_random_seed
 # Caffe's UpgradeSolverAsNeeded (the legacy solver_type enum -> type) lives with the
 # other format upgrades in dlcore/upgrade.py; re-exported here for the solvers' callers.
@@ -44,6 +44,10 @@ from .updates import REG_L1, REG_L2, REG_NONE, GradientSteps
 
 __all__ = ["Solver", "SolverAction", "device_for_solver", "snapshot_filename", "upgrade_solver_param",
            "output_loss_weights"]
+
+
+class NonFiniteError(DLTrainError):
+    """The loss, a gradient or an update turned NaN/inf: nothing is snapshotted from that state."""
 
 
 class SolverAction:
@@ -67,8 +71,8 @@ def output_loss_weights(net):
     """The loss weight of each of ``net``'s output blobs, in ``net.outputs`` order (Caffe's
     blob_loss_weights_; 0 for an output no loss layer weights)."""
     weights = {}
-    for name, layer in zip(net.layer_names, net.layers):
-        for top, weight in zip(net.top_names[name], layer.loss_weights):
+    for tops, layer in zip(net._top_name_vecs, net.layers):
+        for top, weight in zip(tops, layer.loss_weights):
             weights[top] = weight
     return [weights.get(name, 0.0) for name in net.outputs]
 
@@ -195,6 +199,8 @@ class Solver:
         self._update_flags = self._kernels.new_flags(len(self.net.learnable_params))
         self.losses = []
         self.smoothed_loss = 0.0
+        self._loss_start_iter = 0
+        self._restored_losses = None     # (iter, losses, smoothed_loss, loss_start_iter) from a dltrain state
         self.requested_early_exit = False
         self.action_function = None       # callable -> SolverAction, polled at iteration boundaries
         self.progress_enabled = None      # None: on a terminal only
@@ -385,7 +391,9 @@ class Solver:
         if resume_file:
             info(f"Restoring previous solver status from {resume_file}")
             self.restore(resume_file)
-        start_iter = self.iter
+            if self.iter > self.param.max_iter:
+                raise ConfigError(f"the solver state is at iteration {self.iter}, past max_iter "
+                                  f"{self.param.max_iter}: raise max_iter to train further", path=resume_file)
         self.step(self.param.max_iter - self.iter)
         if self.param.snapshot_after_train or self.requested_early_exit:
             if self._last_snapshot_iter != self.iter:
@@ -396,7 +404,7 @@ class Solver:
         p = self.param
         if p.display and self.iter % p.display == 0:
             loss = self._forward(self.net, p.debug_info)
-            self._update_smoothed_loss(loss, start_iter, p.average_loss)
+            self._update_smoothed_loss(loss, self._loss_start_iter, p.average_loss)
             info(f"Iteration {self.iter}, loss = {fmt(self._cast(self.smoothed_loss))}")
             self._json.write(self.iter, "train", loss=self._cast(self.smoothed_loss),
                              lr=self._cast(self.lr_policy.peek(self.iter)), outputs=self._outputs(self.net))
@@ -405,47 +413,90 @@ class Solver:
         info("Optimization Done.")
 
     def step(self, iters):
-        """Run ``iters`` iterations (Caffe's Solver::Step)."""
+        """Run ``iters`` iterations (Caffe's Solver::Step).
+
+        A failure after the run has made progress (a data error, a full disk, a Python layer calling
+        sys.exit) writes a snapshot of the last iteration boundary before it is raised, as Ctrl-C does; a
+        SystemExit or KeyboardInterrupt raised inside a layer snapshots even without progress.  Non-finite
+        values and a second Ctrl-C never snapshot.
+        """
         p = self.param
         start_iter = self.iter
         stop_iter = self.iter + int(iters)
-        self.losses = []
-        self.smoothed_loss = 0.0
+        restored, self._restored_losses = self._restored_losses, None
+        if restored is not None and restored[0] == self.iter:
+            _, self.losses, self.smoothed_loss, self._loss_start_iter = restored
+        else:
+            self.losses, self.smoothed_loss, self._loss_start_iter = [], 0.0, start_iter
         net = self.net
         progress = Progress(start_iter, max(stop_iter, start_iter), enabled=self.progress_enabled)
         self._progress = progress
+        boundary = resume.capture(self._nets())     # where a snapshot after a failure would continue
         # Non-finite values are detected and reported by the solver itself;
         # NumPy's floating-point warnings would only add noise to the log.
-        with progress, np.errstate(all="ignore"):
-            while self.iter < stop_iter:
-                net.clear_param_diffs()
-                if (p.test_interval and self.iter % p.test_interval == 0
-                        and (self.iter > 0 or p.test_initialization)):
-                    self.test_all()
-                    if self.requested_early_exit:
+        try:
+            with progress, np.errstate(all="ignore"):
+                while self.iter < stop_iter:
+                    net.clear_param_diffs()
+                    if (p.test_interval and self.iter % p.test_interval == 0
+                            and (self.iter > 0 or p.test_initialization)):
+                        self.test_all()
+                        if self.requested_early_exit:
+                            break
+                    display = bool(p.display) and self.iter % p.display == 0
+                    debug = display and p.debug_info
+                    loss = 0.0
+                    for _ in range(p.iter_size):
+                        loss += self._forward_backward(debug)
+                    loss /= p.iter_size
+                    if not math.isfinite(loss):
+                        raise self._non_finite_error(f"loss is {loss}")
+                    self._update_smoothed_loss(loss, self._loss_start_iter, p.average_loss)
+                    rate, message = self.lr_policy.rate(self.iter)
+                    if display:
+                        self._display(rate)
+                    boundary = None                         # the weights change now
+                    self._apply_update(rate, message, display, debug)
+                    self.iter += 1
+                    boundary = resume.capture(self._nets())
+                    request = self._requested_action()
+                    if ((p.snapshot and self.iter % p.snapshot == 0) or request == SolverAction.SNAPSHOT):
+                        self.snapshot(boundary)
+                    if request == SolverAction.STOP:
+                        self.requested_early_exit = True
                         break
-                display = bool(p.display) and self.iter % p.display == 0
-                debug = display and p.debug_info
-                loss = 0.0
-                for _ in range(p.iter_size):
-                    loss += self._forward_backward(debug)
-                loss /= p.iter_size
-                if not math.isfinite(loss):
-                    raise self._non_finite_error(f"loss is {loss}")
-                self._update_smoothed_loss(loss, start_iter, p.average_loss)
-                rate, message = self.lr_policy.rate(self.iter)
-                if display:
-                    self._display(rate)
-                self._apply_update(rate, message, display, debug)
-                self.iter += 1
-                request = self._requested_action()
-                if ((p.snapshot and self.iter % p.snapshot == 0) or request == SolverAction.SNAPSHOT):
-                    self.snapshot()
-                if request == SolverAction.STOP:
-                    self.requested_early_exit = True
-                    break
-                progress.update(self.iter, self.smoothed_loss, rate)
-        self._progress = None
+                    progress.update(self.iter, self.smoothed_loss, rate)
+        except BaseException as err:
+            if boundary is not None and self._snapshot_after(err, progressed=self.iter > start_iter):
+                self._snapshot_after_failure(err, boundary)
+            raise
+        finally:
+            self._progress = None
+
+    def _nets(self):
+        return [self.net] + self.test_nets
+
+    @staticmethod
+    def _snapshot_after(err, progressed):
+        """Whether a failure ``err`` in step() leaves a state worth a snapshot."""
+        if isinstance(err, NonFiniteError) or not isinstance(err, (Exception, KeyboardInterrupt, SystemExit)):
+            return False
+        original = getattr(err, "original", None)
+        if isinstance(original, (SystemExit, KeyboardInterrupt)):
+            return True                   # a layer ended the run: as Ctrl-C, snapshot
+        if isinstance(err, (KeyboardInterrupt, SystemExit)):
+            return False                  # a second Ctrl-C: out at once
+        return progressed
+
+    def _snapshot_after_failure(self, err, boundary):
+        if self._last_snapshot_iter == self.iter or not self.snapshot_prefix:
+            return
+        info(f"Training failed at iteration {self.iter}; writing a snapshot of the last completed iteration "
+             "before stopping")
+        try:
+            self.snapshot(boundary)
+        except Exception as second:       # reported; the first failure is what the run ends with
+            warning(f"the snapshot after the failure could not be written either: {second}")
 
     def _forward(self, net, debug):
         if debug:
@@ -601,7 +652,7 @@ class Solver:
         if self._last_snapshot_iter is not None:
             message += (f"; the last snapshot ({snapshot_filename(self.snapshot_prefix, self._last_snapshot_iter, '.solverstate')})"
                         " is kept")
-        return DLTrainError(message)
+        return NonFiniteError(message)
 
     def _param_owner_names(self):
         """For each learnable param, 'parameter k of layer X'."""
@@ -677,8 +728,11 @@ class Solver:
     def snapshot_filename(self, extension):
         return snapshot_filename(self.snapshot_prefix, self.iter, extension)
 
-    def snapshot(self):
+    def snapshot(self, boundary=None):
         """Write ``<prefix>_iter_<N>.caffemodel`` and ``.solverstate``, each atomically.
+
+        ``boundary`` (a :class:`dlcore.resume.ResumePoint`) is where the data layers and random streams
+        stood at the end of iteration N; by default it is taken now.
 
         Nothing is written from a state with non-finite weights.  If the
         solver state cannot be written, the model file of this snapshot is
@@ -695,7 +749,7 @@ class Solver:
             os.makedirs(folder, exist_ok=True)
         info(f"Snapshotting to binary proto file {model_filename}")
         net_param = self.net.to_proto(write_diff=self.param.snapshot_diff)
-        state = self.solver_state(model_filename)
+        state = self.solver_state(model_filename, boundary)
         existed = os.path.exists(model_filename)
         self._write(model_filename, net_param)
         info(f"Snapshotting solver state to binary proto file {state_filename}")
@@ -718,11 +772,16 @@ class Solver:
         except OSError as err:
             raise DLTrainError(f"cannot write snapshot '{path}': {err.strerror or err}") from None
 
-    def solver_state(self, model_filename=""):
-        """The SolverState message of the current state."""
+    def solver_state(self, model_filename="", boundary=None):
+        """The SolverState message of the current state, with dltrain's resume state (``boundary``, or the
+        data layers' and random streams' state now)."""
         state = caffe_pb2.SolverState(iter=self.iter, learned_net=model_filename, current_step=self.current_step)
         for blob in self.history:
             blob.to_proto(state.history.add())
+        (boundary or resume.capture(self._nets())).to_proto(state.resume)
+        state.resume.recent_loss.extend(float(v) for v in self.losses)
+        state.resume.smoothed_loss = float(self.smoothed_loss)
+        state.resume.loss_start_iter = int(self._loss_start_iter)
         return state
 
     def restore(self, state_file):
@@ -732,6 +791,11 @@ class Solver:
         if state_file.endswith(".h5"):
             raise ConfigError("HDF5 solver states are not supported; use a .solverstate", path=state_file)
         state = load_message(state_file, caffe_pb2.SolverState)
+        if state.iter < 0:
+            raise ConfigError(f"the solver state's iter is {state.iter}: it must not be negative", path=state_file)
+        if state.current_step < 0:
+            raise ConfigError(f"the solver state's current_step is {state.current_step}: it must not be negative",
+                              path=state_file)
         if len(state.history) != len(self.history):
             raise ConfigError(f"the solver state has {len(state.history)} history blobs; this {self.param.type} "
                               f"solver on this net needs {len(self.history)} (a state from another solver type "
@@ -748,8 +812,19 @@ class Solver:
                 if os.path.isfile(beside):
                     model = beside
             self.net.copy_from(model)
-        for blob, stored in zip(self.history, state.history):
-            blob.from_proto(stored, reshape=False)
+        for i, (blob, stored) in enumerate(zip(self.history, state.history)):
+            try:
+                blob.from_proto(stored, reshape=False)
+            except BlobError as err:
+                raise ConfigError(f"history blob {i}: {err.message}", path=state_file) from None
+        if state.HasField("resume"):
+            resume.restore(state.resume, self._nets(), state_file)
+            r = state.resume
+            self._restored_losses = (state.iter, list(r.recent_loss), r.smoothed_loss, r.loss_start_iter)
+        else:
+            info("The solver state holds no data position (written by Caffe or an older dltrain): the data "
+                 "layers start again from their first record and the random streams from the seed, as in Caffe")
+            self._restored_losses = None
         self.iter = state.iter
         self.current_step = state.current_step
         self._last_snapshot_iter = None

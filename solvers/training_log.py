@@ -23,6 +23,8 @@ from datetime import datetime
 
 import numpy as np
 
+from dlcore.errors import DLTrainError
+
 __all__ = ["info", "warning", "JsonLog", "Progress", "fmt"]
 
 _active_progress = None
@@ -81,7 +83,7 @@ class JsonLog:
     def __init__(self, path, start_time=None):
         self.path = path
         self.start_time = time.time() if start_time is None else start_time
-        self._file = None
+        self._fd = None             # unbuffered appends: a record is on disk (or cut off) when write returns
 
     def write(self, iter, phase, loss=None, lr=None, outputs=None, **extra):
         if not self.path:
@@ -95,18 +97,32 @@ class JsonLog:
         now = time.time()
         record["time"] = round(now - self.start_time, 6)
         record["wall_time"] = round(now, 6)
-        if self._file is None:
-            folder = os.path.dirname(self.path)
-            if folder:
-                os.makedirs(folder, exist_ok=True)
-            self._file = open(self.path, "a", encoding="utf-8")
-        self._file.write(json.dumps(record) + "\n")
-        self._file.flush()
+        data = (json.dumps(record) + "\n").encode("utf-8")
+        try:
+            if self._fd is None:
+                folder = os.path.dirname(self.path)
+                if folder:
+                    os.makedirs(folder, exist_ok=True)
+                self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
+            end = os.lseek(self._fd, 0, os.SEEK_END)
+            try:
+                view = memoryview(data)
+                while view:
+                    view = view[os.write(self._fd, view):]
+            except OSError:
+                # A full disk: cut the half-written record off, so the lines before stay a valid log.
+                try:
+                    os.ftruncate(self._fd, end)
+                except OSError:
+                    pass
+                raise
+        except OSError as err:
+            raise DLTrainError(f"cannot write the training log '{self.path}': {err.strerror or err}") from None
 
     def close(self):
-        if self._file is not None:
-            self._file.close()
-            self._file = None
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
 
 
 class Progress:

@@ -191,3 +191,75 @@ def test_restore_finds_a_moved_snapshot_pair(tmp_path):
     assert other.iter == 4 and other.current_step == 1
     for a, b in zip(other.net.learnable_params, solver.net.learnable_params):
         np.testing.assert_array_equal(a.data, b.data)
+
+
+# --- failures after progress: reported, with a snapshot of the last completed iteration ---------------------
+def test_a_full_disk_under_the_log_stops_with_a_snapshot(tmp_path, monkeypatch):
+    solver = get_solver(write_files(str(tmp_path), "SGD", max_iter=10, snapshot=0))
+    set_inputs(solver)
+    real_write = os.write
+    log_fds = set()
+    real_open = os.open
+
+    def tracking_open(path, *args, **kwargs):
+        fd = real_open(path, *args, **kwargs)
+        if str(path).endswith("_log.jsonl"):
+            log_fds.add(fd)
+        return fd
+
+    def full_disk_write(fd, data):
+        if fd in log_fds and solver.iter == 4:
+            real_write(fd, bytes(data)[:7])               # half a record, then the disk is full
+            raise OSError(28, "No space left on device")
+        return real_write(fd, data)
+
+    monkeypatch.setattr(os, "open", tracking_open)
+    monkeypatch.setattr(os, "write", full_disk_write)
+    with pytest.raises(DLTrainError, match="cannot write the training log .*No space left on device"):
+        solver.solve()
+    monkeypatch.undo()
+    snaps = tmp_path / "snaps"
+    assert (snaps / "run_iter_4.caffemodel").exists() and (snaps / "run_iter_4.solverstate").exists()
+    assert sorted(train_losses(solver.log_path)) == [0, 1, 2, 3]    # the half record was cut off
+    resumed = get_solver(write_files(str(tmp_path), "SGD", max_iter=10, snapshot=0))
+    set_inputs(resumed)
+    resumed.solve(str(snaps / "run_iter_4.solverstate"))
+    assert resumed.iter == 10
+
+
+def test_a_failed_snapshot_is_reported_and_tried_once_more(tmp_path, monkeypatch, capfd):
+    solver = get_solver(write_files(str(tmp_path), "SGD", max_iter=10, snapshot=3))
+    set_inputs(solver)
+
+    def no_space(src, dst):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(os, "replace", no_space)
+    with pytest.raises(DLTrainError, match="cannot write snapshot .*No space left on device"):
+        solver.solve()
+    err = capfd.readouterr().err
+    assert "could not be written either" in err
+    assert _no_snapshot_files(tmp_path / "snaps") == []              # nothing half-written
+
+
+def test_a_data_reader_failure_that_is_not_about_the_data_says_so(tmp_path, monkeypatch):
+    import pickle
+
+    from dltrain.cli.convert import convert_arrays
+    from dltrain.layers import db_data
+    db = str(tmp_path / "db")
+    convert_arrays(np.zeros((4, 1, 2, 2), np.uint8), np.zeros(4), db)
+    # An error raised from Numba's cache loader, as a corrupted cache file raises it.
+    namespace = {"pickle": pickle}
+    exec(compile("def load(*args):\n    raise pickle.UnpicklingError(\"invalid load key, '\\\\xd8'.\")\n",
+                 "/site-packages/numba/core/caching.py", "exec"), namespace)
+    monkeypatch.setattr(db_data, "transform_batch", namespace["load"])
+    from dlcore import Net, TRAIN
+    net = Net(dlcore.config.net_from_string(
+        f'layer {{ name: "d" type: "Data" top: "data" data_param {{ source: "{db}" batch_size: 2 backend: LMDB }} }}'),
+        TRAIN)
+    with pytest.raises(DLTrainError) as info:
+        net.forward()
+    message = str(info.value)
+    assert "not because of the data: UnpicklingError" in message and "Numba's cache" in message
+    assert "source" not in message and "record" not in message
