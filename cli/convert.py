@@ -43,11 +43,8 @@ def _check_backend(backend):
 
 def read_image_list(listfile):
     """``[(relative path, label)]`` from a Caffe list file (label after the last space)."""
-    try:
-        with open(listfile, encoding="utf-8") as f:
-            text = f.read()
-    except OSError as err:
-        raise ConfigError(f"cannot read the list file: {err.strerror or err}", path=listfile) from None
+    from dlcore.config import read_text_file
+    text = read_text_file(listfile, "the list file")
     lines = []
     for number, line in enumerate(text.splitlines(), 1):
         line = line.rstrip("\r\n")

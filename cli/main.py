@@ -8,7 +8,9 @@ solver.prototxt``.
 """
 import argparse
 import os
+import signal
 import sys
+import threading
 
 from dlcore import DLTrainError
 from dlcore.plugins import PluginError
@@ -30,7 +32,9 @@ def build_parser():
     parser.add_argument("--plugin", action="append", default=[], metavar="MODULE",
                         help="load a plugin module (or .py file) that registers layer types; repeatable")
     parser.add_argument("--config", metavar="FILE",
-                        help="the project config (plugins, log_dir); default: ./dltrain.yaml if present")
+                        help="the project config (plugins, log_dir); default: ./dltrain.yaml if present, "
+                             "whose plugins load only when it is named here or with "
+                             "DLTRAIN_ALLOW_PROJECT_PLUGINS=1")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for module in COMMAND_MODULES:
         module.register(sub)
@@ -82,7 +86,9 @@ def main(argv=None):
         parser.print_help()
         return 2
     log_file = None
+    previous_sigint = _interrupt_on_sigint()
     try:
+        _refuse_numba_config_file()
         log_file = _load_project(args)
         return args.func(args) or 0
     except DLTrainError as err:
@@ -95,9 +101,71 @@ def main(argv=None):
     except KeyboardInterrupt:
         print("dltrain: interrupted", file=sys.stderr)
         return 130
+    except Exception as err:          # a bug, not bad input: still one line, and the way to see more
+        if args.debug:
+            raise
+        print(f"dltrain: internal error: {type(err).__name__}: {err} (run with --debug for the traceback, and "
+              "please report it)", file=sys.stderr)
+        return 1
     finally:
         if log_file is not None:
             log_file.close()
+        if previous_sigint is not _OFF_MAIN_THREAD:
+            if argv is None:
+                _exit_130_on_a_late_ctrl_c()
+            else:                           # called from Python: the caller's handler comes back
+                signal.signal(signal.SIGINT, signal.default_int_handler if previous_sigint is None
+                              else previous_sigint)
+
+
+_OFF_MAIN_THREAD = object()
+
+
+def _interrupt_on_sigint():
+    """Ctrl-C raises dlcore's Interrupted (a KeyboardInterrupt that layer wrappers let through, so it is not
+    taken for a Python layer's failure); the previous handler (off the main thread nothing changes)."""
+    if threading.current_thread() is not threading.main_thread():
+        return _OFF_MAIN_THREAD
+    return signal.signal(signal.SIGINT, _raise_interrupted)
+
+
+def _raise_interrupted(signum, frame):
+    from dlcore.errors import Interrupted
+    raise Interrupted
+
+
+def _exit_interrupted(signum=None, frame=None):
+    try:
+        sys.stderr.write("dltrain: interrupted\n")
+        sys.stderr.flush()
+    finally:
+        os._exit(130)
+
+
+def _exit_130_on_a_late_ctrl_c():
+    """The command is done and the program (argv None) shuts down: a Ctrl-C from here on ends it at once
+    with exit code 130 and one line, never a traceback from a finalizer.  (In the last moments of shutdown
+    Python has restored the default handler: the process then dies of SIGINT, which the shell also reports
+    as 130.)"""
+    signal.signal(signal.SIGINT, _exit_interrupted)
+
+
+NUMBA_CONFIG_FILE = ".numba_config.yaml"
+ALLOW_NUMBA_CONFIG_ENV = "DLTRAIN_ALLOW_NUMBA_CONFIG"
+
+
+def _refuse_numba_config_file():
+    """Numba reads ./.numba_config.yaml by itself, and that file can point
+    Numba's cache (pickles, loaded as code) or its CUDA driver at files of
+    the folder: a downloaded folder would run its code.  Refuse, unless the
+    user says so; Numba is not imported yet, so nothing was read."""
+    if not os.path.lexists(NUMBA_CONFIG_FILE):
+        return
+    if os.environ.get(ALLOW_NUMBA_CONFIG_ENV, "").strip().lower() in ("1", "true", "yes", "on"):
+        return
+    raise DLTrainError(f"{NUMBA_CONFIG_FILE} in the current folder would be read by Numba, and it can make "
+                       f"Numba load code from any file; set the NUMBA_* environment variables you need "
+                       f"instead, move the file, or set {ALLOW_NUMBA_CONFIG_ENV}=1 to use it")
 
 
 def _load_project(args):

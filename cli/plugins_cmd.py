@@ -1,5 +1,6 @@
-"""`dltrain plugins`: the plugins loaded (entry points, dltrain.yaml, --plugin)
-and the layer types each registered, then every known layer type."""
+"""`dltrain plugins`: the plugins loaded (entry points, dltrain.yaml, --plugin),
+the layer types each registered and its file, then every known layer type."""
+import sys
 
 
 def cmd_plugins(args):
@@ -9,7 +10,8 @@ def cmd_plugins(args):
     if plugins:
         print("plugins:")
         for source, module, types in plugins:
-            print(f"  {module} ({source}): {', '.join(types) if types else 'no new layer types'}")
+            where = getattr(sys.modules.get(module), "__file__", None) or "no file"
+            print(f"  {module} ({source}): {', '.join(types) if types else 'no new layer types'} [{where}]")
     else:
         print("plugins: none (install a package with a 'dltrain.layers' entry point, list modules under "
               "'plugins:' in dltrain.yaml, or pass --plugin MODULE)")
@@ -18,5 +20,5 @@ def cmd_plugins(args):
 
 
 def register(sub):
-    p = sub.add_parser("plugins", help="list the plugins loaded and every known layer type")
+    p = sub.add_parser("plugins", help="list the plugins loaded, their files, and every known layer type")
     p.set_defaults(func=cmd_plugins)

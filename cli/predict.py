@@ -76,11 +76,9 @@ class CharCodec:
 
     @classmethod
     def load(cls, path):
+        from dlcore.config import read_text_file
         try:
-            with open(path, encoding="utf-8") as f:
-                spec = json.load(f)
-        except OSError as err:
-            raise DLTrainError(f"cannot read codec '{path}': {err.strerror}") from None
+            spec = json.loads(read_text_file(path, "the codec"))
         except json.JSONDecodeError as err:
             raise DLTrainError(f"{path}:{err.lineno}:{err.colno}: codec is not valid JSON: {err.msg}") from None
         return cls(spec, source=str(path))

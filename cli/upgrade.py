@@ -28,11 +28,8 @@ __all__ = ["upgrade_file", "register"]
 
 
 def _read(path):
-    try:
-        with open(path, "rb") as f:
-            return f.read()
-    except OSError as err:
-        raise ConfigError(f"cannot read the file to upgrade: {err.strerror or err}", path=path) from None
+    from dlcore.config import MAX_BINARY_BYTES, read_regular_file
+    return read_regular_file(path, MAX_BINARY_BYTES, "the file to upgrade")
 
 
 def _format_of(path, data=None):

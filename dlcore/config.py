@@ -32,6 +32,11 @@ YAML mapping rules (see :func:`to_yaml` for the reverse):
   is read (``yaml.compose``, the same safe machinery as ``yaml.safe_load``):
   no Python objects are ever constructed.
 
+Limits (docs/SECURITY.md): a text file of at most MAX_TEXT_BYTES, a binary
+one of at most MAX_BINARY_BYTES, and only regular files (never a FIFO or a
+device); YAML whose expansion (aliases and merge keys included) stays within
+MAX_YAML_NODES nodes and MAX_YAML_DEPTH levels. Past them, a ConfigError.
+
 Every failure raises :class:`dlcore.errors.ConfigError` whose ``str()`` is
 ``path:line:column: message`` naming the offending field where it is known,
 e.g. ``net.prototxt:12:5: unknown field 'kernal_size' in
@@ -42,13 +47,17 @@ import base64
 import math
 import os
 import re
+import socket
+import stat
 import struct
+import tempfile
 
 import yaml
 from google.protobuf import text_format
 from google.protobuf.descriptor import FieldDescriptor
 from google.protobuf.message import DecodeError, EncodeError
 
+from dlcore import log
 from dlcore.errors import ConfigError
 from dltrain.proto import caffe_pb2
 
@@ -60,11 +69,29 @@ __all__ = [
     "message_from_string", "net_from_string", "solver_from_string",
     "to_yaml", "to_prototxt",
     "resolve_solver_net_paths", "find_layer_line", "field_line",
+    "MAX_TEXT_BYTES", "MAX_BINARY_BYTES", "MAX_YAML_NODES", "MAX_YAML_DEPTH",
+    "read_regular_file", "read_text_file", "compose_yaml", "load_yaml_data",
+    "write_atomic", "write_binary", "remove_stale_temporaries",
 ]
 
 TEXT_EXTENSIONS = frozenset({".prototxt", ".pt", ".txt", ".pbtxt"})
 YAML_EXTENSIONS = frozenset({".yaml", ".yml"})
 BINARY_EXTENSIONS = frozenset({".caffemodel", ".binaryproto", ".solverstate", ".pb"})
+
+# Limits on what a file may make dltrain read and build (docs/SECURITY.md).
+# A text config (prototxt or YAML): the biggest real net definitions are a few
+# hundred KB (ResNet-152's train_val.prototxt: about 230 KB), so 64 MiB leaves
+# room for text files that embed data while parsing in well under a minute.
+MAX_TEXT_BYTES = 64 * 2**20
+# A binary message (.caffemodel, .solverstate, .binaryproto): protobuf's own
+# limit, and Caffe's (kProtoReadBytesLimit = INT_MAX).
+MAX_BINARY_BYTES = 2**31 - 1
+# YAML with its aliases and merge keys expanded: about 2x the node count of a
+# 10 MB net file (which already takes some 15 s to load), and 100 levels (a
+# real net nests about 15).  The expanded scalars may not exceed MAX_TEXT_BYTES,
+# what a file without aliases could hold.
+MAX_YAML_NODES = 2_000_000
+MAX_YAML_DEPTH = 100
 
 # libyaml's loader when PyYAML was built with it (same node tree, faster).
 _SafeLoader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
@@ -85,26 +112,21 @@ def load_message(path, message_class):
     """Load a ``message_class`` instance from ``path`` (format by extension).
 
     See the module docstring for the extension table. Raises ConfigError
-    (never returns a partly filled message).
+    (never returns a partly filled message), also for a path that is not a
+    regular file or is larger than MAX_TEXT_BYTES (text) / MAX_BINARY_BYTES.
     """
     path = os.fspath(path)
-    try:
-        with open(path, "rb") as f:
-            data = f.read()
-    except OSError as e:
-        reason = e.strerror or str(e)
-        raise ConfigError(f"cannot read {message_class.DESCRIPTOR.name} file: {reason}",
-                          path=path) from None
+    what = f"{message_class.DESCRIPTOR.name} file"
     ext = os.path.splitext(path)[1].lower()
-    if ext in TEXT_EXTENSIONS:
-        return parse_text(_decode(data, path), message_class, path)
-    if ext in YAML_EXTENSIONS:
-        return parse_yaml(_decode(data, path), message_class, path)
+    if ext in TEXT_EXTENSIONS or ext in YAML_EXTENSIONS:
+        parse = parse_text if ext in TEXT_EXTENSIONS else parse_yaml
+        return parse(read_text_file(path, what), message_class, path)
+    data = read_regular_file(path, MAX_BINARY_BYTES, what)
     if ext in BINARY_EXTENSIONS:
         return parse_binary(data, message_class, path)
     # Unknown extension: text if it is UTF-8 text that parses, else binary.
     try:
-        text = data.decode("utf-8")
+        text = data.decode("utf-8") if len(data) <= MAX_TEXT_BYTES else None
     except UnicodeDecodeError:
         text = None
     if text is None or "\x00" in text:
@@ -116,6 +138,52 @@ def load_message(path, message_class):
             return parse_binary(data, message_class, path)
         except ConfigError:
             raise text_error from None
+
+
+_FILE_KINDS = ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO (named pipe)"),
+               (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
+               (stat.S_ISSOCK, "a socket"))
+
+
+def _check_regular_file(st, path, max_bytes, what):
+    if not stat.S_ISREG(st.st_mode):
+        kind = next((name for test, name in _FILE_KINDS if test(st.st_mode)), "not a plain file")
+        raise ConfigError(f"cannot read {what}: it is {kind}, not a regular file", path=path)
+    if st.st_size > max_bytes:
+        raise ConfigError(f"cannot read {what}: it is {st.st_size:,} bytes, more than the limit of "
+                          f"{max_bytes:,}", path=path)
+
+
+def read_regular_file(path, max_bytes, what):
+    """The bytes of ``path``, which must be a regular file of at most
+    ``max_bytes`` bytes; anything else (a directory, a FIFO, ``/dev/zero``, a
+    socket, a file too large, a read error) is a one-line ConfigError naming
+    the path: ``cannot read {what}: <reason>``.
+
+    Never blocks: the type is checked with ``os.stat`` before opening, and
+    again on the open file (opened non-blocking, so a FIFO swapped in
+    meanwhile does not wait for a writer) to close the race.
+    """
+    path = os.fspath(path)
+    try:
+        _check_regular_file(os.stat(path), path, max_bytes, what)
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0)
+                     | getattr(os, "O_BINARY", 0))
+        with open(fd, "rb") as f:
+            _check_regular_file(os.fstat(fd), path, max_bytes, what)
+            data = f.read(max_bytes + 1)
+    except OSError as e:
+        raise ConfigError(f"cannot read {what}: {e.strerror or e}", path=path) from None
+    if len(data) > max_bytes:   # it grew after the check
+        raise ConfigError(f"cannot read {what}: it is more than the limit of {max_bytes:,} bytes",
+                          path=path)
+    return data
+
+
+def read_text_file(path, what, max_bytes=MAX_TEXT_BYTES):
+    """read_regular_file, decoded as UTF-8 (else a ConfigError naming the
+    line and column of the first byte that is not)."""
+    return _decode(read_regular_file(path, max_bytes, what), path)
 
 
 def load_net(path):
@@ -149,8 +217,20 @@ def _decode(data, path):
 # Parsing strings
 # ---------------------------------------------------------------------------
 
+def _check_length(data, limit, filename, what):
+    if len(data) > limit:
+        unit = "characters" if isinstance(data, str) else "bytes"
+        raise ConfigError(f"{what} is {len(data):,} {unit} long, more than the limit of {limit:,}",
+                          path=filename)
+
+
 def parse_text(text, message_class, filename="<string>"):
-    """Parse protobuf text format into a new ``message_class`` instance."""
+    """Parse protobuf text format into a new ``message_class`` instance.
+
+    No depth guard is needed: caffe.proto has no recursive message (at most
+    6 levels deep), and an unknown field is an error, so nesting ends there.
+    """
+    _check_length(text, MAX_TEXT_BYTES, filename, "the text")
     message = message_class()
     try:
         text_format.Parse(text, message)
@@ -161,7 +241,12 @@ def parse_text(text, message_class, filename="<string>"):
 
 
 def parse_binary(data, message_class, filename="<bytes>"):
-    """Decode protobuf binary data into a new ``message_class`` instance."""
+    """Decode protobuf binary data into a new ``message_class`` instance.
+
+    Nesting is bounded by protobuf itself (100 levels, also for unknown
+    groups): deeper data fails to decode, as corrupt data does.
+    """
+    _check_length(data, MAX_BINARY_BYTES, filename, "the binary message")
     message = message_class()
     try:
         message.ParseFromString(bytes(data))
@@ -179,23 +264,139 @@ def parse_binary(data, message_class, filename="<bytes>"):
 
 def parse_yaml(text, message_class, filename="<string>"):
     """Parse YAML (text format field names) into a new ``message_class``."""
-    try:
-        node = yaml.compose(text, Loader=_SafeLoader)
-    except yaml.MarkedYAMLError as e:
-        mark = e.problem_mark or e.context_mark
-        problem = e.problem or e.context or "syntax error"
-        if e.context and e.problem:
-            problem = f"{problem} ({e.context})"
-        raise ConfigError(f"YAML syntax error: {problem}", path=filename,
-                          line=mark.line + 1 if mark else None,
-                          column=mark.column + 1 if mark else None) from None
-    except yaml.YAMLError as e:
-        raise ConfigError(f"YAML error: {e}", path=filename) from None
+    node = compose_yaml(text, filename)
     message = message_class()
     if node is None:  # empty document
         return message
     _YamlReader(filename).fill(message, node)
     return message
+
+
+def _yaml_syntax_error(e, filename):
+    mark = e.problem_mark or e.context_mark
+    problem = e.problem or e.context or "syntax error"
+    if e.context and e.problem:
+        problem = f"{problem} ({e.context})"
+    return ConfigError(f"YAML syntax error: {problem}", path=filename,
+                       line=mark.line + 1 if mark else None,
+                       column=mark.column + 1 if mark else None)
+
+
+def compose_yaml(text, filename="<string>"):
+    """The YAML node tree of ``text`` (None for an empty document), checked
+    against the limits on size, depth and alias/merge-key expansion (see
+    :func:`_check_yaml_expansion`). Every failure is a ConfigError."""
+    return _read_yaml(text, filename, construct=False)
+
+
+def load_yaml_data(text, filename="<string>"):
+    """``yaml.safe_load(text)`` within the limits of :func:`compose_yaml`, so
+    that a YAML bomb is an error, not a hang. Errors are ConfigErrors."""
+    return _read_yaml(text, filename, construct=True)
+
+
+def _read_yaml(text, filename, construct):
+    _check_length(text, MAX_TEXT_BYTES, filename, "the YAML text")
+    loader = None
+    try:
+        loader = _SafeLoader(text)   # the pure-Python reader checks the characters here
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        _check_yaml_expansion(node, filename)
+        return loader.construct_document(node) if construct else node
+    except yaml.MarkedYAMLError as e:
+        raise _yaml_syntax_error(e, filename) from None
+    except yaml.reader.ReaderError as e:   # a character YAML does not allow (binary data)
+        where = text[:e.position] if isinstance(e.position, int) else ""
+        raise ConfigError(f"YAML syntax error: {' '.join(str(e).splitlines()[0].split())}", path=filename,
+                          line=where.count("\n") + 1, column=len(where) - (where.rfind("\n") + 1) + 1) from None
+    except yaml.YAMLError as e:
+        raise ConfigError(f"YAML error: {' '.join(str(e).split())}", path=filename) from None
+    except RecursionError:   # the pure-Python composer; libyaml stops at 1000 levels by itself
+        raise ConfigError(f"YAML nested too deeply (more than {MAX_YAML_DEPTH} levels)",
+                          path=filename) from None
+    finally:
+        if loader is not None:
+            loader.dispose()
+
+
+def _yaml_children(node):
+    if isinstance(node, yaml.MappingNode):
+        return [item for pair in node.value for item in pair]
+    if isinstance(node, yaml.SequenceNode):
+        return node.value
+    return ()
+
+
+def _yaml_error_mark(node):
+    """Where to point at a node's expansion: its first merge key, else its start."""
+    if isinstance(node, yaml.MappingNode):
+        for key, _ in node.value:
+            if isinstance(key, yaml.ScalarNode) and key.tag == _TAG_MERGE:
+                return key.start_mark
+    return node.start_mark
+
+
+def _check_yaml_expansion(root, filename):
+    """Refuse a node tree whose full expansion (every alias and merge key
+    replaced by what it names) has more than MAX_YAML_NODES nodes,
+    MAX_YAML_DEPTH levels or MAX_TEXT_BYTES of scalars, or that refers to
+    itself. Computed once per distinct node (a post-order walk without
+    recursion), so a "billion laughs" file is refused in time linear in its
+    own size, before anything is expanded. The error points at the node
+    (its merge key where it has one) where the expansion first passes a
+    limit: the line of the aliases or merge keys that multiply it.
+    """
+    if isinstance(root, yaml.ScalarNode):
+        return
+    sizes = {}        # id(collection) -> (nodes, scalar characters, depth) of its expansion
+    on_path = set()   # ids of the collections being expanded (their descendants are on the stack)
+    stack = [(root, False)]
+    while stack:
+        node, children_done = stack.pop()
+        key = id(node)
+        children = _yaml_children(node)
+        if not children_done:
+            if key in sizes:
+                continue
+            if key in on_path:
+                raise _yaml_limit_error(node, filename, "a YAML alias names a node that contains it "
+                                                        "(a recursive structure)")
+            on_path.add(key)
+            stack.append((node, True))
+            stack.extend((child, False) for child in children
+                         if not isinstance(child, yaml.ScalarNode) and id(child) not in sizes)
+            continue
+        on_path.discard(key)
+        nodes, chars, depth = 1, 0, 1
+        for child in children:   # scalars (most nodes) inline, collections from `sizes`
+            if isinstance(child, yaml.ScalarNode):
+                nodes += 1
+                chars += len(child.value)
+                continue
+            child_nodes, child_chars, child_depth = sizes[id(child)]
+            nodes += child_nodes
+            chars += child_chars
+            depth = max(depth, child_depth)
+        depth += 1
+        if nodes > MAX_YAML_NODES:
+            raise _yaml_limit_error(node, filename, f"YAML too large: more than {MAX_YAML_NODES:,} nodes "
+                                                    "here once aliases and merge keys are expanded (the limit)")
+        if chars > MAX_TEXT_BYTES:
+            raise _yaml_limit_error(node, filename, f"YAML too large: more than {MAX_TEXT_BYTES:,} "
+                                                    "characters of values here once aliases and merge keys "
+                                                    "are expanded (the limit)")
+        if depth > MAX_YAML_DEPTH:
+            raise _yaml_limit_error(node, filename, f"YAML nested too deeply: more than {MAX_YAML_DEPTH} "
+                                                    "levels here once aliases and merge keys are expanded "
+                                                    "(the limit)")
+        sizes[key] = (nodes, chars, depth)
+
+
+def _yaml_limit_error(node, filename, message):
+    mark = _yaml_error_mark(node)
+    return ConfigError(message, path=filename, line=mark.line + 1, column=mark.column + 1)
 
 
 def parse_net_text(text, filename="<string>"):
@@ -347,6 +548,7 @@ _INT_RANGES = {
     FieldDescriptor.TYPE_UINT64: (0, 2**64 - 1),
     FieldDescriptor.TYPE_FIXED64: (0, 2**64 - 1),
 }
+_MAX_INT_CHARS = 100   # a 64-bit integer in any base, with sign and prefix, is shorter
 _RE_INT = re.compile(r"^[-+]?(0[xX][0-9a-fA-F_]+|0[oO][0-7_]+|0[bB][01_]+|[0-9][0-9_]*)$")
 _RE_FLOAT = re.compile(
     r"^[-+]?(([0-9][0-9_]*)?\.?[0-9_]*([eE][-+]?[0-9]+)?[fF]?|\.?inf(inity)?|\.?nan)$",
@@ -523,11 +725,14 @@ class _YamlReader:
             raise self.error(node, f"field '{field.name}': expected an integer, "
                                    f"got {raw!r}", field=field.name)
         text = raw.replace("_", "")
+        low, high = _INT_RANGES[field.type]
+        if len(text) > _MAX_INT_CHARS:   # out of any range; and int() refuses 4300+ digits
+            raise self.error(node, f"field '{field.name}': value {raw[:20]}... ({len(raw)} characters) "
+                                   f"out of range [{low}, {high}]", field=field.name)
         try:
             value = int(text, 0)
         except ValueError:  # decimal with leading zeros
             value = int(text, 10)
-        low, high = _INT_RANGES[field.type]
         if not low <= value <= high:
             raise self.error(node, f"field '{field.name}': value {raw} out of range "
                                    f"[{low}, {high}]", field=field.name)
@@ -556,7 +761,7 @@ class _YamlReader:
         by_name = enum.values_by_name.get(raw)
         if by_name is not None:
             return by_name.number
-        if not node.style and _RE_INT.match(raw):
+        if not node.style and _RE_INT.match(raw) and len(raw) <= _MAX_INT_CHARS:
             number = int(raw.replace("_", ""), 0) if not re.match(r"^[-+]?0\d", raw) \
                 else int(raw, 10)
             if number in enum.values_by_number:
@@ -708,12 +913,18 @@ def resolve_solver_net_paths(solver_param, solver_path):
     return solver_param
 
 
-def _read_lines(path):
+def _read_text_quietly(path):
+    """A text file's contents for an error's location (best effort): None
+    when it cannot be read, or is not a regular file within MAX_TEXT_BYTES."""
     try:
-        with open(path, "r", encoding="utf-8", errors="replace") as f:
-            return f.read().splitlines()
-    except OSError:
+        return read_regular_file(path, MAX_TEXT_BYTES, "file").decode("utf-8", errors="replace")
+    except ConfigError:
         return None
+
+
+def _read_lines(path):
+    text = _read_text_quietly(path)
+    return None if text is None else text.splitlines()
 
 
 def field_line(path, field, value=None):
@@ -757,10 +968,8 @@ def find_layer_line(path, layer_name):
     the file cannot be read or no such layer is found.
     """
     path = os.fspath(path)
-    try:
-        with open(path, "r", encoding="utf-8", errors="replace") as f:
-            text = f.read()
-    except OSError:
+    text = _read_text_quietly(path)
+    if text is None:
         return None
     if os.path.splitext(path)[1].lower() in YAML_EXTENSIONS:
         line = _yaml_layer_line(text, layer_name)
@@ -773,8 +982,8 @@ def find_layer_line(path, layer_name):
 
 def _yaml_layer_line(text, layer_name):
     try:
-        root = yaml.compose(text, Loader=_SafeLoader)
-    except yaml.YAMLError:
+        root = compose_yaml(text)
+    except ConfigError:
         return None
     if not isinstance(root, yaml.MappingNode):
         return None
@@ -856,20 +1065,98 @@ def _loose_name_line(text, layer_name):
     return None
 
 
+def _temporary_host():
+    return re.sub(r"[^A-Za-z0-9-]", "_", socket.gethostname()) or "host"
+
+
+def _file_mode():
+    """The mode open() would give a new file: 0666 less the umask."""
+    try:   # Linux shows the umask without changing it (changing it races other threads)
+        with open("/proc/self/status", encoding="ascii") as f:
+            umask = next(int(line.split()[1], 8) for line in f if line.startswith("Umask:"))
+    except (OSError, StopIteration, ValueError, IndexError):
+        umask = os.umask(0o022)
+        os.umask(umask)
+    return 0o666 & ~umask
+
+
 def write_atomic(path, data):
     """Write bytes to ``path`` through a temporary file and a rename, so an
-    interrupted write never leaves a half-written file behind."""
+    interrupted write never leaves a half-written file behind.
+
+    The temporary file, ``.NAME.tmp.HOST.PID.RANDOM`` in the same folder (it
+    says whose it is: see remove_stale_temporaries), is made by ``tempfile.mkstemp`` (O_EXCL: a planted file or symlink is never
+    opened, let alone followed), then given the mode of a normal new file,
+    written, fsynced and renamed over ``path``. It is removed on any failure,
+    Ctrl-C included; after a kill -9, remove_stale_temporaries removes it.
+    """
     path = os.fspath(path)
-    tmp = f"{path}.tmp.{os.getpid()}"
+    folder, name = os.path.split(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{name}.tmp.{_temporary_host()}.{os.getpid()}.",
+                               dir=folder or ".")
     try:
-        with open(tmp, "wb") as f:
+        with open(fd, "wb") as f:
+            os.chmod(f.fileno(), _file_mode())
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
+    except BaseException:
+        try:
             os.remove(tmp)
+        except OSError:
+            pass
+        raise
+
+
+def remove_stale_temporaries(prefix):
+    """Remove the temporary files that write_atomic left behind in runs that
+    died (kill -9, power loss) for the files whose path starts with
+    ``prefix`` (a file's path, or a snapshot prefix such as ``snaps/run``,
+    whose files are ``snaps/run_iter_N.caffemodel``...).
+
+    Only files of ``prefix``'s folder named as write_atomic names them,
+    ``.NAME.tmp.HOST.PID.RANDOM``, with NAME starting with the prefix's last
+    part, HOST this host (the PID means nothing on another one) and a PID
+    that no longer runs. Symlinks and anything but regular files are left
+    alone. Logs one line per file removed and returns their paths.
+    """
+    folder, start = os.path.split(os.fspath(prefix))
+    pattern = re.compile(r"\." + re.escape(start) + r".*\.tmp\." + re.escape(_temporary_host())
+                         + r"\.(\d+)\.[a-z0-9_]+")
+    removed = []
+    try:
+        entries = list(os.scandir(folder or "."))
+    except OSError:
+        return removed
+    for entry in entries:
+        match = pattern.fullmatch(entry.name)
+        if not match or not entry.is_file(follow_symlinks=False):
+            continue
+        pid = int(match.group(1))
+        if _process_alive(pid):
+            continue
+        try:
+            os.remove(entry.path)
+        except OSError:
+            continue
+        log.info(f"removed {entry.path}: a temporary file left by process {pid}, which has ended")
+        removed.append(entry.path)
+    return removed
+
+
+def _process_alive(pid):
+    if pid == os.getpid():
+        return True
+    if pid <= 0:          # not a process (os.kill would signal a whole group)
+        return False
+    try:
+        os.kill(pid, 0)   # signal 0: only asks whether the process exists
+    except (ProcessLookupError, OverflowError):
+        return False
+    except PermissionError:   # it exists, under another user
+        return True
+    return True
 
 
 def write_binary(path, message):

@@ -319,16 +319,10 @@ def layer_code_failure(layer, stage, err, origin=None):
     code in ``stage``; None for dltrain's own errors (already clear) and for
     the user's Ctrl-C (an Interrupted), which pass through as they are.
 
-    A SystemExit or KeyboardInterrupt becomes a plain PluginError, not one
-    that is also of the original class: an uncaught SystemExit ends Python
-    with exit code 0 and no message, and a KeyboardInterrupt reads as the
-    user's Ctrl-C.  The original stays in ``.original``.
+    A SystemExit or KeyboardInterrupt becomes a plain PluginError (see
+    dlcore.plugins._error_class); the original stays in ``.original``.
     """
-    from .plugins import PluginError, layer_failure
+    from .plugins import layer_failure
     if isinstance(err, (DLTrainError, Interrupted)):
         return None
-    failure = layer_failure(layer, stage, err, origin)
-    if isinstance(failure, (SystemExit, KeyboardInterrupt)):
-        failure = PluginError(failure.message, layer_name=failure.layer_name, layer_type=failure.layer_type,
-                              origin=failure.origin, stage=stage, original=err)
-    return failure
+    return layer_failure(layer, stage, err, origin)

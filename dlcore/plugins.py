@@ -10,7 +10,11 @@ three places:
    ``module:Class`` (a Layer subclass, registered under the entry point's
    name if its module did not register it);
 2. the ``plugins:`` list of the project config file, ``dltrain.yaml`` in the
-   working directory or the file named with ``--config``;
+   working directory or the file named with ``--config``.  A ``dltrain.yaml``
+   found by itself in the working directory (not named with ``--config``)
+   imports nothing unless ``DLTRAIN_ALLOW_PROJECT_PLUGINS=1`` is set: a
+   downloaded folder must not run its code because dltrain was started in it.
+   Its other keys apply; one warning line names the plugins left out;
 3. ``--plugin MODULE`` on the command line (repeatable; a path to a ``.py``
    file works too).
 
@@ -20,8 +24,12 @@ is already registered (built in, or by another plugin) is an error naming
 both.  The library (``dlcore.Net`` in a script) loads entry-point plugins
 by itself the first time a net names a type that nothing registered.
 
-The project config (YAML, read with ``safe_load``) has these keys, all
-optional; any other key is an error:
+Each plugin loaded is logged (one line: its module, where it was named, its
+file).
+
+The project config (YAML, read with ``safe_load`` within the limits of
+:func:`dlcore.config.load_yaml_data`) has these keys, all optional; any
+other key is an error:
 
 ``plugins``
     a list of plugin modules (or ``.py`` paths, relative to the file).
@@ -37,17 +45,18 @@ import importlib.util
 import os
 import sys
 
-import yaml
+from . import log
+from .errors import ConfigError, DLTrainError, Interrupted
 
-from .errors import ConfigError, DLTrainError
-
-__all__ = ["ENTRY_POINT_GROUP", "CONFIG_FILE", "PluginError", "ProjectConfig", "load_project_config",
-           "load_plugins", "load_entry_point_plugins", "loaded_plugins", "import_module_from",
-           "is_plugin_class", "layer_failure"]
+__all__ = ["ENTRY_POINT_GROUP", "CONFIG_FILE", "ALLOW_PROJECT_PLUGINS_ENV", "PluginError", "ProjectConfig",
+           "load_project_config", "project_plugins_allowed", "load_plugins", "load_entry_point_plugins",
+           "loaded_plugins", "import_module_from", "is_plugin_class", "layer_failure"]
 
 ENTRY_POINT_GROUP = "dltrain.layers"
 CONFIG_FILE = "dltrain.yaml"
 CONFIG_KEYS = ("plugins", "log_dir")
+# Set to 1 to let a dltrain.yaml found in the working directory import its plugins.
+ALLOW_PROJECT_PLUGINS_ENV = "DLTRAIN_ALLOW_PROJECT_PLUGINS"
 
 # (source, module name, [layer types it registered]) for every plugin loaded.
 _loaded = []
@@ -87,6 +96,8 @@ def _error_class(exc_type):
     if exc_type in _mixed_classes:
         return _mixed_classes[exc_type]
     chosen = PluginError
+    if not issubclass(exc_type, Exception):
+        return chosen          # a SystemExit or KeyboardInterrupt mixed in would end the process silently
     for base in exc_type.__mro__:
         if base in (Exception, BaseException, object) or issubclass(base, DLTrainError):
             break
@@ -192,10 +203,19 @@ def _load_one(spec, source, base_dir):
             raise DLTrainError(f"{label}: no module named '{spec}' (looked on {where}); install the plugin "
                                "package or fix the name") from err
         raise DLTrainError(f"{label} failed to import: {type(err).__name__}: {err}") from err
-    except Exception as err:
+    except Interrupted:
+        raise
+    except (Exception, SystemExit, KeyboardInterrupt) as err:     # sys.exit() in a plugin is its failure
         raise DLTrainError(f"{label} failed to import: {type(err).__name__}: {err}") from err
     _loaded.append((source, module.__name__, sorted(set(registry._LAYERS) - before)))
+    _log_loaded(module.__name__, source)
     return module
+
+
+def _log_loaded(module_name, source):
+    module = sys.modules.get(module_name)
+    where = getattr(module, "__file__", None) or "no file"
+    log.info(f"loaded plugin {module_name} ({source}) from {where}")
 
 
 # --- entry points ---------------------------------------------------------------------------------
@@ -220,11 +240,14 @@ def _load_entry_point(ep):
             obj()
     except DLTrainError as err:
         raise DLTrainError(f"plugin {label}: {err}") from err
-    except Exception as err:
+    except Interrupted:
+        raise
+    except (Exception, SystemExit, KeyboardInterrupt) as err:
         raise DLTrainError(f"plugin {label} failed to load: {type(err).__name__}: {err}") from err
     module = ep.value.split(":")[0].strip()
-    _loaded.append((f"entry point of {dist or 'an installed package'}", module,
-                    sorted(set(registry._LAYERS) - before)))
+    source = f"entry point of {dist or 'an installed package'}"
+    _loaded.append((source, module, sorted(set(registry._LAYERS) - before)))
+    _log_loaded(module, source)
 
 
 def load_entry_point_plugins(strict=True):
@@ -252,39 +275,40 @@ def entry_point_failures():
 
 # --- the project config -------------------------------------------------------------------------
 class ProjectConfig:
-    """What ``dltrain.yaml`` says (``path`` is None when there is none)."""
+    """What ``dltrain.yaml`` says (``path`` is None when there is none).
+    ``found_automatically``: the file was found in the working directory,
+    not named by the user."""
 
-    def __init__(self, path=None, plugins=(), log_dir=None):
+    def __init__(self, path=None, plugins=(), log_dir=None, found_automatically=False):
         self.path = path
         self.plugins = list(plugins)
         self.log_dir = log_dir
+        self.found_automatically = found_automatically
 
     @property
     def folder(self):
         return os.path.dirname(os.path.abspath(self.path)) if self.path else os.getcwd()
 
     def __repr__(self):
-        return f"ProjectConfig(path={self.path!r}, plugins={self.plugins!r}, log_dir={self.log_dir!r})"
+        return (f"ProjectConfig(path={self.path!r}, plugins={self.plugins!r}, log_dir={self.log_dir!r}, "
+                f"found_automatically={self.found_automatically!r})")
 
 
 def load_project_config(path=None):
-    """Read the project config: ``path``, else ``./dltrain.yaml`` if it exists,
-    else an empty config.  A named file that is missing is an error."""
+    """Read the project config: ``path``, else ``./dltrain.yaml`` if there is
+    one (``found_automatically``), else an empty config.  A named file that is
+    missing is an error; so is anything called dltrain.yaml that is not a
+    readable UTF-8 YAML file (a directory, a FIFO, binary data)."""
+    from .config import MAX_TEXT_BYTES, load_yaml_data, read_text_file
+    found_automatically = path is None
     if path is None:
-        if not os.path.isfile(CONFIG_FILE):
+        if not os.path.lexists(CONFIG_FILE):
             return ProjectConfig()
         path = CONFIG_FILE
-    elif not os.path.isfile(path):
+    elif not os.path.lexists(path):
         raise ConfigError(f"project config '{path}' does not exist", path=path)
-    try:
-        with open(path, encoding="utf-8") as f:
-            data = yaml.safe_load(f)
-    except yaml.YAMLError as err:
-        mark = getattr(err, "problem_mark", None)
-        raise ConfigError(f"not valid YAML: {getattr(err, 'problem', None) or err}", path=path,
-                          line=mark.line + 1 if mark else None) from None
-    except OSError as err:
-        raise ConfigError(f"cannot read the project config: {err.strerror or err}", path=path) from None
+    text = read_text_file(path, "the project config", MAX_TEXT_BYTES)
+    data = load_yaml_data(text, path)
     if data is None:
         data = {}
     if not isinstance(data, dict):
@@ -292,45 +316,53 @@ def load_project_config(path=None):
     for key in data:
         if key not in CONFIG_KEYS:
             raise ConfigError(f"unknown key '{key}' (known keys: {', '.join(CONFIG_KEYS)})", path=path,
-                              line=_key_line(path, key), field=str(key))
+                              line=_key_line(text, key), field=str(key))
     plugins = data.get("plugins") or []
     if isinstance(plugins, str):
         plugins = [plugins]
     if not isinstance(plugins, list) or not all(isinstance(p, str) and p for p in plugins):
         raise ConfigError("'plugins' must be a list of module names or .py paths", path=path,
-                          line=_key_line(path, "plugins"), field="plugins")
+                          line=_key_line(text, "plugins"), field="plugins")
     log_dir = data.get("log_dir")
     if log_dir is not None:
         if not isinstance(log_dir, str) or not log_dir:
-            raise ConfigError("'log_dir' must be a folder path", path=path, line=_key_line(path, "log_dir"),
+            raise ConfigError("'log_dir' must be a folder path", path=path, line=_key_line(text, "log_dir"),
                               field="log_dir")
         log_dir = os.path.join(os.path.dirname(os.path.abspath(path)), os.path.expanduser(log_dir))
-    return ProjectConfig(path, plugins, log_dir)
+    return ProjectConfig(path, plugins, log_dir, found_automatically)
 
 
-def _key_line(path, key):
-    try:
-        with open(path, encoding="utf-8") as f:
-            for number, line in enumerate(f, 1):
-                if line.split(":")[0].strip() == str(key):
-                    return number
-    except OSError:
-        pass
+def _key_line(text, key):
+    for number, line in enumerate(text.splitlines(), 1):
+        if line.split(":")[0].strip() == str(key):
+            return number
     return None
+
+
+def project_plugins_allowed():
+    """Has the user allowed a dltrain.yaml found automatically to import its
+    plugins (``DLTRAIN_ALLOW_PROJECT_PLUGINS=1``)?"""
+    return os.environ.get(ALLOW_PROJECT_PLUGINS_ENV, "").strip().lower() in ("1", "true", "yes", "on")
 
 
 # --- the one entry point of the CLI ------------------------------------------------------------
 def load_plugins(modules=(), config=None, entry_points=True):
     """Load every plugin: installed entry points, the project config's
     ``plugins:`` and ``modules`` (the ``--plugin`` flags).  ``config`` is a
-    ProjectConfig, a path to one, or None (``./dltrain.yaml`` if present).
+    ProjectConfig, a path to one, or None (``./dltrain.yaml`` if present,
+    whose plugins load only with DLTRAIN_ALLOW_PROJECT_PLUGINS=1).
     Returns the ProjectConfig used.  Errors are DLTrainErrors naming the plugin."""
     if not isinstance(config, ProjectConfig):
         config = load_project_config(config)
     if entry_points:
         load_entry_point_plugins(strict=True)
-    for spec in config.plugins:
-        _load_one(spec, f"from {config.path}", config.folder)
+    if config.plugins and config.found_automatically and not project_plugins_allowed():
+        log.warning(f"not loading the plugins listed in {config.path} ({', '.join(config.plugins)}): that file "
+                    "was found in the current folder, not named by you; to load them, pass --config "
+                    f"{config.path} or set {ALLOW_PROJECT_PLUGINS_ENV}=1")
+    else:
+        for spec in config.plugins:
+            _load_one(spec, f"from {config.path}", config.folder)
     for spec in modules or ():
         _load_one(spec, "from --plugin", os.getcwd())
     return config

@@ -5,6 +5,7 @@ Input and DummyData shape their tops once, in setup; ``reshape`` leaves
 them alone so a user can reshape an input blob
 (``net.blobs['data'].reshape(...)``) and the net follows, as in Caffe.
 """
+from dlcore.config import read_text_file
 from dlcore.errors import ConfigError
 from dlcore.filler import fill
 from dlcore.layer import Layer
@@ -16,12 +17,9 @@ def read_list_file(source, owner, field, what):
     """The lines of a data layer's list file ``source`` (named by the parameter ``field``), with a
     ConfigError if it cannot be read or has only blank lines (``what``: what it should list)."""
     try:
-        with open(source, encoding="utf-8") as f:
-            lines = f.read().splitlines()
-    except OSError as err:
-        raise ConfigError(f"{owner}: {field}: cannot open '{source}': {err.strerror or err}", field=field) from None
-    except UnicodeDecodeError as err:
-        raise ConfigError(f"{owner}: {field}: '{source}' is not a UTF-8 text file ({err})", field=field) from None
+        lines = read_text_file(source, "the list file").splitlines()     # a regular file, of a sane size
+    except ConfigError as err:
+        raise ConfigError(f"{owner}: {field}: {err}", field=field) from None
     if not any(line.strip() for line in lines):
         raise ConfigError(f"{owner}: {field}: '{source}' lists no {what}", field=field)
     return lines

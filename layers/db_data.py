@@ -44,7 +44,6 @@ import io
 import os
 import queue
 import shutil
-import sys
 import threading
 import weakref
 
@@ -448,29 +447,17 @@ class _Prefetcher:
             raise _ReaderError(item.message, item.about_data)
         return item
 
-    def stop(self, timeout=2.0):
+    def stop(self):
+        """Ask the thread to end; it does within its queue's 0.1 s wait, holding its own references (the
+        database stays open until then).  Never waits: this runs from a finalizer, where a Ctrl-C landing
+        in a wait would be lost in a traceback."""
         self.stop_event.set()
-        thread = self.thread
-        if thread.is_alive() and thread is not threading.current_thread():
-            thread.join(timeout)
 
 
 class _ReaderError(DLTrainError):
     def __init__(self, message, about_data):
         super().__init__(message)
         self.about_data = about_data
-
-
-def _stop_reader(prefetcher):
-    """The layer's finalizer.  A second Ctrl-C while the process exits (the main thread has finished, so
-    this runs from atexit) ends it as an interrupted run, without a traceback from here."""
-    try:
-        prefetcher.stop()
-    except KeyboardInterrupt:
-        if threading.main_thread().is_alive():
-            raise
-        sys.stderr.flush()
-        os._exit(130)
 
 
 def _put(q, stop, item):
@@ -629,7 +616,7 @@ class DataLayer(Layer):
         self._position = {"key": key, "transform_rng": generator_state(transformer.rng)}
         self._prefetcher = _Prefetcher(f"{self.owner} reading '{self.source}'", self._env, key, self.batch_size,
                                        transformer, self._prefetch)
-        self._finalizer = weakref.finalize(self, _stop_reader, self._prefetcher)
+        self._finalizer = weakref.finalize(self, self._prefetcher.stop)
 
     def reshape(self, bottom, top):
         pass   # the tops take each batch's shape in forward

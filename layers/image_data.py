@@ -79,6 +79,7 @@ import numpy as np
 from numba import njit
 
 from dlcore import log
+from dlcore.config import MAX_BINARY_BYTES, read_regular_file, read_text_file
 from dlcore.errors import ConfigError, DLTrainError
 from dlcore.layer import Layer
 from dlcore.registry import register_layer
@@ -160,10 +161,9 @@ def load_image(path, height=0, width=0, color=True):
     """Caffe's ReadImageToCVMat: the file's pixels as (C, H, W) uint8, BGR (``color``) or grayscale,
     resized to height x width when both are > 0.  Raises DLTrainError naming the file."""
     try:
-        with open(path, "rb") as f:
-            data = f.read()
-    except OSError as err:
-        raise DLTrainError(f"could not open or find file '{path}': {err.strerror or err}") from None
+        data = read_regular_file(path, MAX_BINARY_BYTES, "the image")
+    except ConfigError as err:
+        raise DLTrainError(f"could not open or find file: {err}") from None
     return decode_file_bytes(data, path, height, width, color)
 
 
@@ -477,13 +477,9 @@ def read_window_file(source, root_folder="", fg_threshold=0.5, bg_threshold=0.5,
     """
     field = "window_data_param.source"
     try:
-        with open(source, encoding="utf-8") as f:
-            text = f.read()
-    except OSError as err:
-        raise ConfigError(f"{owner}: failed to open window file '{source}': {err.strerror or err}",
-                          field=field) from None
-    except UnicodeDecodeError as err:
-        raise ConfigError(f"{owner}: window file '{source}' is not UTF-8 text ({err})", field=field) from None
+        text = read_text_file(source, "the window file")
+    except ConfigError as err:
+        raise ConfigError(f"{owner}: failed to open window file: {err}", field=field) from None
     tokens = [(tok, number) for number, line in enumerate(text.splitlines(), 1) for tok in line.split()]
     if not tokens:
         raise ConfigError(f"{owner}: window file '{source}' is empty", field=field)

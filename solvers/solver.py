@@ -25,11 +25,13 @@ on a terminal.
 """
 import math
 import os
+import tempfile
 
 import numpy as np
 
 from dlcore import Net, TEST, TRAIN, backend, resume
-from dlcore.config import field_line, load_message, load_net, load_solver, to_prototxt, write_binary
+from dlcore.config import (field_line, load_message, load_net, load_solver, remove_stale_temporaries, to_prototxt,
+                           write_binary)
 from dlcore.errors import BlobError, ConfigError, DLTrainError
 from dlcore.rng import set_random_seed
 # Caffe's UpgradeSolverAsNeeded (the legacy solver_type enum -> type) lives with the
@@ -260,10 +262,12 @@ class Solver:
         try:
             if folder:
                 os.makedirs(folder, exist_ok=True)
-            probe = snapshot_filename(self.snapshot_prefix, 0, f".tempfile.{os.getpid()}")
-            with open(probe, "wb"):
-                pass
+            # O_EXCL, never a plain open: a name planted in a shared folder (a symlink) is not followed.
+            fd, probe = tempfile.mkstemp(prefix=f".{os.path.basename(self.snapshot_prefix)}.probe.",
+                                         dir=folder or ".")
+            os.close(fd)
             os.remove(probe)
+            remove_stale_temporaries(self.snapshot_prefix)    # what a killed run of this prefix left behind
         except OSError as err:
             raise ConfigError(f"cannot write to snapshot prefix '{self.snapshot_prefix}' ({err.strerror or err}); "
                               "make sure its folder exists and is writable", field="snapshot_prefix",
@@ -811,7 +815,10 @@ class Solver:
                 beside = os.path.join(os.path.dirname(state_file), os.path.basename(model))
                 if os.path.isfile(beside):
                     model = beside
-            self.net.copy_from(model)
+            try:
+                self.net.copy_from(model)
+            except ConfigError as err:
+                raise ConfigError(f"its learned_net: {err}", path=state_file) from None
         for i, (blob, stored) in enumerate(zip(self.history, state.history)):
             try:
                 blob.from_proto(stored, reshape=False)

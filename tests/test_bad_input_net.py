@@ -549,6 +549,9 @@ def test_sys_exit_0_in_a_python_layer_during_train_exits_non_zero(tmp_path, monk
     code, err = run_cli(["train", "--solver", "solver.prototxt"], tmp_path)
     assert code != 0
     assert_one_error_line(code, err, "layer 'exit' (type 'Python'", "raised in forward: SystemExit")
+    # As for Ctrl-C: a snapshot of the last completed iteration (forward number 4 is iteration 3's).
+    assert sorted(os.listdir(tmp_path / "snap")) == ["run_iter_3.caffemodel", "run_iter_3.solverstate",
+                                                     "run_log.jsonl"]
 
 
 # --- `dltrain time` ---------------------------------------------------------------------------------------

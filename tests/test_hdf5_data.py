@@ -122,7 +122,7 @@ def test_in_a_net(tmp_path):
 def test_errors(tmp_path):
     files = make_files(tmp_path, (4,))
     source = write_list(tmp_path / "list.txt", files)
-    with pytest.raises(ConfigError, match="cannot open"):
+    with pytest.raises(ConfigError, match="cannot read the list file: No such file"):
         forward(layer_of(str(tmp_path / "missing.txt"), ["data"], 2), 1)
     with pytest.raises(ConfigError, match="lists no HDF5 files"):
         forward(layer_of(write_list(tmp_path / "empty.txt", []), ["data"], 2), 1)

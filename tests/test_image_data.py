@@ -192,7 +192,7 @@ def test_errors(tmp_path, images):
     source, _ = images
     with pytest.raises(ConfigError, match="new_height and new_width must be set together"):
         setup(layer_of(source, 1, "new_height: 4"))
-    with pytest.raises(ConfigError, match="cannot open"):
+    with pytest.raises(ConfigError, match="cannot read the list file: No such file"):
         setup(layer_of(str(tmp_path / "none.txt"), 1))
     with pytest.raises(ConfigError, match="batch_size must be positive"):
         setup(layer_of(source, 0))

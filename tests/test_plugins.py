@@ -31,6 +31,7 @@ def isolated(monkeypatch):
     monkeypatch.setattr(plugins, "_entry_points_loaded", False)
     monkeypatch.setattr(plugins, "_entry_point_failures", [])
     monkeypatch.setattr(sys, "path", list(sys.path))
+    monkeypatch.delenv(plugins.ALLOW_PROJECT_PLUGINS_ENV, raising=False)
     before = set(sys.modules)
     yield
     for name in set(sys.modules) - before:
@@ -237,23 +238,54 @@ def test_project_config_plugins_and_log_dir(isolated, in_tmp, capsys):
     assert text.startswith("Log file created at: ")
 
 
-def test_dltrain_yaml_in_the_working_directory(isolated, in_tmp, capsys):
+def test_dltrain_yaml_in_the_working_directory_loads_plugins_only_when_allowed(isolated, in_tmp, capsys,
+                                                                             monkeypatch):
+    module, type_name = write_plugin(in_tmp)
+    (in_tmp / "dltrain.yaml").write_text(f"plugins: [{module}]\nlog_dir: logs\n")
+    assert main(["plugins"]) == 0
+    captured = capsys.readouterr()
+    assert module not in sys.modules and type_name not in captured.out
+    warnings = [line for line in captured.err.splitlines() if line.startswith("W")]
+    assert len(warnings) == 1 and warnings[0].endswith(
+        f"not loading the plugins listed in dltrain.yaml ({module}): that file was found in the current folder, "
+        "not named by you; to load them, pass --config dltrain.yaml or set DLTRAIN_ALLOW_PROJECT_PLUGINS=1")
+    assert (in_tmp / "logs" / "dltrain.INFO").exists()      # the rest of the file applies
+
+    monkeypatch.setenv("DLTRAIN_ALLOW_PROJECT_PLUGINS", "1")
+    assert main(["plugins"]) == 0
+    captured = capsys.readouterr()
+    assert f"{module} (from dltrain.yaml): {type_name} [{in_tmp / module}.py]" in captured.out
+    assert f"loaded plugin {module} (from dltrain.yaml) from {in_tmp / module}.py" in captured.err
+
+
+def test_dltrain_yaml_named_with_config_loads_its_plugins(isolated, in_tmp, capsys):
     module, type_name = write_plugin(in_tmp)
     (in_tmp / "dltrain.yaml").write_text(f"plugins: [{module}]\n")
-    assert main(["plugins"]) == 0
+    assert main(["--config", "dltrain.yaml", "plugins"]) == 0
     assert f"{module} (from dltrain.yaml): {type_name}" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize("text, message", [
     ("plugins: [a]\ndevice: gpu\n", "dltrain.yaml:2: unknown key 'device' (known keys: plugins, log_dir)"),
     ("plugins: {a: 1}\n", "dltrain.yaml:1: 'plugins' must be a list of module names or .py paths"),
-    ("plugins: [a\n", "dltrain.yaml:2: not valid YAML"),
+    ("plugins: [a\n", "dltrain.yaml:2:1: YAML syntax error: did not find expected ',' or ']'"),
     ("- a\n", "dltrain.yaml: the project config must be a YAML mapping"),
+    ("plugins: \xe9t\xe9\n".encode("latin-1"), "dltrain.yaml:1:10: file is not UTF-8 text"),
+    (b"\x00\x01\x02binary", "dltrain.yaml:1:1: YAML syntax error: unacceptable character #x0000"),
+    ("a0: &a0 {x: 1}\n" + "".join(f"a{i}: &a{i} {{<<: [{', '.join([f'*a{i - 1}'] * 10)}]}}\n"
+                                   for i in range(1, 9)),
+     "dltrain.yaml:7:14: YAML too large: more than 2,000,000 nodes here once aliases and merge keys are expanded"),
+    (None, "dltrain.yaml: cannot read the project config: it is a directory, not a regular file"),
 ])
 def test_project_config_errors(isolated, in_tmp, capsys, text, message):
-    (in_tmp / "dltrain.yaml").write_text(text)
+    path = in_tmp / "dltrain.yaml"
+    if text is None:
+        path.mkdir()
+    else:
+        path.write_bytes(text) if isinstance(text, bytes) else path.write_text(text)
     assert main(["plugins"]) == 1
-    assert message in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("dltrain: error: ") and message in err
 
 
 def test_named_config_that_is_missing(isolated, in_tmp, capsys):
