@@ -94,7 +94,7 @@ def main(argv=None):
     except DLTrainError as err:
         if args.debug:
             raise
-        print(f"dltrain: error: {err}", file=sys.stderr)
+        print(f"dltrain: error: {one_line(err)}", file=sys.stderr)
         if isinstance(err, PluginError):
             print("dltrain: run with --debug to see the plugin's own traceback", file=sys.stderr)
         return 1
@@ -104,7 +104,7 @@ def main(argv=None):
     except Exception as err:          # a bug, not bad input: still one line, and the way to see more
         if args.debug:
             raise
-        print(f"dltrain: internal error: {type(err).__name__}: {err} (run with --debug for the traceback, and "
+        print(f"dltrain: internal error: {type(err).__name__}: {one_line(err)} (run with --debug for the traceback, and "
               "please report it)", file=sys.stderr)
         return 1
     finally:
@@ -119,6 +119,11 @@ def main(argv=None):
 
 
 _OFF_MAIN_THREAD = object()
+
+
+def one_line(err):
+    """``str(err)`` on one line: control characters (a newline inside a quoted name, say) as escapes."""
+    return "".join(ch if ch.isprintable() else repr(ch)[1:-1] for ch in str(err))
 
 
 def _interrupt_on_sigint():

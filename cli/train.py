@@ -91,6 +91,10 @@ def cmd_test(args):
     n = len(net.layers)
     for i in range(args.iterations):
         loss += net.forward_from_to(0, n - 1)
+        count = sum(net.blobs[name].count for name in net.outputs)
+        if i and count != len(scores):
+            raise DLTrainError(f"the net's outputs hold {count} values in batch {i}, {len(scores)} before: test "
+                               "outputs must keep their size to be averaged")
         idx = 0
         for name in net.outputs:
             for value in net.blobs[name].cpu_data().ravel():

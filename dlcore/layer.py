@@ -199,6 +199,12 @@ class Layer:
         try:
             self.setup(bottom, top)
             self.reshape(bottom, top)
+        except ConfigError as err:
+            if err.message.startswith("layer '"):
+                raise
+            # A shared helper's message (a filler, an axis) gets the layer it is about.
+            raise ConfigError(f"layer '{self.name}' ({self.type}): {err.message}", path=err.path, line=err.line,
+                              column=err.column, field=err.field) from None
         except LAYER_CODE_ERRORS as err:
             failure = self.code_failure("setup", err)
             if failure is None:

@@ -63,6 +63,8 @@ class AccuracyLayer(Layer):
     cuda_module = ".accuracy_cuda"
 
     def setup(self, bottom, top):
+        if any(t is b for t in top for b in bottom):
+            raise ConfigError(f"layer '{self.name}' (Accuracy) does not allow in-place computation")
         param = self.layer_param.accuracy_param
         self.top_k = int(param.top_k)
         self.has_ignore_label = param.HasField("ignore_label")

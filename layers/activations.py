@@ -407,7 +407,13 @@ class ExpLayer(ActivationLayer):
         if shift == 0:
             self.outer_scale = 1.0
         else:
-            self.outer_scale = math.exp(shift) if base == -1 else math.pow(base, shift)
+            try:
+                self.outer_scale = math.exp(shift) if base == -1 else math.pow(base, shift)
+            except OverflowError:
+                self.outer_scale = math.inf
+            if not self.outer_scale <= float(np.finfo(self.dtype).max):     # inf or nan in the data's dtype
+                raise ConfigError(f"layer '{self.name}' (Exp): base^shift = {'e' if base == -1 else f'{base:g}'}"
+                                  f"^{shift:g} is not finite (exp_param.shift)")
 
     def forward_params(self):
         t = self.dtype.type
@@ -427,7 +433,8 @@ def log_scaled(x, scale, shift, base_scale):
 
 @formula
 def log_grad(x, dy, scale, shift, backward_num_scale):
-    return dy * scaled(affine(x, scale, shift) ** -1, backward_num_scale)
+    # A float exponent: 0 ** -1.0 is inf, as Caffe's powx gives; Numba's integer power raises at 0.
+    return dy * scaled(affine(x, scale, shift) ** -1.0, backward_num_scale)
 
 
 @register_layer("Log")

@@ -126,6 +126,8 @@ class WeightedConvolution(Layer):
     transposed = False
 
     def setup(self, bottom, top):
+        if any(t is b for t in top for b in bottom):    # im2col reads the input while the top is written
+            raise ConfigError(f"layer '{self.name}' ({self.type}) does not allow in-place computation")
         cp = self.layer_param.convolution_param
         self.channel_axis, self.kernel, self.stride, self.pad, self.dilation = read_geometry(self, bottom)
         self.channels = bottom[0].shape[self.channel_axis]

@@ -45,6 +45,7 @@ import os
 import queue
 import shutil
 import threading
+import time
 import weakref
 
 import numpy as np
@@ -333,13 +334,22 @@ def open_lmdb(source):
     with _ENVS_LOCK:
         env = _ENVS.get(key)
         if env is None:
-            try:
-                env = lmdb.open(path, subdir=subdir, readonly=True, lock=False, readahead=False,
-                                max_readers=126)
-            except lmdb.Error as err:
-                raise ConfigError(f"cannot open LMDB '{path}': {err}") from None
+            env = _open_env(lmdb, path, subdir)
             _ENVS[key] = env
     return env
+
+
+def _open_env(lmdb, path, subdir, wait_s=5.0):
+    """lmdb.open, waiting while a previous Environment of the same database is still being closed (a
+    stopped reader thread dropping the last reference closes it in that thread, after the entry left _ENVS)."""
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            return lmdb.open(path, subdir=subdir, readonly=True, lock=False, readahead=False, max_readers=126)
+        except lmdb.Error as err:
+            if "already open" not in str(err) or time.monotonic() > deadline:
+                raise ConfigError(f"cannot open LMDB '{path}': {err}") from None
+            time.sleep(0.01)
 
 
 def count_lmdb(source):

@@ -120,6 +120,9 @@ class EltwiseLayer(Layer):
                               f"{n_coeff} coeff values)")
         if self.op == ELTWISE_PROD and n_coeff:
             raise ConfigError(f"{name}: only takes coefficients for summation (operation SUM), not PROD")
+        if self.op == ELTWISE_PROD and top[0] is bottom[0]:
+            raise ConfigError(f"{name}: operation PROD does not allow in-place computation (its gradient needs "
+                              "the inputs)")
         # (MAX ignores coefficients, as Caffe does)
         self.coeffs = [float(c) for c in param.coeff] if n_coeff else [1.0] * len(bottom)
         self.stable_prod_grad = bool(param.stable_prod_grad)
@@ -149,9 +152,16 @@ class EltwiseLayer(Layer):
             for i, blob in enumerate(bottom[2:], 2):
                 eltwise_max_next(flat(blob.data), i, y, self.mask)
 
+    def backward_order(self, bottom, top):
+        """The bottoms' indices in the order backward writes their diffs: in place (SUM, MAX), bottom 0's
+        diff is the top's, so it is written last, after every other bottom has read the top's diff."""
+        order = list(range(len(bottom)))
+        return order[1:] + order[:1] if top[0] is bottom[0] else order
+
     def backward_cpu(self, top, propagate_down, bottom):
         dy = flat(top[0].diff)
-        for i, blob in enumerate(bottom):
+        for i in self.backward_order(bottom, top):
+            blob = bottom[i]
             if not propagate_down[i]:
                 continue
             dx = flat(blob.diff)

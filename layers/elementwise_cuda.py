@@ -46,7 +46,8 @@ def eltwise_forward_gpu(layer, bottom, top):
 def eltwise_backward_gpu(layer, top, propagate_down, bottom):
     n = top[0].count
     dy = top[0].gpu_diff()
-    for i, blob in enumerate(bottom):
+    for i in layer.backward_order(bottom, top):
+        blob = bottom[i]
         if not propagate_down[i]:
             continue
         dx = blob.mutable_gpu_diff()

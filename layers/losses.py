@@ -176,6 +176,13 @@ class LossLayer(Layer):
     valid_count = -1                 # the last forward's count of non-ignored labels (-1: unknown)
     refused_bottoms = ()             # (index, what): bottoms a gradient may not be asked for, nor forced (labels)
 
+    def check_blob_counts(self, bottom, top):
+        """Caffe's checks of the blob counts, and one of the wiring: the scalar loss (or the
+        probabilities) written over an input would resize it under the loss."""
+        super().check_blob_counts(bottom, top)
+        if any(t is b for t in top for b in bottom):
+            raise ConfigError(f"layer '{self.name}' ({self.type}) does not allow in-place computation")
+
     def read_loss_param(self, default=VALID):
         """ignore_label and the normalization mode from ``loss_param``."""
         loss_param = self.layer_param.loss_param
@@ -206,7 +213,8 @@ class LossLayer(Layer):
         if bad >= 0:
             raise bad_label_error(self, bottom[1].cpu_data(), bad, self.labels.channels)
         self.valid_count = count
-        top[0].data[...] = self.normalized(loss, count)
+        with np.errstate(over="ignore"):      # a loss past float32's range is inf, as in Caffe: the solver says so
+            top[0].data[...] = self.normalized(loss, count)
 
     def loss_scale(self, top, factor=1.0):
         """factor * the loss weight / the normalizer: what backward scales the gradient by."""

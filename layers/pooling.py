@@ -269,6 +269,8 @@ class PoolingLayer(Layer):
     def setup(self, bottom, top):
         pp = self.layer_param.pooling_param
         name = f"layer '{self.name}' (Pooling)"
+        if any(t is bottom[0] for t in top):   # the smaller top would resize the input under the windows
+            raise ConfigError(f"{name} does not allow in-place computation")
         self.method = check_method(self, pp.pool)
         if len(top) > 1 and self.method != MAX:
             raise ConfigError(f"{name}: only MAX pooling has a second (mask) top")

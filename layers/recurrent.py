@@ -242,6 +242,8 @@ class RecurrentLayer(Layer):
         raise ConfigError(f"layer '{self.name}' ({self.type}): {message}")
 
     def setup(self, bottom, top):
+        if any(t is b for t in top for b in bottom):    # every time step reads x while h is written
+            raise ConfigError(f"layer '{self.name}' ({self.type}) does not allow in-place computation")
         rp = self.layer_param.recurrent_param
         self.H = int(rp.num_output)
         if self.H <= 0:

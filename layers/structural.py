@@ -245,6 +245,13 @@ class ConcatLayer(Layer):
     exact_num_top_blobs = 1
     cuda_module = CUDA_MODULE
 
+    def setup(self, bottom, top):
+        # One bottom: the top is a view of it, in place or not.  More: the joined top would be resized
+        # over the first part while the parts are copied in.
+        if len(bottom) > 1 and top[0] is bottom[0]:
+            raise ConfigError(f"layer '{self.name}' (Concat) with more than one bottom does not allow in-place "
+                              "computation")
+
     def reshape(self, bottom, top):
         n = bottom[0].num_axes
         self.axis = axis = block_axis(self, bottom[0], self.layer_param.concat_param, "concat_dim")

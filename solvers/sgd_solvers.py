@@ -24,9 +24,14 @@ class SGDSolver(Solver):
     rule = "sgd"
     takes_momentum = True       # AdaGrad and RMSProp refuse a momentum (Caffe's constructor_sanity_check)
 
+    uses_delta = False          # AdaGrad, RMSProp, AdaDelta, Adam divide by a term that delta keeps off zero
+
     def check_solver_param(self):
         if not self.takes_momentum and self.param.momentum != 0:
             self._fail(f"momentum cannot be used with {self.type} (set it to 0 or leave it out)", "momentum")
+        if self.uses_delta and not self.param.delta > 0:
+            self._fail(f"delta must be positive for {self.type} (got {self.param.delta:g}): it keeps the update's "
+                       "denominator off zero", "delta")
 
     def _local_rate(self, param_id, rate):
         """rate * lr_mult, in the dtype."""
@@ -63,6 +68,7 @@ class AdaGradSolver(SGDSolver):
     """AdaGrad: ``h += g^2; w -= lr * g / (sqrt(h) + delta)``."""
 
     type = "AdaGrad"
+    uses_delta = True
     rule = "adagrad"
     takes_momentum = False
 
@@ -74,6 +80,7 @@ class RMSPropSolver(SGDSolver):
     """RMSProp: ``h = d*h + (1-d)*g^2; w -= lr * g / (sqrt(h) + delta)`` (d = rms_decay)."""
 
     type = "RMSProp"
+    uses_delta = True
     rule = "rmsprop"
     takes_momentum = False
 
@@ -90,6 +97,7 @@ class AdaDeltaSolver(SGDSolver):
     """AdaDelta (Zeiler 2012) with Caffe's ``momentum`` as the decay and ``delta`` as epsilon."""
 
     type = "AdaDelta"
+    uses_delta = True
     rule = "adadelta"
 
     def hyper_parameters(self, param_id, rate):
@@ -100,6 +108,7 @@ class AdamSolver(SGDSolver):
     """Adam (Kingma & Ba 2014): ``momentum`` is beta1, ``momentum2`` beta2, ``delta`` epsilon."""
 
     type = "Adam"
+    uses_delta = True
     rule = "adam"
 
     def hyper_parameters(self, param_id, rate):

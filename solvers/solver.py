@@ -268,8 +268,9 @@ class Solver:
             os.close(fd)
             os.remove(probe)
             remove_stale_temporaries(self.snapshot_prefix)    # what a killed run of this prefix left behind
-        except OSError as err:
-            raise ConfigError(f"cannot write to snapshot prefix '{self.snapshot_prefix}' ({err.strerror or err}); "
+        except (OSError, ValueError) as err:      # ValueError: a NUL byte in the path
+            reason = getattr(err, "strerror", None) or err
+            raise ConfigError(f"cannot write to snapshot prefix '{self.snapshot_prefix}' ({reason}); "
                               "make sure its folder exists and is writable", field="snapshot_prefix",
                               **self._where("snapshot_prefix")) from None
 
@@ -705,7 +706,11 @@ class Solver:
             if scores is None:
                 scores = [r.copy() for r in result]
             else:
-                for s, r in zip(scores, result):
+                for name, s, r in zip(net.outputs, scores, result):
+                    if r.size != s.size:
+                        raise DLTrainError(f"test net #{test_net_id}: output '{name}' has {r.size} values in test "
+                                           f"iteration {i}, {s.size} before: test outputs must keep their size "
+                                           "to be averaged")
                     s += r
         if self.requested_early_exit:
             info("Test interrupted.")
