@@ -94,9 +94,8 @@ def main(argv=None):
     except DLTrainError as err:
         if args.debug:
             raise
-        print(f"dltrain: error: {one_line(err)}", file=sys.stderr)
-        if isinstance(err, PluginError):
-            print("dltrain: run with --debug to see the plugin's own traceback", file=sys.stderr)
+        hint = " (run with --debug to see the plugin's own traceback)" if isinstance(err, PluginError) else ""
+        print(f"dltrain: error: {one_line(err)}{hint}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("dltrain: interrupted", file=sys.stderr)
