@@ -95,7 +95,8 @@ def main(argv=None):
         if args.debug:
             raise
         hint = " (run with --debug to see the plugin's own traceback)" if isinstance(err, PluginError) else ""
-        print(f"dltrain: error: {one_line(err)}{hint}", file=sys.stderr)
+        print(f"dltrain: error: {_rank()}{one_line(err)}{hint}", file=sys.stderr)
+        _end_other_ranks()
         return 1
     except KeyboardInterrupt:
         print("dltrain: interrupted", file=sys.stderr)
@@ -103,8 +104,9 @@ def main(argv=None):
     except Exception as err:          # a bug, not bad input: still one line, and the way to see more
         if args.debug:
             raise
-        print(f"dltrain: internal error: {type(err).__name__}: {one_line(err)} (run with --debug for the traceback, and "
-              "please report it)", file=sys.stderr)
+        print(f"dltrain: internal error: {_rank()}{type(err).__name__}: {one_line(err)} (run with --debug for the "
+              "traceback, and please report it)", file=sys.stderr)
+        _end_other_ranks()
         return 1
     finally:
         if log_file is not None:
@@ -118,6 +120,26 @@ def main(argv=None):
 
 
 _OFF_MAIN_THREAD = object()
+
+
+def _parallel_world():
+    """The data-parallel world if this run joined one (never imports mpi4py itself)."""
+    from dlcore import parallel
+    world = parallel._world
+    return world if world is not None and world.parallel else None
+
+
+def _rank():
+    world = _parallel_world()
+    return f"rank {world.rank}: " if world else ""
+
+
+def _end_other_ranks():
+    """One rank's error ends the whole data-parallel job at once (the others would wait for it for ever)."""
+    world = _parallel_world()
+    if world:
+        sys.stderr.flush()
+        world.abort(1)
 
 
 def one_line(err):

@@ -6,6 +6,8 @@
 
 `dltrain solver.prototxt` is `dltrain train --solver solver.prototxt`.
 """
+import os
+
 from dlcore import TEST, DLTrainError
 
 SIGNAL_EFFECTS = ("stop", "snapshot", "none")
@@ -22,6 +24,25 @@ def _gpu_id(flag):
     return device_for_solver(caffe_pb2.SolverParameter(), flag)[1]
 
 
+def _join_ranks():
+    """Under an MPI launcher with several ranks: train data-parallel (dlcore.parallel).  Ranks other than 0
+    keep quiet, and each rank takes its share of the node's cores for Numba and BLAS (DLTRAIN_THREADS_PER_RANK
+    overrides it), so that the ranks do not fight over them."""
+    from dlcore import log, parallel
+    world = parallel.world()
+    if not world.parallel:
+        return
+    log.quiet = not world.is_root
+    threads = os.environ.get("DLTRAIN_THREADS_PER_RANK")
+    threads = int(threads) if threads else max(1, (os.cpu_count() or 1) // world.local_size)
+    import numba
+    from threadpoolctl import threadpool_limits
+    numba.set_num_threads(min(threads, numba.config.NUMBA_NUM_THREADS))
+    threadpool_limits(threads)
+    log.info(f"Data-parallel training on {world.size} ranks ({world.local_size} on this node, {threads} "
+             "thread(s) each); rank 0 logs and writes the snapshots")
+
+
 def cmd_train(args):
     """Train a net from a solver file (Caffe's `caffe train`)."""
     from dlcore import backend
@@ -33,6 +54,7 @@ def cmd_train(args):
 
     if args.snapshot and args.weights:
         raise DLTrainError("give --snapshot to resume training or --weights to fine-tune, not both")
+    _join_ranks()
     if args.iterations is not None and args.iterations < 0:
         raise DLTrainError(f"--iterations must not be negative (got {args.iterations})")
     param = load_solver(args.solver, resolve_paths=True)
@@ -54,7 +76,10 @@ def cmd_train(args):
         param.ClearField("weights")
         param.weights.append(args.weights)
     solver = get_solver(param, solver_path=args.solver)
-    with SignalHandler(args.sigint_effect, args.sighup_effect) as handler:
+    # Under mpirun, Ctrl-C reaches the ranks as SIGTERM: it gets Ctrl-C's effect (snapshot, then stop).
+    from dlcore import parallel
+    sigterm = args.sigint_effect if parallel.world().parallel else None
+    with SignalHandler(args.sigint_effect, args.sighup_effect, sigterm) as handler:
         solver.set_action_function(handler.requested_action)
         if args.snapshot:
             info(f"Resuming from {args.snapshot}")

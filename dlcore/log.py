@@ -17,7 +17,13 @@ def _prefix(severity, depth):
     return f"{severity}{now:%m%d %H:%M:%S}.{now.microsecond:06d} {tid:5d} {source}] "
 
 
+# Ranks other than 0 of a data-parallel run keep quiet (their errors still show): rank 0 logs for the job.
+quiet = False
+
+
 def _emit(severity, message, stream=None):
+    if quiet and severity != "E":
+        return
     stream = stream or sys.stderr
     stream.write(_prefix(severity, 3) + str(message) + "\n")
     stream.flush()

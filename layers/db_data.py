@@ -52,7 +52,7 @@ import numpy as np
 from google.protobuf.message import DecodeError
 from numba import njit
 
-from dlcore import log
+from dlcore import log, parallel
 from dlcore.errors import ConfigError, DLTrainError
 from dlcore.layer import TRAIN, Layer
 from dlcore.registry import register_layer
@@ -431,13 +431,13 @@ class _Prefetcher:
     reference to the layer, so the layer can be collected; the layer's finalizer calls ``stop``.
     """
 
-    def __init__(self, name, env, start_key, batch_size, transformer, prefetch):
+    def __init__(self, name, env, start_key, batch_size, transformer, prefetch, stride=1):
         self.name = name
         self.queue = queue.Queue(maxsize=max(1, prefetch))
         self.stop_event = threading.Event()
         self.thread = threading.Thread(
             target=_read_loop, name=f"dltrain-data-{name}", daemon=True,
-            args=(self.queue, self.stop_event, env, start_key, batch_size, transformer))
+            args=(self.queue, self.stop_event, env, start_key, batch_size, transformer, stride))
         self.thread.start()
 
     def get(self):
@@ -486,7 +486,9 @@ def _put(q, stop, item):
 _DATA_ERRORS = (DLTrainError, DecodeError, UnicodeDecodeError, OSError, SyntaxError)
 
 
-def _read_loop(q, stop, env, start_key, batch_size, transformer):
+def _read_loop(q, stop, env, start_key, batch_size, transformer, stride=1):
+    """Read batches from ``start_key`` on, taking every ``stride``-th record (each rank of a data-parallel run
+    takes its share: the records r, r+N, r+2N, ...)."""
     owner = transformer.owner
     key = b""
     try:
@@ -511,8 +513,9 @@ def _read_loop(q, stop, env, start_key, batch_size, transformer):
                                            f"first record is {'x'.join(map(str, shape))}")
                     pixels.append(array)
                     labels[i] = datum.label
-                    if not cursor.next():
-                        cursor.first()            # Caffe restarts at the first record
+                    for _ in range(stride):
+                        if not cursor.next():
+                            cursor.first()        # Caffe restarts at the first record
                 key = b""
                 if all(p.dtype == np.uint8 for p in pixels):
                     batch = np.stack(pixels)
@@ -599,6 +602,15 @@ class DataLayer(Layer):
                 for _ in range(skip % entries):
                     if not cursor.next():
                         cursor.first()
+            # A data-parallel run deals the records out (Caffe 1.0's rule): rank r of N starts at record r
+            # and takes every N-th; testing reads the whole source.
+            self.stride, offset = 1, 0
+            if self.phase == TRAIN:
+                ranks = parallel.world()
+                self.stride, offset = ranks.size, ranks.rank
+            for _ in range(offset):
+                if not cursor.next():
+                    cursor.first()
             start_key, value = cursor.item()
         try:
             datum = caffe_pb2.Datum.FromString(value)
@@ -625,7 +637,7 @@ class DataLayer(Layer):
         self.close()
         self._position = {"key": key, "transform_rng": generator_state(transformer.rng)}
         self._prefetcher = _Prefetcher(f"{self.owner} reading '{self.source}'", self._env, key, self.batch_size,
-                                       transformer, self._prefetch)
+                                       transformer, self._prefetch, self.stride)
         self._finalizer = weakref.finalize(self, self._prefetcher.stop)
 
     def reshape(self, bottom, top):

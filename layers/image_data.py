@@ -78,10 +78,10 @@ import os
 import numpy as np
 from numba import njit
 
-from dlcore import log
+from dlcore import log, parallel
 from dlcore.config import MAX_BINARY_BYTES, read_regular_file, read_text_file
 from dlcore.errors import ConfigError, DLTrainError
-from dlcore.layer import Layer
+from dlcore.layer import TRAIN, Layer
 from dlcore.registry import register_layer
 from dlcore.resume import generator_state, new_generator, set_generator_state
 from dlcore.rng import get_rng
@@ -280,6 +280,12 @@ class ImageDataLayer(Layer):
                 raise ConfigError(f"{owner}: not enough images to skip ({skip} of {len(self.lines)} drawn from "
                                   f"rand_skip {p.rand_skip})", field="image_data_param.rand_skip")
             self.pos = skip
+        # A data-parallel run deals the lines out: rank r of N starts r lines on and takes every N-th.
+        self.stride = 1
+        if self.phase == TRAIN:
+            ranks = parallel.world()
+            self.stride = ranks.size
+            self._advance(ranks.rank)
         try:
             shape = self.transformer.output_shape(self._load(self.pos).shape)
         except DLTrainError as err:
@@ -288,6 +294,14 @@ class ImageDataLayer(Layer):
         top[0].reshape((self.batch_size,) + shape)
         top[1].reshape(self.batch_size)
         log.info(f"output data size: {self.batch_size},{shape[0]},{shape[1]},{shape[2]}")
+
+    def _advance(self, lines):
+        for _ in range(lines):
+            self.pos += 1
+            if self.pos >= len(self.lines):
+                self.pos = 0                    # Caffe restarts from the first line
+                if self.shuffle:
+                    self._shuffle()
 
     def _shuffle(self):
         # New objects, never changed in place: resume_state hands out references.
@@ -316,11 +330,7 @@ class ImageDataLayer(Layer):
                                    "to resize them all, or use batch_size 1")
             images.append(image)
             labels[k] = self.lines[self.pos][1]
-            self.pos += 1
-            if self.pos >= len(self.lines):
-                self.pos = 0                    # Caffe restarts from the first line
-                if self.shuffle:
-                    self._shuffle()
+            self._advance(self.stride)
         data = self.transformer.transform(np.stack(images))
         top[0].reshape(data.shape)
         top[0].data[...] = data

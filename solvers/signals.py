@@ -23,13 +23,15 @@ EFFECTS = (SolverAction.STOP, SolverAction.SNAPSHOT, SolverAction.NONE)
 
 
 class SignalHandler:
-    def __init__(self, sigint_effect=SolverAction.STOP, sighup_effect=SolverAction.SNAPSHOT):
-        for effect in (sigint_effect, sighup_effect):
+    def __init__(self, sigint_effect=SolverAction.STOP, sighup_effect=SolverAction.SNAPSHOT, sigterm_effect=None):
+        for effect in (sigint_effect, sighup_effect) + ((sigterm_effect,) if sigterm_effect else ()):
             if effect not in EFFECTS:
                 raise ValueError(f"unknown signal effect {effect!r} (use one of {', '.join(EFFECTS)})")
         self.effects = {signal.SIGINT: sigint_effect}
         if hasattr(signal, "SIGHUP"):
             self.effects[signal.SIGHUP] = sighup_effect
+        if sigterm_effect:            # MPI launchers turn Ctrl-C into SIGTERM for the ranks
+            self.effects[signal.SIGTERM] = sigterm_effect
         self._pending = []
         self._previous = {}
         self._stop_requested = False

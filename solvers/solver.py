@@ -29,7 +29,7 @@ import tempfile
 
 import numpy as np
 
-from dlcore import Net, TEST, TRAIN, backend, resume
+from dlcore import Net, TEST, TRAIN, backend, parallel, resume
 from dlcore.config import (field_line, load_message, load_net, load_solver, remove_stale_temporaries, to_prototxt,
                            write_binary)
 from dlcore.errors import BlobError, ConfigError, DLTrainError
@@ -188,11 +188,17 @@ class Solver:
         self.snapshot_prefix = _default_snapshot_prefix(param, solver_path)
         if param.random_seed >= 0:
             set_random_seed(param.random_seed)
+        # A data-parallel run (dlcore.parallel): every rank trains its own batches; rank 0 alone tests,
+        # logs and writes files, and its weights (with --weights and --snapshot, too) are everyone's.
+        self.world = parallel.world()
+        root = self.world.is_root
         self.net = self._init_train_net(gpu)
         self.gpu = self.net.gpu
-        self.test_nets = self._init_test_nets()
-        self._load_weights()
-        self._check_snapshot_write_permissions()
+        self.test_nets = self._init_test_nets() if root else []
+        if root:
+            self._load_weights()
+            self._check_snapshot_write_permissions()
+        self._broadcast_weights()
         info("Solver scaffolding done.")
         self.iter = 0
         self.history = []
@@ -206,7 +212,10 @@ class Solver:
         self.requested_early_exit = False
         self.action_function = None       # callable -> SolverAction, polled at iteration boundaries
         self.progress_enabled = None      # None: on a terminal only
-        self.log_path = (self.snapshot_prefix + "_log.jsonl") if self.snapshot_prefix else None
+        self.log_path = (self.snapshot_prefix + "_log.jsonl") if self.snapshot_prefix and root else None
+        if not root:
+            self.progress_enabled = False
+        self._reduce_buffer = None
         self._json = JsonLog(self.log_path)
         self._last_snapshot_iter = None
         self._last_rate = None
@@ -413,7 +422,7 @@ class Solver:
             info(f"Iteration {self.iter}, loss = {fmt(self._cast(self.smoothed_loss))}")
             self._json.write(self.iter, "train", loss=self._cast(self.smoothed_loss),
                              lr=self._cast(self.lr_policy.peek(self.iter)), outputs=self._outputs(self.net))
-        if p.test_interval and self.iter % p.test_interval == 0:
+        if p.test_interval and self.iter % p.test_interval == 0 and self.world.is_root:
             self.test_all()
         info("Optimization Done.")
 
@@ -444,7 +453,7 @@ class Solver:
                 while self.iter < stop_iter:
                     net.clear_param_diffs()
                     if (p.test_interval and self.iter % p.test_interval == 0
-                            and (self.iter > 0 or p.test_initialization)):
+                            and (self.iter > 0 or p.test_initialization) and self.world.is_root):
                         self.test_all()
                         if self.requested_early_exit:
                             break
@@ -454,6 +463,8 @@ class Solver:
                     for _ in range(p.iter_size):
                         loss += self._forward_backward(debug)
                     loss /= p.iter_size
+                    if self.world.parallel:
+                        loss, request = self._average_over_ranks(loss, self._requested_action())
                     if not math.isfinite(loss):
                         raise self._non_finite_error(f"loss is {loss}")
                     self._update_smoothed_loss(loss, self._loss_start_iter, p.average_loss)
@@ -464,7 +475,8 @@ class Solver:
                     self._apply_update(rate, message, display, debug)
                     self.iter += 1
                     boundary = resume.capture(self._nets())
-                    request = self._requested_action()
+                    if not self.world.parallel:
+                        request = self._requested_action()
                     if ((p.snapshot and self.iter % p.snapshot == 0) or request == SolverAction.SNAPSHOT):
                         self.snapshot(boundary)
                     if request == SolverAction.STOP:
@@ -472,7 +484,8 @@ class Solver:
                         break
                     progress.update(self.iter, self.smoothed_loss, rate)
         except BaseException as err:
-            if boundary is not None and self._snapshot_after(err, progressed=self.iter > start_iter):
+            if boundary is not None and not self.world.parallel and \
+                    self._snapshot_after(err, progressed=self.iter > start_iter):
                 self._snapshot_after_failure(err, boundary)
             raise
         finally:
@@ -480,6 +493,37 @@ class Solver:
 
     def _nets(self):
         return [self.net] + self.test_nets
+
+    # --- data-parallel runs ------------------------------------------------------------------
+    def _broadcast_weights(self):
+        """Rank 0's parameters (every blob of every layer: BatchNorm's statistics too) on every rank."""
+        if self.world.parallel:
+            for layer in self.net.layers:
+                for blob in layer.blobs:
+                    self.world.broadcast(blob.mutable_cpu_data())
+
+    def _average_over_ranks(self, loss, request):
+        """Caffe's multi-GPU step, made one call: the parameter gradients summed over the ranks, then divided
+        by their number; the loss averaged (what rank 0 displays); and a stop or snapshot request of any rank
+        (Ctrl-C reaches every rank) agreed on by all, so that they stop or snapshot at the same iteration."""
+        params = self.net.learnable_params
+        buffer = self._reduce_buffer
+        if buffer is None:
+            buffer = self._reduce_buffer = np.empty(sum(b.count for b in params) + 3, self.dtype)
+        offset = 0
+        for blob in params:
+            buffer[offset:offset + blob.count] = blob.cpu_diff().reshape(-1)
+            offset += blob.count
+        buffer[offset:] = (loss, request == SolverAction.STOP, request == SolverAction.SNAPSHOT)
+        self.world.allreduce_sum(buffer)
+        scale = self.dtype.type(1.0 / self.world.size)
+        offset = 0
+        for blob in params:
+            np.multiply(buffer[offset:offset + blob.count], scale, out=blob.mutable_cpu_diff().reshape(-1))
+            offset += blob.count
+        loss = float(buffer[offset]) / self.world.size
+        stop, snapshot = buffer[offset + 1] > 0, buffer[offset + 2] > 0
+        return loss, (SolverAction.STOP if stop else SolverAction.SNAPSHOT if snapshot else SolverAction.NONE)
 
     @staticmethod
     def _snapshot_after(err, progressed):
@@ -690,7 +734,8 @@ class Solver:
         scores = None
         loss = 0.0
         for i in range(iterations):
-            request = self._requested_action()
+            # (In a data-parallel run the ranks agree on requests at training iterations only.)
+            request = SolverAction.NONE if self.world.parallel else self._requested_action()
             while request != SolverAction.NONE:
                 if request == SolverAction.SNAPSHOT:
                     self.snapshot()
@@ -747,7 +792,18 @@ class Solver:
         solver state cannot be written, the model file of this snapshot is
         removed again (unless it existed before), so a snapshot is whole
         or absent.
+
+        In a data-parallel run every rank calls it at the same iteration; rank 0 writes the files, with
+        each rank's data position and random streams, and the others return (None, None).
         """
+        point = boundary or resume.capture(self._nets())
+        others = []
+        if self.world.parallel:
+            gathered = self.world.gather(point.to_proto(caffe_pb2.ResumeState()).SerializeToString())
+            if not self.world.is_root:
+                self._last_snapshot_iter = self.iter
+                return None, None
+            others = gathered[1:]
         for blob in self.net.learnable_params:
             if not np.isfinite(blob.cpu_data()).all():
                 raise DLTrainError(f"not writing a snapshot at iteration {self.iter}: the weights are not finite")
@@ -758,7 +814,9 @@ class Solver:
             os.makedirs(folder, exist_ok=True)
         info(f"Snapshotting to binary proto file {model_filename}")
         net_param = self.net.to_proto(write_diff=self.param.snapshot_diff)
-        state = self.solver_state(model_filename, boundary)
+        state = self.solver_state(model_filename, point)
+        for data in others:
+            state.rank_resume.add().ParseFromString(data)
         existed = os.path.exists(model_filename)
         self._write(model_filename, net_param)
         info(f"Snapshotting solver state to binary proto file {state_filename}")
@@ -795,8 +853,37 @@ class Solver:
 
     def restore(self, state_file):
         """Caffe's Restore: iteration, schedule position, history, and the
-        weights of the ``learned_net`` the state names."""
+        weights of the ``learned_net`` the state names (and dltrain's data positions and random streams).
+
+        In a data-parallel run rank 0 reads the files and shares what they hold; each rank gets its own data
+        position when the state was written by a run of as many ranks."""
         state_file = os.fspath(state_file)
+        if not self.world.parallel:
+            self._restore_file(state_file)
+            return
+        own = None
+        if self.world.is_root:
+            state = self._restore_file(state_file)
+            ranks = 1 + len(state.rank_resume) if state.HasField("resume") else None
+            own = [None] * self.world.size
+            if ranks == self.world.size:
+                own[1:] = [m.SerializeToString() for m in state.rank_resume]
+            elif ranks is not None:
+                info(f"The solver state was written by a run of {ranks} rank(s), this run has {self.world.size}: "
+                     "rank 0 continues where it was; the other ranks start their data again from their first record")
+        own = self.world.scatter(own)
+        shared = self.world.share((self.iter, self.current_step, self._restored_losses) if self.world.is_root
+                                  else None)
+        self.iter, self.current_step, self._restored_losses = shared
+        self._last_snapshot_iter = None
+        self._broadcast_weights()
+        for blob in self.history:
+            self.world.broadcast(blob.mutable_cpu_data())
+        if own is not None:
+            resume.restore(caffe_pb2.ResumeState.FromString(own), self._nets(), state_file)
+
+    def _restore_file(self, state_file):
+        """Restore from ``state_file``; returns the SolverState read."""
         if state_file.endswith(".h5"):
             raise ConfigError("HDF5 solver states are not supported; use a .solverstate", path=state_file)
         state = load_message(state_file, caffe_pb2.SolverState)
@@ -840,6 +927,7 @@ class Solver:
         self.iter = state.iter
         self.current_step = state.current_step
         self._last_snapshot_iter = None
+        return state
 
     def __repr__(self):
         return f"<{type(self).__name__} iter {self.iter} of {self.param.max_iter}, net '{self.net.name}'>"

@@ -23,6 +23,7 @@ from datetime import datetime
 
 import numpy as np
 
+from dlcore import log as dlcore_log
 from dlcore.errors import DLTrainError
 
 __all__ = ["info", "warning", "JsonLog", "Progress", "fmt"]
@@ -46,6 +47,8 @@ def _clear_progress():
 
 def _emit(severity, message, depth=2):
     """One glog line (dlcore.log's format) naming the caller's file and line."""
+    if dlcore_log.quiet and severity != "E":
+        return
     _clear_progress()
     now = datetime.now()
     frame = sys._getframe(depth)

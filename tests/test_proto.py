@@ -96,8 +96,9 @@ def test_blob_proto_round_trip():
 
 def test_dltrain_range_holds_only_dltrain_additions():
     # dltrain's own fields go in 8000-8999; nothing from Caffe lives there.
-    # The only additions so far: LayerParameter.geoloc_loss_param = 8000, SolverState.resume = 8000.
-    allowed = {("caffe.LayerParameter", "geoloc_loss_param", 8000), ("caffe.SolverState", "resume", 8000)}
+    # The only additions so far: LayerParameter.geoloc_loss_param = 8000, SolverState.resume = 8000, SolverState.rank_resume = 8001.
+    allowed = {("caffe.LayerParameter", "geoloc_loss_param", 8000), ("caffe.SolverState", "resume", 8000),
+               ("caffe.SolverState", "rank_resume", 8001)}
 
     def walk(desc):
         for f in desc.fields:
