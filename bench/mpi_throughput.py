@@ -48,7 +48,11 @@ def caffenet_net(folder):
     return path, 10
 
 
-def run(folder, net, ranks, iterations, display, mca):
+WAIT = re.compile(r"All-reduce: (\d+) bytes of gradients per iteration in (\d+) bucket\(s\); ([\d.]+) ms")
+
+
+def run(folder, net, ranks, iterations, display, mca, bucket_mb=25.0):
+    """Images per second per rank-batch (and, for several ranks, the all-reduce figures rank 0 logs)."""
     solver = os.path.join(folder, "solver.prototxt")
     prefix = os.path.join(folder, f"run{ranks}")
     with open(solver, "w") as f:
@@ -57,7 +61,7 @@ def run(folder, net, ranks, iterations, display, mca):
     log = prefix + "_log.jsonl"
     if os.path.exists(log):
         os.remove(log)
-    command = [os.path.join(BIN, "dltrain"), "train", "--solver", solver]
+    command = [os.path.join(BIN, "dltrain"), "train", "--solver", solver, "--bucket_mb", str(bucket_mb)]
     if ranks > 1:
         extra = []
         for item in mca or []:
@@ -70,7 +74,9 @@ def run(folder, net, ranks, iterations, display, mca):
     with open(log) as f:
         records = [r for r in map(json.loads, f) if r["phase"] == "train"]
     first, last = records[1], records[-1]           # records[0] includes compilation
-    return (last["iter"] - first["iter"]) / (last["time"] - first["time"])
+    found = WAIT.search(result.stderr)
+    figures = (int(found.group(1)), int(found.group(2)), float(found.group(3))) if found else None
+    return (last["iter"] - first["iter"]) / (last["time"] - first["time"]), figures
 
 
 def main():
@@ -81,17 +87,25 @@ def main():
     p.add_argument("--rounds", type=int, default=2)
     p.add_argument("--net", choices=["digits", "caffenet"], default="digits")
     p.add_argument("--mca", action="append", help='an Open MPI setting, e.g. "btl self,tcp"')
+    p.add_argument("--bucket_mb", type=float, default=1.0, help="bucket size of the overlapped runs (default 1)")
     args = p.parse_args()
     folder = tempfile.mkdtemp(prefix="dltrain-mpi-bench-")
     net, batch = (digits_net if args.net == "digits" else caffenet_net)(folder)
-    single, multi = [], []
+    single, blocking, overlapped = [], [], []
     for _ in range(args.rounds):
-        single.append(run(folder, net, 1, args.iterations, args.display, args.mca) * batch)
-        multi.append(run(folder, net, args.ranks, args.iterations, args.display, args.mca) * batch * args.ranks)
-    s, m = statistics.median(single), statistics.median(multi)
-    print(f"{args.net}, batch {batch} per rank, {os.cpu_count()} cores, {args.rounds} rounds (median):")
-    print(f"  1 process : {s:8.0f} images/s")
-    print(f"  {args.ranks} ranks   : {m:8.0f} images/s   ({m / s:.2f}x)")
+        single.append(run(folder, net, 1, args.iterations, args.display, args.mca)[0] * batch)
+        rate, block_figures = run(folder, net, args.ranks, args.iterations, args.display, args.mca, 0)
+        blocking.append(rate * batch * args.ranks)
+        rate, overlap_figures = run(folder, net, args.ranks, args.iterations, args.display, args.mca, args.bucket_mb)
+        overlapped.append(rate * batch * args.ranks)
+    s, b, o = statistics.median(single), statistics.median(blocking), statistics.median(overlapped)
+    print(f"{args.net}, batch {batch} per rank, {os.cpu_count()} cores, {args.rounds} rounds (median)"
+          f"{', MCA ' + '; '.join(args.mca) if args.mca else ''}:")
+    print(f"  1 process                          : {s:8.1f} images/s")
+    print(f"  {args.ranks} ranks, one blocking all-reduce    : {b:8.1f} images/s   ({b / s:.2f}x)"
+          f"   last run: {block_figures[0]:,} bytes/iteration, {block_figures[2]:.3f} ms/iteration waiting")
+    print(f"  {args.ranks} ranks, {args.bucket_mb:g} MB buckets overlapped : {o:8.1f} images/s   ({o / s:.2f}x)"
+          f"   last run: {overlap_figures[1]} buckets, {overlap_figures[2]:.3f} ms/iteration waiting")
     shutil.rmtree(folder, ignore_errors=True)
 
 

@@ -24,6 +24,17 @@ def _gpu_id(flag):
     return device_for_solver(caffe_pb2.SolverParameter(), flag)[1]
 
 
+def _bucket_mb(text):
+    import argparse
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0 <= value < 1e6:
+        raise argparse.ArgumentTypeError(f"must be a number of MB, 0 or more, got '{text}'")
+    return value
+
+
 def _join_ranks():
     """Under an MPI launcher with several ranks: train data-parallel (dlcore.parallel).  Ranks other than 0
     keep quiet, and each rank takes its share of the node's cores for Numba and BLAS (DLTRAIN_THREADS_PER_RANK
@@ -76,6 +87,7 @@ def cmd_train(args):
         param.ClearField("weights")
         param.weights.append(args.weights)
     solver = get_solver(param, solver_path=args.solver)
+    solver.bucket_bytes = int(args.bucket_mb * 2 ** 20)
     # Under mpirun, Ctrl-C reaches the ranks as SIGTERM: it gets Ctrl-C's effect (snapshot, then stop).
     from dlcore import parallel
     sigterm = args.sigint_effect if parallel.world().parallel else None
@@ -156,6 +168,9 @@ def register(sub):
     p.add_argument("--stage", type=_stages, default=[], help="comma-separated train net state stages")
     p.add_argument("--sigint_effect", choices=SIGNAL_EFFECTS, default="stop",
                    help="what Ctrl-C does: stop (default: snapshot, then stop), snapshot (and go on), none")
+    p.add_argument("--bucket_mb", type=_bucket_mb, default=25.0,
+                   help="under MPI: all-reduce the gradients in buckets of this many MB while backward runs "
+                        "(default 25); 0: in one blocking call after backward")
     p.add_argument("--sighup_effect", choices=SIGNAL_EFFECTS, default="snapshot",
                    help="what SIGHUP does: snapshot (default), stop, none")
     p.set_defaults(func=cmd_train)

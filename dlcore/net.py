@@ -323,6 +323,9 @@ class Net:
         self._outputs = sorted(available)   # Caffe keeps them in a std::set
         self._collect_params()
         self.layer_dict = OrderedDict(zip(self._layer_names, self.layers))
+        # Called with a layer's index after its backward (the data-parallel solver starts all-reducing the
+        # gradients that are final then, while backward goes on).
+        self.after_layer_backward = None
 
     def _no_layers_error(self, unfiltered):
         """The error for a net whose phase/level/stage rules leave no layer (or that has none)."""
@@ -517,9 +520,12 @@ class Net:
         return loss
 
     def backward_from_to(self, start, end):
+        hook = self.after_layer_backward
         for i in range(start, end - 1, -1):
             if self.layer_need_backward[i]:
                 self.layers[i].backward(self._top_vecs[i], self.bottom_need_backward[i], self._bottom_vecs[i])
+                if hook is not None:
+                    hook(i)
 
     def forward(self, blobs=None, start=None, end=None, **kwargs):
         """Set input blobs from ``kwargs``, run forward, return {output: data}."""

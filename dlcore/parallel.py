@@ -10,9 +10,11 @@ environment variables it sets, and :func:`world` is then a one-rank :class:`Worl
 """
 import os
 
+import numpy as np
+
 from .errors import DLTrainError
 
-__all__ = ["World", "world", "launcher_size"]
+__all__ = ["World", "world", "launcher_size", "GradientAverager"]
 
 # The world size each launcher announces: Open MPI's mpirun, MPICH/Intel MPI's hydra (PMI), Slurm's srun.
 _SIZE_VARIABLES = ("OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "PMIX_SIZE", "SLURM_NTASKS")
@@ -114,3 +116,93 @@ def world():
         else:
             _world = World()
     return _world
+
+
+class GradientAverager:
+    """Averages a net's parameter gradients over the ranks, as DDP and Horovod do: the gradients go out in
+    buckets of about ``bucket_bytes``, each all-reduced (non-blocking) as soon as the backward of every layer
+    that writes into it has run, so communication overlaps the rest of backward; :meth:`finish` waits for them
+    and divides by the number of ranks.  ``bucket_bytes`` 0: one blocking all-reduce after backward.
+
+    The net calls :meth:`layer_done` after each layer's backward (``Net.after_layer_backward``); the buckets are
+    started in the same order on every rank (backward's order, the same net everywhere), as MPI requires.
+    """
+
+    def __init__(self, world, net, dtype, bucket_bytes):
+        self.world, self.net, self.dtype = world, net, np.dtype(dtype)
+        self.params = net.learnable_params
+        index_of = {id(p._diff_mem): k for k, p in enumerate(self.params)}
+        # A param's gradient is final after the backward of the first layer (in forward order) that writes it.
+        ready_at = [len(net.layers)] * len(self.params)
+        for i, layer in enumerate(net.layers):
+            for blob in layer.blobs:
+                k = index_of.get(id(blob._diff_mem))
+                if k is not None:
+                    ready_at[k] = min(ready_at[k], i)
+        order = sorted(range(len(self.params)), key=lambda k: -ready_at[k])      # backward's order
+        self.buckets, current, size = [], [], 0
+        for k in order:
+            current.append(k)
+            size += self.params[k].count * self.dtype.itemsize
+            if bucket_bytes and size >= bucket_bytes:
+                self.buckets.append(current)
+                current, size = [], 0
+        if current:
+            self.buckets.append(current)
+        self.bucket_of = {k: b for b, bucket in enumerate(self.buckets) for k in bucket}
+        self.ready_at_layer = {}
+        for k, i in enumerate(ready_at):
+            self.ready_at_layer.setdefault(i, []).append(k)
+        self.buffers = [np.empty(sum(self.params[k].count for k in bucket), self.dtype) for bucket in self.buckets]
+        self.overlap = bool(bucket_bytes)
+        self.seconds_waiting = 0.0       # time spent in finish(), for the benchmarks
+        self.bytes_per_step = sum(b.nbytes for b in self.buffers)
+        self._reset()
+
+    def _reset(self):
+        self.pending = [len(bucket) for bucket in self.buckets]
+        self.requests = [None] * len(self.buckets)
+        self.next_to_start = 0
+
+    def layer_done(self, layer_index):
+        """Called after layer ``layer_index``'s backward: start every bucket whose gradients are now final."""
+        if not self.overlap:
+            return
+        for k in self.ready_at_layer.get(layer_index, ()):
+            self.pending[self.bucket_of[k]] -= 1
+        while self.next_to_start < len(self.buckets) and self.pending[self.next_to_start] == 0:
+            self._start(self.next_to_start)
+        active = [r for r in self.requests[:self.next_to_start] if r is not None]
+        if active:
+            # Without an asynchronous progress thread, MPI moves a non-blocking collective along only inside
+            # MPI calls: a test after each layer keeps the buckets in flight while backward runs.
+            from mpi4py import MPI
+            MPI.Request.Testall(active)
+
+    def _start(self, b):
+        buffer, offset = self.buffers[b], 0
+        for k in self.buckets[b]:
+            blob = self.params[k]
+            buffer[offset:offset + blob.count] = blob.cpu_diff().reshape(-1)
+            offset += blob.count
+        from mpi4py import MPI
+        self.requests[b] = self.world.comm.Iallreduce(MPI.IN_PLACE, buffer, op=MPI.SUM)
+        self.next_to_start = b + 1
+
+    def finish(self):
+        """Start what backward did not (layers it skipped), wait for every bucket, write the averages back."""
+        import time
+        from mpi4py import MPI
+        start = time.perf_counter()
+        while self.next_to_start < len(self.buckets):
+            self._start(self.next_to_start)
+        MPI.Request.Waitall([r for r in self.requests if r is not None])
+        scale = self.dtype.type(1.0 / self.world.size)
+        for bucket, buffer in zip(self.buckets, self.buffers):
+            offset = 0
+            for k in bucket:
+                blob = self.params[k]
+                np.multiply(buffer[offset:offset + blob.count], scale, out=blob.mutable_cpu_diff().reshape(-1))
+                offset += blob.count
+        self.seconds_waiting += time.perf_counter() - start
+        self._reset()

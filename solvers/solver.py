@@ -215,7 +215,8 @@ class Solver:
         self.log_path = (self.snapshot_prefix + "_log.jsonl") if self.snapshot_prefix and root else None
         if not root:
             self.progress_enabled = False
-        self._reduce_buffer = None
+        self.bucket_bytes = 25 << 20      # the all-reduce buckets (DDP's default); 0: one blocking call
+        self._averager = None
         self._json = JsonLog(self.log_path)
         self._last_snapshot_iter = None
         self._last_rate = None
@@ -408,6 +409,7 @@ class Solver:
             if self.iter > self.param.max_iter:
                 raise ConfigError(f"the solver state is at iteration {self.iter}, past max_iter "
                                   f"{self.param.max_iter}: raise max_iter to train further", path=resume_file)
+        start_iter = self.iter
         self.step(self.param.max_iter - self.iter)
         if self.param.snapshot_after_train or self.requested_early_exit:
             if self._last_snapshot_iter != self.iter:
@@ -424,6 +426,12 @@ class Solver:
                              lr=self._cast(self.lr_policy.peek(self.iter)), outputs=self._outputs(self.net))
         if p.test_interval and self.iter % p.test_interval == 0 and self.world.is_root:
             self.test_all()
+        averager = self._averager
+        if averager is not None and self.iter > start_iter:
+            iterations = self.iter - start_iter
+            info(f"All-reduce: {averager.bytes_per_step} bytes of gradients per iteration in "
+                 f"{len(averager.buckets)} bucket(s); {1e3 * averager.seconds_waiting / iterations:.3f} ms per "
+                 "iteration waiting for them after backward")
         info("Optimization Done.")
 
     def step(self, iters):
@@ -446,6 +454,8 @@ class Solver:
         progress = Progress(start_iter, max(stop_iter, start_iter), enabled=self.progress_enabled)
         self._progress = progress
         boundary = resume.capture(self._nets())     # where a snapshot after a failure would continue
+        if self.world.parallel:
+            self._gradient_averager()
         # Non-finite values are detected and reported by the solver itself;
         # NumPy's floating-point warnings would only add noise to the log.
         try:
@@ -460,8 +470,11 @@ class Solver:
                     display = bool(p.display) and self.iter % p.display == 0
                     debug = display and p.debug_info
                     loss = 0.0
-                    for _ in range(p.iter_size):
+                    for k in range(p.iter_size):
+                        if self._averager is not None and k == p.iter_size - 1:
+                            net.after_layer_backward = self._averager.layer_done     # the last pass's gradients
                         loss += self._forward_backward(debug)
+                    net.after_layer_backward = None
                     loss /= p.iter_size
                     if self.world.parallel:
                         loss, request = self._average_over_ranks(loss, self._requested_action())
@@ -503,27 +516,21 @@ class Solver:
                     self.world.broadcast(blob.mutable_cpu_data())
 
     def _average_over_ranks(self, loss, request):
-        """Caffe's multi-GPU step, made one call: the parameter gradients summed over the ranks, then divided
-        by their number; the loss averaged (what rank 0 displays); and a stop or snapshot request of any rank
-        (Ctrl-C reaches every rank) agreed on by all, so that they stop or snapshot at the same iteration."""
-        params = self.net.learnable_params
-        buffer = self._reduce_buffer
-        if buffer is None:
-            buffer = self._reduce_buffer = np.empty(sum(b.count for b in params) + 3, self.dtype)
-        offset = 0
-        for blob in params:
-            buffer[offset:offset + blob.count] = blob.cpu_diff().reshape(-1)
-            offset += blob.count
-        buffer[offset:] = (loss, request == SolverAction.STOP, request == SolverAction.SNAPSHOT)
-        self.world.allreduce_sum(buffer)
-        scale = self.dtype.type(1.0 / self.world.size)
-        offset = 0
-        for blob in params:
-            np.multiply(buffer[offset:offset + blob.count], scale, out=blob.mutable_cpu_diff().reshape(-1))
-            offset += blob.count
-        loss = float(buffer[offset]) / self.world.size
-        stop, snapshot = buffer[offset + 1] > 0, buffer[offset + 2] > 0
+        """Caffe's multi-GPU step: the parameter gradients summed over the ranks, then divided by their number
+        (in buckets started during backward, see dlcore.parallel.GradientAverager); the loss averaged (what rank
+        0 displays); and a stop or snapshot request of any rank (Ctrl-C reaches every rank) agreed on by all,
+        so that they stop or snapshot at the same iteration."""
+        self._gradient_averager().finish()
+        scalars = np.array([loss, request == SolverAction.STOP, request == SolverAction.SNAPSHOT], np.float64)
+        self.world.allreduce_sum(scalars)
+        loss = float(scalars[0]) / self.world.size
+        stop, snapshot = scalars[1] > 0, scalars[2] > 0
         return loss, (SolverAction.STOP if stop else SolverAction.SNAPSHOT if snapshot else SolverAction.NONE)
+
+    def _gradient_averager(self):
+        if self._averager is None:
+            self._averager = parallel.GradientAverager(self.world, self.net, self.dtype, self.bucket_bytes)
+        return self._averager
 
     @staticmethod
     def _snapshot_after(err, progressed):

@@ -123,13 +123,15 @@ def relative_difference(a, b):
     return max(diffs)
 
 
-@pytest.mark.parametrize("solver_type", ["SGD", "Adam"])
-def test_two_ranks_at_batch_b_equal_one_process_at_batch_2b(tmp_path, db, solver_type):
+# Bucket sizes: tiny (a bucket per parameter blob, all-reduced while backward runs), 0 (one blocking call
+# after backward), the default (25 MB: one bucket for these small nets).
+@pytest.mark.parametrize("solver_type, bucket_mb", [("SGD", "0.00001"), ("Adam", "0"), ("Adam", "25")])
+def test_two_ranks_at_batch_b_equal_one_process_at_batch_2b(tmp_path, db, solver_type, bucket_mb):
     one = write_run(str(tmp_path / "one"), db, 8, solver_type)
     two = write_run(str(tmp_path / "two"), db, 4, solver_type)
     single = dltrain(["train", "--solver", one], cwd=str(tmp_path))
     assert single.returncode == 0, single.stderr[-2000:]
-    parallel = dltrain(["train", "--solver", two], ranks=2, cwd=str(tmp_path))
+    parallel = dltrain(["train", "--solver", two, "--bucket_mb", bucket_mb], ranks=2, cwd=str(tmp_path))
     assert parallel.returncode == 0, parallel.stderr[-2000:]
     a = weights(str(tmp_path / "two" / "snaps" / "run_iter_20.caffemodel"))
     b = weights(str(tmp_path / "one" / "snaps" / "run_iter_20.caffemodel"))
