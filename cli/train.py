@@ -35,6 +35,24 @@ def _bucket_mb(text):
     return value
 
 
+def _rank_gpu(flag):
+    """--gpu under MPI: each rank takes one device.  ``all`` gives the k-th rank of a node device k, a list
+    gives it the list's k-th id; a single id is that device for every rank."""
+    from dlcore import parallel
+    world = parallel.world()
+    if flag is None or not world.parallel:
+        return flag
+    text = str(flag).strip()
+    if text == "all":
+        return str(world.local_rank)
+    ids = [s.strip() for s in text.split(",") if s.strip()]
+    if len(ids) > 1:
+        if len(ids) < world.local_size:
+            raise DLTrainError(f"--gpu {flag}: {world.local_size} ranks run on this node; give as many device ids")
+        return ids[world.local_rank]
+    return text
+
+
 def _join_ranks():
     """Under an MPI launcher with several ranks: train data-parallel (dlcore.parallel).  Ranks other than 0
     keep quiet, and each rank takes its share of the node's cores for Numba and BLAS (DLTRAIN_THREADS_PER_RANK
@@ -74,7 +92,7 @@ def cmd_train(args):
     param.train_state.stage.extend(args.stage)
     if args.iterations is not None:
         param.max_iter = args.iterations
-    use_gpu, device, notice = device_for_solver(param, args.gpu)
+    use_gpu, device, notice = device_for_solver(param, _rank_gpu(args.gpu))
     if use_gpu:
         backend.set_mode_gpu(device)
         info(f"Use GPU with device ID {device} ({backend.device_name(device)})")
@@ -88,6 +106,7 @@ def cmd_train(args):
         param.weights.append(args.weights)
     solver = get_solver(param, solver_path=args.solver)
     solver.bucket_bytes = int(args.bucket_mb * 2 ** 20)
+    solver.check_ranks = args.check_ranks
     # Under mpirun, Ctrl-C reaches the ranks as SIGTERM: it gets Ctrl-C's effect (snapshot, then stop).
     from dlcore import parallel
     sigterm = args.sigint_effect if parallel.world().parallel else None
@@ -171,6 +190,8 @@ def register(sub):
     p.add_argument("--bucket_mb", type=_bucket_mb, default=25.0,
                    help="under MPI: all-reduce the gradients in buckets of this many MB while backward runs "
                         "(default 25); 0: in one blocking call after backward")
+    p.add_argument("--check_ranks", action="store_true",
+                   help="under MPI: at every display, check that every rank holds the same weights")
     p.add_argument("--sighup_effect", choices=SIGNAL_EFFECTS, default="snapshot",
                    help="what SIGHUP does: snapshot (default), stop, none")
     p.set_defaults(func=cmd_train)

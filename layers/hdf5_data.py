@@ -35,9 +35,9 @@ import os
 
 import numpy as np
 
-from dlcore import log
+from dlcore import log, parallel
 from dlcore.errors import ConfigError, DLTrainError
-from dlcore.layer import Layer
+from dlcore.layer import TRAIN, Layer
 from dlcore.registry import register_layer
 from dlcore.rng import get_rng
 
@@ -100,6 +100,13 @@ class HDF5DataLayer(Layer):
         for blob, array in zip(top, self.arrays):
             blob.reshape((self.batch_size,) + array.shape[1:])
         self.row_shapes = [a.shape[1:] for a in self.arrays]
+        # A data-parallel run deals the rows out: rank r of N starts r rows on and takes every N-th.
+        self.stride = 1
+        if self.phase == TRAIN:
+            ranks = parallel.world()
+            self.stride = ranks.size
+            for _ in range(ranks.rank):
+                self._next()
 
     def _shuffled(self, order):
         """``order`` shuffled by dltrain's generator when ``shuffle`` is set: a new array (resume_state hands
@@ -200,6 +207,14 @@ class HDF5DataLayer(Layer):
         self.current_row = row
 
     def forward_cpu(self, bottom, top):
+        if self.stride > 1:
+            for item in range(self.batch_size):
+                row = self.permutation[self.current_row]
+                for blob, array in zip(top, self.arrays):
+                    blob.data[item] = array[row]
+                for _ in range(self.stride):
+                    self._next()
+            return
         filled = 0
         while filled < self.batch_size:
             # Copy the rows up to the end of this file (or of the batch) at once.

@@ -216,6 +216,7 @@ class Solver:
         if not root:
             self.progress_enabled = False
         self.bucket_bytes = 25 << 20      # the all-reduce buckets (DDP's default); 0: one blocking call
+        self.check_ranks = False          # at each display: every rank's weights the same (a debug check)
         self._averager = None
         self._json = JsonLog(self.log_path)
         self._last_snapshot_iter = None
@@ -487,6 +488,8 @@ class Solver:
                     boundary = None                         # the weights change now
                     self._apply_update(rate, message, display, debug)
                     self.iter += 1
+                    if self.check_ranks and display and self.world.parallel:
+                        self._check_ranks_agree()
                     boundary = resume.capture(self._nets())
                     if not self.world.parallel:
                         request = self._requested_action()
@@ -526,6 +529,15 @@ class Solver:
         loss = float(scalars[0]) / self.world.size
         stop, snapshot = scalars[1] > 0, scalars[2] > 0
         return loss, (SolverAction.STOP if stop else SolverAction.SNAPSHOT if snapshot else SolverAction.NONE)
+
+    def _check_ranks_agree(self):
+        """The debug check of --check_ranks: every rank's weights sum to the same, bit for bit."""
+        total = math.fsum(float(np.sum(b.cpu_data(), dtype=np.float64)) for b in self.net.learnable_params)
+        high, low = self.world.allreduce_max(total), -self.world.allreduce_max(-total)
+        if high != low:
+            raise DLTrainError(f"the ranks' weights differ after iteration {self.iter} (sums from {low!r} to "
+                               f"{high!r}): the ranks no longer train one model")
+        info(f"Iteration {self.iter}: the weights of all {self.world.size} ranks agree (sum {total!r})")
 
     def _gradient_averager(self):
         if self._averager is None:

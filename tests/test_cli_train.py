@@ -394,3 +394,22 @@ def test_non_finite_values_are_traced_to_their_layer():
     solver.net.params["ip2"][0].data[0, 0] = np.inf
     with pytest.raises(DLTrainError, match=r"first non-finite value: parameter 0 of layer 'ip2'"):
         solver.step(1)
+
+
+def test_gpu_flag_under_mpi_gives_each_rank_one_device(monkeypatch):
+    from dlcore import parallel
+    from dlcore.errors import DLTrainError
+    from dltrain.cli.train import _rank_gpu
+
+    class Ranks(parallel.World):          # rank 1 of `ranks` on one node, without MPI
+        def __init__(self, ranks):
+            super().__init__()
+            self.rank = self.local_rank = 1
+            self.size = self.local_size = ranks
+
+    monkeypatch.setattr(parallel, "_world", Ranks(2))
+    assert _rank_gpu("all") == "1" and _rank_gpu("2,3") == "3" and _rank_gpu("0") == "0"
+    assert _rank_gpu(None) is None
+    monkeypatch.setattr(parallel, "_world", Ranks(3))
+    with pytest.raises(DLTrainError, match="3 ranks run on this node"):
+        _rank_gpu("0,1")

@@ -141,3 +141,25 @@ def test_errors(tmp_path):
     tops = forward(layer, 2)
     with pytest.raises(DLTrainError, match="rows of shape"):
         layer.forward([], tops)        # the next file is read as the first one runs out (as Caffe)
+
+
+def test_ranks_of_a_data_parallel_run_deal_the_rows_out(tmp_path, monkeypatch):
+    """Rank r of N takes rows r, r+N, ... of the stream one process reads (across files, wrapping)."""
+    from dlcore import parallel
+    source = write_list(tmp_path / "list.txt", make_files(tmp_path, (3, 4)))
+
+    def labels(rank, size, batch, forwards):
+        world = parallel.World()
+        world.rank, world.size = rank, size
+        monkeypatch.setattr(parallel, "_world", world)
+        layer = layer_of(source, ["data", "label"], batch)
+        tops = forward(layer, 2)
+        seen = []
+        for _ in range(forwards):
+            layer.forward([], tops)
+            seen += tops[1].data[:, 0].astype(int).tolist()
+        return seen
+
+    single = labels(0, 1, 6, 3)
+    assert single == list(range(7)) * 2 + list(range(4))
+    assert labels(0, 2, 3, 3) == single[0::2] and labels(1, 2, 3, 3) == single[1::2]

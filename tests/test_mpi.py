@@ -146,8 +146,9 @@ def test_two_ranks_at_batch_b_equal_one_process_at_batch_2b(tmp_path, db, solver
 
 def test_a_python_layer_runs_on_every_rank(tmp_path, db):
     path = write_run(str(tmp_path), db, 4, "SGD", max_iter=6, snapshot=0, python_layer="")
-    result = dltrain(["train", "--solver", path], ranks=2, cwd=str(tmp_path))
+    result = dltrain(["train", "--solver", path, "--check_ranks"], ranks=2, cwd=str(tmp_path))
     assert result.returncode == 0, result.stderr[-2000:]
+    assert "the weights of all 2 ranks agree" in result.stderr       # --check_ranks, at each display
     assert os.path.exists(tmp_path / "snaps" / "run_iter_6.caffemodel")
 
 
@@ -191,3 +192,24 @@ def test_ctrl_c_on_the_launcher_snapshots_and_stops_every_rank(tmp_path, db):
     state = load_message(str(tmp_path / "snaps" / states[0]), caffe_pb2.SolverState)
     assert state.iter > 0 and len(state.rank_resume) == 1
     assert (tmp_path / "snaps" / states[0].replace(".solverstate", ".caffemodel")).exists()
+
+
+def test_a_rank_killed_outright_ends_the_job(tmp_path, db):
+    import signal
+    path = write_run(str(tmp_path), db, 4, "SGD", max_iter=10 ** 6, snapshot=0)
+    command = [MPIRUN, "-n", "2", os.path.join(BIN, "dltrain"), "train", "--solver", path]
+    job = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=ENV, cwd=str(tmp_path))
+    log = tmp_path / "snaps" / "run_log.jsonl"
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and not (log.exists() and log.read_text().count("\n") >= 3):
+        time.sleep(0.2)
+    found = subprocess.run(["pgrep", "-f", f"train --solver {path}"], capture_output=True, text=True).stdout.split()
+    ranks = [int(pid) for pid in found if int(pid) != job.pid]
+    assert ranks, "no rank process found"
+    os.kill(max(ranks), signal.SIGKILL)
+    start = time.monotonic()
+    assert job.wait(timeout=60) != 0            # mpirun ends the job: no rank is left waiting for ever
+    assert time.monotonic() - start < 60
+    time.sleep(0.5)
+    left = subprocess.run(["pgrep", "-f", f"train --solver {path}"], capture_output=True, text=True).stdout.split()
+    assert left == []
