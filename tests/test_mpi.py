@@ -5,6 +5,7 @@ jobs, as a user would, and compares what they write with a single process's file
 """
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -176,8 +177,8 @@ def test_a_two_rank_run_resumes_exactly(tmp_path, db):
     assert a.SerializeToString() == b.SerializeToString()
 
 
-def test_ctrl_c_on_the_launcher_snapshots_and_stops_every_rank(tmp_path, db):
-    import signal
+def start_long_job(tmp_path, db):
+    """A 2-rank run of a million iterations, once its log shows it training: (the mpirun process, the solver)."""
     path = write_run(str(tmp_path), db, 4, "SGD", max_iter=10 ** 6, snapshot=0)
     command = [MPIRUN, "-n", "2", os.path.join(BIN, "dltrain"), "train", "--solver", path]
     job = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=ENV, cwd=str(tmp_path))
@@ -185,6 +186,11 @@ def test_ctrl_c_on_the_launcher_snapshots_and_stops_every_rank(tmp_path, db):
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline and not (log.exists() and log.read_text().count("\n") >= 3):
         time.sleep(0.2)
+    return job, path
+
+
+def test_ctrl_c_on_the_launcher_snapshots_and_stops_every_rank(tmp_path, db):
+    job, path = start_long_job(tmp_path, db)
     job.send_signal(signal.SIGINT)            # what Ctrl-C in the launcher's terminal does
     job.wait(timeout=60)
     states = [n for n in os.listdir(tmp_path / "snaps") if n.endswith(".solverstate")]
@@ -195,14 +201,7 @@ def test_ctrl_c_on_the_launcher_snapshots_and_stops_every_rank(tmp_path, db):
 
 
 def test_a_rank_killed_outright_ends_the_job(tmp_path, db):
-    import signal
-    path = write_run(str(tmp_path), db, 4, "SGD", max_iter=10 ** 6, snapshot=0)
-    command = [MPIRUN, "-n", "2", os.path.join(BIN, "dltrain"), "train", "--solver", path]
-    job = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=ENV, cwd=str(tmp_path))
-    log = tmp_path / "snaps" / "run_log.jsonl"
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline and not (log.exists() and log.read_text().count("\n") >= 3):
-        time.sleep(0.2)
+    job, path = start_long_job(tmp_path, db)
     found = subprocess.run(["pgrep", "-f", f"train --solver {path}"], capture_output=True, text=True).stdout.split()
     ranks = [int(pid) for pid in found if int(pid) != job.pid]
     assert ranks, "no rank process found"
