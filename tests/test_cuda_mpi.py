@@ -1,6 +1,7 @@
-"""Data-parallel ranks on the GPU path (gradients all-reduced from host buffers), under the CUDA simulator:
-`mpirun -n 2 dltrain train --gpu 0` against one CPU process at twice the batch.  Runs in the simulator's
-suite (NUMBA_ENABLE_CUDASIM=1); a real multi-GPU check is for a machine with devices."""
+"""Data-parallel ranks on the GPU path (gradients all-reduced from host buffers): `mpirun -n 2 dltrain train
+--gpu 0` against one CPU process at twice the batch.  Runs in the simulator's suite (NUMBA_ENABLE_CUDASIM=1),
+and on a real GPU in bench/gpu_check.sh's CUDA tests (DLTRAIN_TEST_REAL_GPU=1) where the [mpi] extra is
+installed: both ranks then share device 0."""
 import os
 import shutil
 import subprocess
@@ -19,8 +20,10 @@ try:
     import mpi4py  # noqa: F401
 except ImportError:
     mpi4py = None
-pytestmark = pytest.mark.skipif(MPIRUN is None or mpi4py is None or os.environ.get("NUMBA_ENABLE_CUDASIM") != "1",
-                                reason="needs the [mpi] extra and the CUDA simulator run")
+SIMULATOR = os.environ.get("NUMBA_ENABLE_CUDASIM") == "1"
+pytestmark = pytest.mark.skipif(
+    MPIRUN is None or mpi4py is None or not (SIMULATOR or os.environ.get("DLTRAIN_TEST_REAL_GPU") == "1"),
+    reason="needs the [mpi] extra, and the CUDA simulator run or a real GPU")
 
 NET = """
 layer {{ name: "data" type: "Data" top: "data" top: "label" transform_param {{ scale: 0.004 }}
@@ -37,7 +40,8 @@ def test_two_gpu_ranks_equal_one_cpu_process_at_twice_the_batch(tmp_path):
     convert_arrays(rng.integers(0, 256, (16, 1, 4, 4), dtype=np.uint8), rng.integers(0, 2, 16), db)
     env = dict(os.environ, OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1")
     models = {}
-    for name, batch, launcher in (("one", 4, []), ("two", 2, [MPIRUN, "-n", "2", "-x", "NUMBA_ENABLE_CUDASIM"])):
+    ranks = [MPIRUN, "-n", "2"] + (["-x", "NUMBA_ENABLE_CUDASIM"] if SIMULATOR else [])
+    for name, batch, launcher in (("one", 4, []), ("two", 2, ranks)):
         folder = tmp_path / name
         folder.mkdir()
         (folder / "net.prototxt").write_text(NET.format(db=db, batch=batch))
@@ -51,7 +55,7 @@ def test_two_gpu_ranks_equal_one_cpu_process_at_twice_the_batch(tmp_path):
                                 env=run_env, timeout=300)
         assert result.returncode == 0, result.stderr[-2000:]
         if launcher:
-            assert "Use GPU with device ID 0 (SIMULATOR)" in result.stderr
+            assert "Use GPU with device ID 0" in result.stderr
         model = load_message(str(folder / "s_iter_4.caffemodel"), caffe_pb2.NetParameter)
         models[name] = [np.asarray(b.data) for layer in model.layer for b in layer.blobs]
     for a, b in zip(models["two"], models["one"]):
