@@ -883,13 +883,9 @@ class Solver:
         own = None
         if self.world.is_root:
             state = self._restore_file(state_file)
-            ranks = 1 + len(state.rank_resume) if state.HasField("resume") else None
             own = [None] * self.world.size
-            if ranks == self.world.size:
+            if state.HasField("resume") and 1 + len(state.rank_resume) == self.world.size:
                 own[1:] = [m.SerializeToString() for m in state.rank_resume]
-            elif ranks is not None:
-                info(f"The solver state was written by a run of {ranks} rank(s), this run has {self.world.size}: "
-                     "rank 0 continues where it was; the other ranks start their data again from their first record")
         own = self.world.scatter(own)
         shared = self.world.share((self.iter, self.current_step, self._restored_losses) if self.world.is_root
                                   else None)
@@ -936,6 +932,11 @@ class Solver:
             except BlobError as err:
                 raise ConfigError(f"history blob {i}: {err.message}", path=state_file) from None
         if state.HasField("resume"):
+            ranks = 1 + len(state.rank_resume)
+            if ranks != self.world.size:
+                info(f"The solver state was written by a run of {ranks} rank(s), this run has {self.world.size}: "
+                     "rank 0 continues where it was; the other ranks start their data again from their first "
+                     "record (an exact resume needs the same number of ranks)")
             resume.restore(state.resume, self._nets(), state_file)
             r = state.resume
             self._restored_losses = (state.iter, list(r.recent_loss), r.smoothed_loss, r.loss_start_iter)

@@ -212,3 +212,15 @@ def test_a_rank_killed_outright_ends_the_job(tmp_path, db):
     time.sleep(0.5)
     left = subprocess.run(["pgrep", "-f", f"train --solver {path}"], capture_output=True, text=True).stdout.split()
     assert left == []
+
+
+def test_a_two_rank_state_resumes_on_one_process_with_a_notice(tmp_path, db):
+    two = write_run(str(tmp_path / "two"), db, 4, "SGD", max_iter=10, snapshot=10)
+    result = dltrain(["train", "--solver", two], ranks=2, cwd=str(tmp_path))
+    assert result.returncode == 0, result.stderr[-2000:]
+    one = write_run(str(tmp_path / "one"), db, 4, "SGD", max_iter=14, snapshot=0)
+    state = str(tmp_path / "two" / "snaps" / "run_iter_10.solverstate")
+    result = dltrain(["train", "--solver", one, "--snapshot", state], cwd=str(tmp_path))
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "written by a run of 2 rank(s), this run has 1" in result.stderr
+    assert os.path.exists(tmp_path / "one" / "snaps" / "run_iter_14.caffemodel")
