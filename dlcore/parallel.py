@@ -16,21 +16,18 @@ from .errors import DLTrainError
 
 __all__ = ["World", "world", "launcher_size", "GradientAverager"]
 
-# The world size each launcher announces: Open MPI's mpirun, MPICH/Intel MPI's hydra (PMI), Slurm's srun.
-_SIZE_VARIABLES = ("OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "PMIX_SIZE", "SLURM_NTASKS")
+# The world size each launcher announces: Open MPI's mpirun, MPICH/Intel MPI's hydra (PMI), PMIx, and Slurm's
+# srun (the step's tasks: a batch script itself is a step of one task, whatever its allocation's --ntasks).
+_SIZE_VARIABLES = ("OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "PMIX_SIZE", "SLURM_STEP_NUM_TASKS")
 
 
 def launcher_size(environ=os.environ):
     """The number of ranks an MPI launcher started, from its environment (1 when there is none)."""
     for name in _SIZE_VARIABLES:
-        value = environ.get(name)
-        if value:
-            if name == "SLURM_NTASKS" and not any(k in environ for k in ("PMI_RANK", "PMIX_RANK", "SLURM_PROCID")):
-                continue
-            try:
-                return max(1, int(value))
-            except ValueError:
-                continue
+        try:
+            return max(1, int(environ[name]))
+        except (KeyError, ValueError):
+            continue
     return 1
 
 

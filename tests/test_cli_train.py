@@ -413,3 +413,16 @@ def test_gpu_flag_under_mpi_gives_each_rank_one_device(monkeypatch):
     monkeypatch.setattr(parallel, "_world", Ranks(3))
     with pytest.raises(DLTrainError, match="3 ranks run on this node"):
         _rank_gpu("0,1")
+
+
+@pytest.mark.parametrize("environ, size", [
+    ({}, 1),
+    ({"OMPI_COMM_WORLD_SIZE": "4"}, 4),
+    ({"PMI_SIZE": "2"}, 2),
+    ({"SLURM_NTASKS": "8", "SLURM_PROCID": "0", "SLURM_STEP_NUM_TASKS": "1"}, 1),   # a batch script itself
+    ({"SLURM_STEP_NUM_TASKS": "8"}, 8),                                              # srun -n 8
+    ({"OMPI_COMM_WORLD_SIZE": "x"}, 1),
+])
+def test_an_mpi_launcher_is_recognised_by_its_environment(environ, size):
+    from dlcore.parallel import launcher_size
+    assert launcher_size(environ) == size
