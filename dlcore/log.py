@@ -21,11 +21,12 @@ def _prefix(severity, depth):
 quiet = False
 
 
-def _emit(severity, message, stream=None):
+def _emit(severity, message, stream=None, depth=3):
+    """Write one line; ``depth``: how many frames up (from _prefix) the line's source is."""
     if quiet and severity != "E":
         return
     stream = stream or sys.stderr
-    stream.write(_prefix(severity, 3) + str(message) + "\n")
+    stream.write(_prefix(severity, depth) + str(message) + "\n")
     stream.flush()
 
 

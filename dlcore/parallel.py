@@ -9,6 +9,7 @@ A single process (no launcher, or one rank) never imports ``mpi4py``: the launch
 environment variables it sets, and :func:`world` is then a one-rank :class:`World` whose calls do nothing.
 """
 import os
+import time
 
 import numpy as np
 
@@ -42,6 +43,7 @@ class World:
             return
         self.rank, self.size = comm.Get_rank(), comm.Get_size()
         from mpi4py import MPI
+        self.MPI = MPI                    # imported once, here: a one-rank World never imports it
         local = comm.Split_type(MPI.COMM_TYPE_SHARED)
         self.local_rank, self.local_size = local.Get_rank(), local.Get_size()
         local.Free()
@@ -62,14 +64,12 @@ class World:
     def allreduce_sum(self, array):
         """``array`` (contiguous) replaced by its sum over the ranks."""
         if self.parallel:
-            from mpi4py import MPI
-            self.comm.Allreduce(MPI.IN_PLACE, array, op=MPI.SUM)
+            self.comm.Allreduce(self.MPI.IN_PLACE, array, op=self.MPI.SUM)
 
     def allreduce_max(self, value):
         if not self.parallel:
             return value
-        from mpi4py import MPI
-        return self.comm.allreduce(value, op=MPI.MAX)
+        return self.comm.allreduce(value, op=self.MPI.MAX)
 
     def gather(self, value):
         """Rank 0 gets ``[value of rank 0, value of rank 1, ...]`` (picklable values); the others None."""
@@ -96,6 +96,13 @@ class World:
 
 
 _world = None
+
+
+def data_share(train):
+    """(first record, stride) of this rank's share of a data layer's source: in TRAIN, rank r of N takes
+    records r, r+N, r+2N, ... (Caffe 1.0's rule); a TEST net (tested on rank 0 alone) reads them all."""
+    ranks = world()
+    return (ranks.rank, ranks.size) if train else (0, 1)
 
 
 def world():
@@ -173,8 +180,7 @@ class GradientAverager:
         if active:
             # Without an asynchronous progress thread, MPI moves a non-blocking collective along only inside
             # MPI calls: a test after each layer keeps the buckets in flight while backward runs.
-            from mpi4py import MPI
-            MPI.Request.Testall(active)
+            self.world.MPI.Request.Testall(active)
 
     def _start(self, b):
         buffer, offset = self.buffers[b], 0
@@ -182,18 +188,16 @@ class GradientAverager:
             blob = self.params[k]
             buffer[offset:offset + blob.count] = blob.cpu_diff().reshape(-1)
             offset += blob.count
-        from mpi4py import MPI
+        MPI = self.world.MPI
         self.requests[b] = self.world.comm.Iallreduce(MPI.IN_PLACE, buffer, op=MPI.SUM)
         self.next_to_start = b + 1
 
     def finish(self):
         """Start what backward did not (layers it skipped), wait for every bucket, write the averages back."""
-        import time
-        from mpi4py import MPI
         start = time.perf_counter()
         while self.next_to_start < len(self.buckets):
             self._start(self.next_to_start)
-        MPI.Request.Waitall([r for r in self.requests if r is not None])
+        self.world.MPI.Request.Waitall([r for r in self.requests if r is not None])
         scale = self.dtype.type(1.0 / self.world.size)
         for bucket, buffer in zip(self.buckets, self.buffers):
             offset = 0

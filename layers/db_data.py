@@ -602,12 +602,7 @@ class DataLayer(Layer):
                 for _ in range(skip % entries):
                     if not cursor.next():
                         cursor.first()
-            # A data-parallel run deals the records out (Caffe 1.0's rule): rank r of N starts at record r
-            # and takes every N-th; testing reads the whole source.
-            self.stride, offset = 1, 0
-            if self.phase == TRAIN:
-                ranks = parallel.world()
-                self.stride, offset = ranks.size, ranks.rank
+            offset, self.stride = parallel.data_share(self.phase == TRAIN)     # a data-parallel run's share
             for _ in range(offset):
                 if not cursor.next():
                     cursor.first()

@@ -100,13 +100,9 @@ class HDF5DataLayer(Layer):
         for blob, array in zip(top, self.arrays):
             blob.reshape((self.batch_size,) + array.shape[1:])
         self.row_shapes = [a.shape[1:] for a in self.arrays]
-        # A data-parallel run deals the rows out: rank r of N starts r rows on and takes every N-th.
-        self.stride = 1
-        if self.phase == TRAIN:
-            ranks = parallel.world()
-            self.stride = ranks.size
-            for _ in range(ranks.rank):
-                self._next()
+        offset, self.stride = parallel.data_share(self.phase == TRAIN)     # a data-parallel run's share
+        for _ in range(offset):
+            self._next()
 
     def _shuffled(self, order):
         """``order`` shuffled by dltrain's generator when ``shuffle`` is set: a new array (resume_state hands

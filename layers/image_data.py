@@ -280,12 +280,8 @@ class ImageDataLayer(Layer):
                 raise ConfigError(f"{owner}: not enough images to skip ({skip} of {len(self.lines)} drawn from "
                                   f"rand_skip {p.rand_skip})", field="image_data_param.rand_skip")
             self.pos = skip
-        # A data-parallel run deals the lines out: rank r of N starts r lines on and takes every N-th.
-        self.stride = 1
-        if self.phase == TRAIN:
-            ranks = parallel.world()
-            self.stride = ranks.size
-            self._advance(ranks.rank)
+        offset, self.stride = parallel.data_share(self.phase == TRAIN)     # a data-parallel run's share
+        self._advance(offset)
         try:
             shape = self.transformer.output_shape(self._load(self.pos).shape)
         except DLTrainError as err:

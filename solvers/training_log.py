@@ -17,9 +17,7 @@ import json
 import math
 import os
 import sys
-import threading
 import time
-from datetime import datetime
 
 import numpy as np
 
@@ -45,17 +43,10 @@ def _clear_progress():
         _active_progress.clear()
 
 
-def _emit(severity, message, depth=2):
-    """One glog line (dlcore.log's format) naming the caller's file and line."""
-    if dlcore_log.quiet and severity != "E":
-        return
+def _emit(severity, message):
+    """One glog line (dlcore.log's) naming the caller of info/warning, after clearing the progress line."""
     _clear_progress()
-    now = datetime.now()
-    frame = sys._getframe(depth)
-    source = f"{os.path.basename(frame.f_code.co_filename)}:{frame.f_lineno}"
-    tid = threading.get_native_id() % 100000
-    sys.stderr.write(f"{severity}{now:%m%d %H:%M:%S}.{now.microsecond:06d} {tid:5d} {source}] {message}\n")
-    sys.stderr.flush()
+    dlcore_log._emit(severity, message, depth=4)      # _prefix, log._emit, this, info/warning, their caller
 
 
 def info(message):
