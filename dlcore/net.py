@@ -6,6 +6,9 @@ one top feeds several bottoms (so their diffs are summed), wire in-place
 layers, set every layer up, decide which layers need backward, and collect
 learnable parameters (sharing those with the same ``param { name }``).
 """
+import io
+import itertools
+import os
 from collections import OrderedDict
 
 import numpy as np
@@ -20,6 +23,33 @@ from .registry import get_layer_class
 
 # What an allocation error suggests: the usual cause of a net too large to hold.
 SIZE_HINT = "is a num_output, an input or data shape, or a batch_size far too large?"
+
+
+def _import_h5py(what):
+    """h5py (the optional [hdf5] extra), or a one-line error naming ``what`` needs it."""
+    try:
+        import h5py
+    except ImportError:
+        raise DLTrainError(f"{what} needs h5py: pip install 'dltrain[hdf5]' (or pip install h5py)") from None
+    return h5py
+
+
+def is_hdf5_file(path):
+    """Whether ``path`` starts with HDF5's signature (at byte 0 or after a user block of 512, 1024, ... bytes),
+    as Caffe's H5Fis_hdf5 decides how CopyTrainedLayersFrom reads a weight file."""
+    signature = b"\x89HDF\r\n\x1a\n"
+    try:
+        with open(path, "rb") as f:
+            size = os.fstat(f.fileno()).st_size
+            offset = 0
+            while offset + len(signature) <= size:
+                f.seek(offset)
+                if f.read(len(signature)) == signature:
+                    return True
+                offset = 512 if offset == 0 else offset * 2
+    except OSError:
+        return False
+    return False
 
 
 # --- phase / level / stage filtering -------------------------------------------
@@ -129,9 +159,20 @@ def insert_splits(param, where=None):
 class Net:
     """A net built for one phase.
 
-    ``Net(model, phase)``, ``Net(model, phase, weights=path)`` or pycaffe's
-    ``Net(model, weights, phase)``.  ``model`` is a path (.prototxt, .yaml,
-    binary) or a NetParameter.
+    ``Net(model, phase)``, ``Net(model, phase, level=0, stages=None,
+    weights=path)`` or pycaffe's older ``Net(model, weights, phase)``.
+    ``model`` is a path (.prototxt, .yaml, binary) or a NetParameter.
+
+    pycaffe's surface: ``blobs``, ``params``, ``layers``, ``layer_dict``,
+    ``inputs``, ``outputs``, ``top_names``, ``bottom_names``,
+    ``blob_loss_weights``, ``forward``/``backward`` (with ``start``/``end``),
+    ``forward_all``/``forward_backward_all``, ``reshape``,
+    ``clear_param_diffs``, ``copy_from``, ``share_with``, ``save``,
+    ``save_hdf5``/``load_hdf5``, ``set_input_arrays``, the hooks
+    ``before_forward``/``after_forward``/``before_backward``/``after_backward``,
+    and the low-level ``_blob_names``, ``_layer_names``, ``_blobs``,
+    ``_inputs``, ``_outputs``, ``_bottom_ids``, ``_top_ids``,
+    ``_blob_loss_weights``, ``_batch``.
     """
 
     def __init__(self, model, *args, phase=None, weights=None, level=0, stages=(), dtype=np.float32, gpu=None):
@@ -155,7 +196,7 @@ class Net:
             param.state.phase = phase
             param.state.level = level
             del param.state.stage[:]
-            param.state.stage.extend(stages)
+            param.state.stage.extend(stages or ())
         self.dtype = np.dtype(dtype)
         # The device: the backend's mode when the net is built (dlcore.set_mode_gpu), unless given.
         if gpu is None:
@@ -320,12 +361,15 @@ class Net:
                 for j in range(len(self._bottom_name_vecs[i])):
                     self.bottom_need_backward[i][j] |= layer.allow_force_backward(j)
                 layer.param_propagate_down = [True] * len(layer.blobs)
-        self._outputs = sorted(available)   # Caffe keeps them in a std::set
+        self._output_names = sorted(available)   # Caffe keeps them in a std::set
         self._collect_params()
         self.layer_dict = OrderedDict(zip(self._layer_names, self.layers))
         # Called with a layer's index after its backward (the data-parallel solver starts all-reducing the
         # gradients that are final then, while backward goes on).
         self.after_layer_backward = None
+        # pycaffe's hooks (net.before_forward(callable) etc.): each is called with the layer's index.
+        self._before_forward, self._after_forward = [], []
+        self._before_backward, self._after_backward = [], []
 
     def _no_layers_error(self, unfiltered):
         """The error for a net whose phase/level/stage rules leave no layer (or that has none)."""
@@ -475,11 +519,53 @@ class Net:
 
     @property
     def outputs(self):
-        return list(self._outputs)
+        return list(self._output_names)
 
     @property
     def layer_names(self):
         return list(self._layer_names)
+
+    # pycaffe's lower-level views (_caffe.cpp's names): blob and layer names, blob indices, loss weights.
+    @property
+    def _blob_names(self):
+        return list(self.blobs)
+
+    @property
+    def _blobs(self):
+        return list(self.blobs.values())
+
+    @property
+    def _inputs(self):
+        """The indices in ``_blobs`` of the input blobs."""
+        return [self._blob_names.index(name) for name in self._input_names]
+
+    @property
+    def _outputs(self):
+        """The indices in ``_blobs`` of the output blobs."""
+        return [self._blob_names.index(name) for name in self._output_names]
+
+    def _bottom_ids(self, layer_index):
+        names = self._blob_names
+        return [names.index(name) for name in self._bottom_name_vecs[layer_index]]
+
+    def _top_ids(self, layer_index):
+        names = self._blob_names
+        return [names.index(name) for name in self._top_name_vecs[layer_index] if name in self.blobs]
+
+    @property
+    def _blob_loss_weights(self):
+        """The loss weight of each blob, in ``_blob_names`` order (0 for blobs no loss weights; an
+        in-place top takes the weight of its last producer, as in Caffe)."""
+        weights = dict.fromkeys(self.blobs, 0.0)
+        for layer, tops in zip(self.layers, self._top_name_vecs):
+            for j, name in enumerate(tops):
+                weights[name] = float(layer.loss(j))
+        return list(weights.values())
+
+    @property
+    def blob_loss_weights(self):
+        """Blob name -> its loss weight (pycaffe's OrderedDict)."""
+        return OrderedDict(zip(self._blob_names, self._blob_loss_weights))
 
     def has_blob(self, name):
         return name in self.blobs
@@ -496,12 +582,32 @@ class Net:
         except ValueError:
             raise DLTrainError(f"net '{self.name}' has no layer named '{name}'") from None
 
+    # pycaffe's hooks, fired as Caffe's ForwardFromTo / BackwardFromTo fire them: each callback gets the
+    # layer's index; the backward ones fire for every layer in the range, whether it computes gradients or not.
+    def before_forward(self, callback):
+        """Call ``callback(layer_index)`` before each layer's forward."""
+        self._before_forward.append(callback)
+
+    def after_forward(self, callback):
+        """Call ``callback(layer_index)`` after each layer's forward."""
+        self._after_forward.append(callback)
+
+    def before_backward(self, callback):
+        """Call ``callback(layer_index)`` before each layer's backward."""
+        self._before_backward.append(callback)
+
+    def after_backward(self, callback):
+        """Call ``callback(layer_index)`` after each layer's backward."""
+        self._after_backward.append(callback)
+
     def forward_from_to(self, start, end):
         """Run layers start..end (indices, inclusive); return the weighted loss."""
         loss = 0.0
         i = start
         try:
             for i in range(start, end + 1):
+                for callback in self._before_forward:
+                    callback(i)
                 layer, bottom, top = self.layers[i], self._bottom_vecs[i], self._top_vecs[i]
                 layer.run_reshape(bottom, top)
                 layer.forward(bottom, top)
@@ -513,6 +619,8 @@ class Net:
                         if seed.size and not (seed == weight).all():
                             blob.diff[...] = weight
                         loss += weight * float(blob.cpu_data().sum())
+                for callback in self._after_forward:
+                    callback(i)
         except MemoryError as err:      # a top that grew past what the machine holds
             if isinstance(err, DLTrainError) and not isinstance(err, AllocationError):
                 raise                   # a plugin's own MemoryError: its PluginError names the layer
@@ -522,10 +630,14 @@ class Net:
     def backward_from_to(self, start, end):
         hook = self.after_layer_backward
         for i in range(start, end - 1, -1):
+            for callback in self._before_backward:
+                callback(i)
             if self.layer_need_backward[i]:
                 self.layers[i].backward(self._top_vecs[i], self.bottom_need_backward[i], self._bottom_vecs[i])
                 if hook is not None:
                     hook(i)
+            for callback in self._after_backward:
+                callback(i)
 
     def forward(self, blobs=None, start=None, end=None, **kwargs):
         """Set input blobs from ``kwargs``, run forward, return {output: data}."""
@@ -542,20 +654,86 @@ class Net:
         end_ind = self._layer_index(end, len(self.layers) - 1)
         self.loss = self.forward_from_to(start_ind, end_ind)
         # pycaffe returns the blob named like the end layer; its tops are what that means.
-        names = (self._top_name_vecs[end_ind] if end is not None else self._outputs) + list(blobs or [])
+        names = (self._top_name_vecs[end_ind] if end is not None else self._output_names) + list(blobs or [])
         return {name: self.blobs[name].data for name in dict.fromkeys(names)}
 
     def backward(self, diffs=None, start=None, end=None, **kwargs):
         """Set output diffs from ``kwargs``, run backward, return {input: diff}."""
         for name, value in kwargs.items():
-            if name not in self._outputs:
-                raise DLTrainError(f"'{name}' is not an output of net '{self.name}' (outputs: {self._outputs})")
+            if name not in self._output_names:
+                raise DLTrainError(f"'{name}' is not an output of net '{self.name}' (outputs: {self._output_names})")
             self.blobs[name].diff[...] = value
         start_ind = self._layer_index(start, len(self.layers) - 1)
         end_ind = self._layer_index(end, 0)
         self.backward_from_to(start_ind, end_ind)
         names = (self._bottom_name_vecs[end_ind] if end is not None else self._input_names) + list(diffs or [])
         return {name: self.blobs[name].diff for name in dict.fromkeys(names) if name in self.blobs}
+
+    # --- pycaffe's batched passes ----------------------------------------------------------------
+    def _batch(self, blobs):
+        """Yield {name: rows} batches of the arrays in ``blobs`` (all of one length), as many rows as the
+        batch size (the first dimension of the net's first blob, pycaffe's rule); the last batch is padded
+        with zeros."""
+        blobs = {name: np.asarray(value) for name, value in blobs.items()}
+        if not blobs:
+            return
+        lengths = {name: len(value) for name, value in blobs.items()}
+        num = next(iter(lengths.values()))
+        if any(n != num for n in lengths.values()):
+            raise DLTrainError(f"net '{self.name}': the arrays to batch differ in length ({lengths})")
+        batch_size = next(iter(self.blobs.values())).shape[0]
+        for i in range(0, num - num % batch_size, batch_size):
+            yield {name: value[i:i + batch_size] for name, value in blobs.items()}
+        remainder = num % batch_size
+        if remainder:
+            yield {name: np.concatenate([value[num - remainder:],
+                                         np.zeros((batch_size - remainder,) + value.shape[1:], value.dtype)])
+                   for name, value in blobs.items()}
+
+    def _padding(self, blobs):
+        """How many zero rows _batch adds to ``blobs``."""
+        if not blobs:
+            return 0
+        num = len(next(iter(blobs.values())))
+        return -num % next(iter(self.blobs.values())).shape[0]
+
+    @staticmethod
+    def _join(parts, pad):
+        """Per-batch copies of one blob joined along the batch axis, padding rows dropped; a blob
+        without a batch axis (a loss) gives one value per batch."""
+        if parts[0].ndim == 0:
+            return np.array(parts)
+        joined = np.concatenate(parts)
+        return joined[:len(joined) - pad]
+
+    def forward_all(self, blobs=None, **kwargs):
+        """pycaffe's forward_all: forward over input arrays of any length (keyword per input), in batches
+        of the net's batch size; returns {blob: array}: the outputs and ``blobs``, one row per input row."""
+        parts = {name: [] for name in dict.fromkeys(self._output_names + list(blobs or []))}
+        for batch in (self._batch(kwargs) if kwargs else [{}]):
+            for name, data in self.forward(blobs=blobs, **batch).items():
+                parts[name].append(np.array(data, copy=True))
+        pad = self._padding(kwargs)
+        return {name: self._join(p, pad) for name, p in parts.items()}
+
+    def forward_backward_all(self, blobs=None, diffs=None, **kwargs):
+        """pycaffe's forward_backward_all: forward and backward in batches; keywords name inputs (for
+        forward) and outputs (their diffs, for backward).  Returns ({blob: data}, {blob: diff}) for the
+        outputs and ``blobs``, and the inputs and ``diffs``."""
+        inputs = {name: kwargs[name] for name in self._input_names if name in kwargs}
+        top_diffs = {name: kwargs[name] for name in self._output_names if name in kwargs}
+        outs = {name: [] for name in dict.fromkeys(self._output_names + list(blobs or []))}
+        grads = {name: [] for name in dict.fromkeys(self._input_names + list(diffs or []))}
+        forward_batches = list(self._batch(inputs)) or [{}]
+        backward_batches = list(self._batch(top_diffs)) or [{}]
+        for fb, bb in itertools.zip_longest(forward_batches, backward_batches, fillvalue={}):
+            for name, data in self.forward(blobs=blobs, **fb).items():
+                outs[name].append(np.array(data, copy=True))
+            for name, diff in self.backward(diffs=diffs, **bb).items():
+                grads[name].append(np.array(diff, copy=True))
+        pad = self._padding(inputs or top_diffs)
+        return ({name: self._join(p, pad) for name, p in outs.items()},
+                {name: self._join(p, pad) for name, p in grads.items() if p})
 
     def set_input_arrays(self, data, labels):
         """pycaffe's Net.set_input_arrays: feed ``data`` (n x C x H x W) and ``labels`` (n, or n x 1 x 1 x 1)
@@ -606,8 +784,8 @@ class Net:
 
     # --- weights -----------------------------------------------------------------------
     def copy_from(self, source):
-        """Copy parameters by layer name from a .caffemodel path or a NetParameter;
-        returns the number of layers whose parameters were copied.
+        """Copy parameters by layer name from a .caffemodel path (or HDF5 weights, see load_hdf5) or a
+        NetParameter; returns the number of layers whose parameters were copied.
 
         Layers absent from the source keep their values; a shape mismatch is
         an error naming the layer and both shapes.  As Caffe, each source
@@ -619,6 +797,8 @@ class Net:
         if not isinstance(source, caffe_pb2.NetParameter):
             from .config import load_message
             path = str(source)
+            if is_hdf5_file(path):            # Caffe's CopyTrainedLayersFrom: HDF5 weights too
+                return self.load_hdf5(path)
             source = load_message(path, caffe_pb2.NetParameter)
         source_layers = list(upgraded_net(source, path).layer)     # V0/V1 weight files too
         copied = 0
@@ -680,6 +860,80 @@ class Net:
         """Write the weights as a binary NetParameter (.caffemodel), atomically."""
         from .config import write_binary
         write_binary(path, self.to_proto(write_diff))
+
+    # --- weights in HDF5 (Caffe's Net::ToHDF5 / CopyTrainedLayersFromHDF5) ------------------------------
+    def save_hdf5(self, filename, write_diff=False):
+        """Write the weights in Caffe's HDF5 layout, atomically: group ``data`` holds a group per layer
+        (every layer, in order) with its parameters as datasets ``0``, ``1``, ... (a shared parameter only
+        under the layer that owns it); with ``write_diff`` group ``diff`` holds every parameter's diff."""
+        h5py = _import_h5py("Net.save_hdf5")
+        from .config import write_atomic
+        memory = io.BytesIO()
+        with h5py.File(memory, "w") as f:
+            data = f.create_group("data")
+            diff = f.create_group("diff") if write_diff else None
+            net_id = 0
+            for name, layer in zip(self._layer_names, self.layers):
+                layer_data = data.require_group(name)
+                layer_diff = diff.require_group(name) if write_diff else None
+                for j, blob in enumerate(layer.blobs):
+                    if self.param_owners[net_id] == -1:
+                        layer_data.create_dataset(str(j), data=blob.cpu_data())
+                    if write_diff:
+                        layer_diff.create_dataset(str(j), data=blob.cpu_diff())
+                    net_id += 1
+        try:
+            write_atomic(filename, memory.getvalue())
+        except OSError as err:
+            raise DLTrainError(f"cannot write HDF5 weights '{filename}': {err.strerror or err}") from None
+
+    def load_hdf5(self, filename):
+        """Copy weights by layer name from a file save_hdf5 (or Caffe) wrote; layers the file lacks keep
+        theirs, and layers the net lacks are logged and skipped, as in Caffe.  Returns the number of
+        layers whose parameters were copied."""
+        h5py = _import_h5py("Net.load_hdf5")
+        path = os.fspath(filename)
+        try:
+            f = h5py.File(path, "r")
+        except OSError as err:
+            raise ConfigError(f"cannot read HDF5 weights: {err}", path=path) from None
+        copied = 0
+        with f:
+            data = f.get("data")
+            if not isinstance(data, h5py.Group):
+                raise ConfigError("not a Caffe HDF5 weight file: it has no group 'data'", path=path)
+            for name in data:
+                layer = self.layer_dict.get(name)
+                if layer is None:
+                    log.info(f"Ignoring source layer {name}")
+                    continue
+                stored = data[name]
+                if len(stored) > len(layer.blobs):
+                    raise ConfigError(f"layer '{name}': the file has {len(stored)} parameter blobs, the net "
+                                      f"{len(layer.blobs)}", path=path)
+                first = self._layer_param_ids(layer)
+                for j, blob in enumerate(layer.blobs):
+                    if str(j) not in stored:
+                        if self.param_owners[first + j] != -1:
+                            continue            # shared: its owner's layer holds it
+                        raise ConfigError(f"layer '{name}': the file lacks parameter blob {j}", path=path)
+                    values = stored[str(j)][()]
+                    if tuple(values.shape) != tuple(blob.shape):
+                        raise ConfigError(f"cannot copy param {j} weights from layer '{name}': shape mismatch; "
+                                          f"source {shape_string(values.shape)}, target {blob.shape_string()}",
+                                          path=path)
+                    blob.data[...] = values
+                copied += bool(layer.blobs)
+        return copied
+
+    def _layer_param_ids(self, layer):
+        """The index in the net's parameter list of ``layer``'s first parameter."""
+        count = 0
+        for other in self.layers:
+            if other is layer:
+                return count
+            count += len(other.blobs)
+        raise ValueError("layer not in this net")
 
     def __repr__(self):
         return f"<Net '{self.name}' {'TRAIN' if self.phase == TRAIN else 'TEST'}: {len(self.layers)} layers>"

@@ -1,10 +1,19 @@
 """`caffe.io`: pycaffe's conversions between arrays, BlobProtos and Datums,
-image loading and resizing, and the input Transformer.
+image loading and resizing, oversampling, and the input Transformer.
 
-Differences from pycaffe: images are read with Pillow (pycaffe uses
-scikit-image), and ``resize_image`` always interpolates with
-``scipy.ndimage.zoom`` (pycaffe uses scikit-image for 1- and 3-channel
-images), so resized pixels can differ in the last digits.
+Caffe 1.0's names, arguments and results.  Where pycaffe calls scikit-image,
+dltrain uses Pillow (the ``[images]`` extra) and SciPy:
+
+- ``load_image`` decodes with Pillow and turns color into gray with
+  scikit-image's weights (0.2125 R + 0.7154 G + 0.0721 B), so the values
+  are pycaffe's (up to the last float32 digit).
+- ``resize_image`` of a 1- or 3-channel image samples as scikit-image's
+  ``resize(..., mode='constant')`` does (pixel centers, zero beyond the
+  border, the result clipped to the input's range): enlarging gives
+  pycaffe's numbers.  When shrinking, scikit-image 0.15 and later first blur
+  the image (``anti_aliasing``) and dltrain does not, as scikit-image did
+  when Caffe 1.0 came out, so shrunk pixels can differ.  Other channel counts
+  use ``scipy.ndimage.zoom`` exactly as pycaffe does.
 """
 import numpy as np
 
@@ -14,10 +23,14 @@ __all__ = ["blobproto_to_array", "array_to_blobproto", "arraylist_to_blobprotove
            "blobprotovector_str_to_arraylist", "array_to_datum", "datum_to_array", "load_image",
            "resize_image", "oversample", "Transformer"]
 
+# scikit-image's rgb2gray weights (ITU-R 709 luma), which pycaffe's load_image(color=False) uses.
+GRAY_WEIGHTS = np.array([0.2125, 0.7154, 0.0721])
+
 
 # --- protobuf conversions -----------------------------------------------------------------------
 def blobproto_to_array(blob, return_diff=False):
-    """The data (or diff) of a BlobProto as an array of its shape."""
+    """The data (or diff) of a BlobProto as an array of its shape (the legacy 4-D num/channels/height/width
+    when any of them is set)."""
     values = np.array(blob.diff if return_diff else blob.data)
     if any(blob.HasField(f) for f in ("num", "channels", "height", "width")):
         return values.reshape(blob.num, blob.channels, blob.height, blob.width)
@@ -36,12 +49,14 @@ def array_to_blobproto(arr, diff=None):
 
 
 def arraylist_to_blobprotovector_str(arraylist):
+    """A serialized BlobProtoVector of the arrays."""
     vec = caffe_pb2.BlobProtoVector()
     vec.blobs.extend(array_to_blobproto(arr) for arr in arraylist)
     return vec.SerializeToString()
 
 
 def blobprotovector_str_to_arraylist(text):
+    """The arrays of a serialized BlobProtoVector."""
     vec = caffe_pb2.BlobProtoVector()
     vec.ParseFromString(text)
     return [blobproto_to_array(blob) for blob in vec.blobs]
@@ -63,40 +78,60 @@ def array_to_datum(arr, label=None):
 
 
 def datum_to_array(datum):
-    """The C×H×W array of an (unencoded) Datum."""
+    """The C×H×W array of an (unencoded) Datum: uint8 from ``data``, float from ``float_data``."""
     shape = (datum.channels, datum.height, datum.width)
     if len(datum.data):
-        return np.frombuffer(datum.data, dtype=np.uint8).reshape(shape)
+        return np.frombuffer(datum.data, dtype=np.uint8).reshape(shape).copy()
     return np.array(datum.float_data).astype(float).reshape(shape)
 
 
 # --- images -------------------------------------------------------------------------------------
 def load_image(filename, color=True):
-    """An H×W×K float32 image in [0, 1] (K = 3 for color, 1 for gray)."""
+    """An H×W×3 (color) or H×W×1 (gray) float32 image in [0, 1]; an alpha channel is dropped."""
     try:
         from PIL import Image
     except ImportError:
-        raise ImportError("caffe.io.load_image needs Pillow: pip install pillow") from None
+        raise ImportError("caffe.io.load_image needs Pillow: pip install 'dltrain[images]'") from None
     with Image.open(filename) as image:
-        image = image.convert("RGB" if color else "L")
-        img = np.asarray(image, dtype=np.float32) / 255.0
+        if image.mode in ("1", "L"):
+            img = np.asarray(image.convert("L"), dtype=np.float64) / 255.0
+        elif image.mode.startswith("I;16"):
+            img = np.asarray(image, dtype=np.float64) / 65535.0
+        else:
+            img = np.asarray(image.convert("RGB"), dtype=np.float64) / 255.0
+    if not color and img.ndim == 3:
+        img = img @ GRAY_WEIGHTS
+    img = img.astype(np.float32)
     if img.ndim == 2:
         img = img[:, :, np.newaxis]
+        if color:
+            img = np.tile(img, (1, 1, 3))
     return img
 
 
 def resize_image(im, new_dims, interp_order=1):
-    """Resize an H×W×K image to ``new_dims`` (height, width)."""
+    """An H×W×K image resized to ``new_dims`` (height, width), spline order ``interp_order`` (1: linear)."""
     from scipy.ndimage import zoom
     im = np.asarray(im)
-    if im.shape[:2] == tuple(new_dims):
-        return im.astype(np.float32)
-    scale = tuple(np.array(new_dims, dtype=float) / np.array(im.shape[:2]))
-    return zoom(im, scale + (1,) * (im.ndim - 2), order=interp_order).astype(np.float32)
+    new_dims = (int(new_dims[0]), int(new_dims[1]))
+    if im.shape[-1] in (1, 3):
+        im_min, im_max = im.min(), im.max()
+        if not im_max > im_min:      # a constant image: no range to scale by
+            return np.full(new_dims + (im.shape[-1],), im_min, dtype=np.float32)
+        im_std = (im.astype(np.float64) - im_min) / (im_max - im_min)
+        scale = (new_dims[0] / im.shape[0], new_dims[1] / im.shape[1], 1.0)
+        # scikit-image's resize: pixel centers map to pixel centers, zero beyond the border, clipped.
+        resized = zoom(im_std, scale, order=interp_order, mode="grid-constant", cval=0.0, grid_mode=True)
+        resized = np.clip(resized, 0.0, 1.0) * (im_max - im_min) + im_min
+    else:
+        scale = tuple(np.array(new_dims, dtype=float) / np.array(im.shape[:2]))
+        resized = zoom(im, scale + (1,), order=interp_order)
+    return resized.astype(np.float32)
 
 
 def oversample(images, crop_dims):
-    """The 4 corner and the center crops of each image, and their mirrors (10 per image)."""
+    """The 4 corner and the center crops of each H×W×K image, then their mirrors: 10 crops per image
+    (N·10 × h × w × K)."""
     im_shape = np.array(images[0].shape)
     crop_dims = np.array(crop_dims)
     center = im_shape[:2] / 2.0
@@ -123,7 +158,7 @@ def oversample(images, crop_dims):
 class Transformer:
     """Turns H×W×K images into a net's C×H×W input and back (pycaffe's Transformer).
 
-    ``Transformer({'data': net.blobs['data'].shape})``, then per input
+    ``Transformer({'data': net.blobs['data'].data.shape})``, then per input
     ``set_transpose``, ``set_channel_swap``, ``set_raw_scale``, ``set_mean``,
     ``set_input_scale``; ``preprocess(name, image)`` applies resize,
     transpose, channel swap, raw scale, mean subtraction and input scale,
@@ -140,6 +175,7 @@ class Transformer:
             raise Exception(f"{name} is not one of the net inputs: {self.inputs}")
 
     def preprocess(self, in_, data):
+        """An H'×W'×K image as the net's K×H×W input."""
         self._check_input(in_)
         caffe_in = np.asarray(data).astype(np.float32, copy=False)
         in_dims = self.inputs[in_][2:]
@@ -158,8 +194,9 @@ class Transformer:
         return caffe_in
 
     def deprocess(self, in_, data):
+        """Undo preprocess (but not the resize): the net's K×H×W input as an H×W×K image."""
         self._check_input(in_)
-        decaf_in = np.array(data, dtype=np.float32).squeeze()
+        decaf_in = np.array(data, copy=True).squeeze()
         if self.input_scale.get(in_) is not None:
             decaf_in = decaf_in / self.input_scale[in_]
         if self.mean.get(in_) is not None:
@@ -173,22 +210,27 @@ class Transformer:
         return decaf_in
 
     def set_transpose(self, in_, order):
+        """The order of the image's axes in the input, e.g. (2, 0, 1) for H×W×K -> K×H×W."""
         self._check_input(in_)
         if len(order) != len(self.inputs[in_]) - 1:
             raise Exception("Transpose order needs to have the same number of dimensions as the input.")
         self.transpose[in_] = order
 
     def set_channel_swap(self, in_, order):
+        """The order to take the channels in (after the transpose): (2, 1, 0) turns RGB into BGR."""
         self._check_input(in_)
         if len(order) != self.inputs[in_][1]:
             raise Exception("Channel swap needs to have the same number of dimensions as the input channels.")
         self.channel_swap[in_] = order
 
     def set_raw_scale(self, in_, scale):
+        """Multiply the raw image by ``scale`` (255 for models trained on [0, 255] pixels), before the mean."""
         self._check_input(in_)
         self.raw_scale[in_] = scale
 
     def set_mean(self, in_, mean):
+        """The mean to subtract: one value per channel (K), or an image (K×H×W or H×W, resized to the input
+        when its size differs)."""
         self._check_input(in_)
         mean = np.asarray(mean)
         ms = mean.shape
@@ -202,9 +244,14 @@ class Transformer:
             if len(ms) != 3:
                 raise ValueError("Mean shape invalid")
             if ms != self.inputs[in_][1:]:
-                raise ValueError(f"Mean shape {ms} incompatible with input shape {self.inputs[in_][1:]}.")
+                in_shape = self.inputs[in_][1:]
+                m_min, m_max = mean.min(), mean.max()
+                normal_mean = (mean - m_min) / (m_max - m_min)
+                mean = resize_image(normal_mean.transpose((1, 2, 0)),
+                                    in_shape[1:]).transpose((2, 0, 1)) * (m_max - m_min) + m_min
         self.mean[in_] = mean
 
     def set_input_scale(self, in_, scale):
+        """Multiply the input by ``scale`` after the mean is subtracted."""
         self._check_input(in_)
         self.input_scale[in_] = scale

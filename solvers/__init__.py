@@ -12,12 +12,12 @@ from dlcore.errors import ConfigError
 from .lr_policy import POLICIES, LearningRatePolicy, learning_rate
 from .sgd_solvers import (SOLVERS, AdaDeltaSolver, AdaGradSolver, AdamSolver, NesterovSolver, RMSPropSolver,
                           SGDSolver)
-from .solver import (Solver, SolverAction, device_for_solver, output_loss_weights, snapshot_filename,
-                     upgrade_solver_param)
+from .solver import (Solver, SolverAction, device_for_solver, gpu_or_cpu_notice, output_loss_weights,
+                     snapshot_filename, upgrade_solver_param)
 
 __all__ = ["get_solver", "solver_types", "Solver", "SolverAction", "SGDSolver", "NesterovSolver", "AdaGradSolver",
            "RMSPropSolver", "AdaDeltaSolver", "AdamSolver", "SOLVERS", "POLICIES", "LearningRatePolicy",
-           "learning_rate", "snapshot_filename", "device_for_solver", "output_loss_weights"]
+           "learning_rate", "snapshot_filename", "device_for_solver", "gpu_or_cpu_notice", "output_loss_weights"]
 
 
 def solver_types():

@@ -44,8 +44,8 @@ from .lr_policy import LearningRatePolicy
 from .training_log import JsonLog, Progress, fmt, info, warning
 from .updates import REG_L1, REG_L2, REG_NONE, GradientSteps
 
-__all__ = ["Solver", "SolverAction", "device_for_solver", "snapshot_filename", "upgrade_solver_param",
-           "output_loss_weights"]
+__all__ = ["Solver", "SolverAction", "device_for_solver", "gpu_or_cpu_notice", "snapshot_filename",
+           "upgrade_solver_param", "output_loss_weights"]
 
 
 class NonFiniteError(DLTrainError):
@@ -103,11 +103,19 @@ def device_for_solver(param, gpu_flag=None):
         return True, device, None
     if param.solver_mode == caffe_pb2.SolverParameter.GPU:
         device = int(param.device_id)
-        ok, reason = backend.gpu_available(device)
-        if ok:
-            return True, device, None
-        return False, None, f"solver_mode is GPU but no GPU can be used ({reason}); training on the CPU"
+        ok, notice = gpu_or_cpu_notice(device, "solver_mode is GPU", "training")
+        return (True, device, None) if ok else (False, None, notice)
     return False, None, None
+
+
+def gpu_or_cpu_notice(device_id, asked, doing):
+    """Whether GPU ``device_id`` can be used where ``asked`` wants it, and if not the one-line notice
+    of the fall-back to the CPU: (True, None), or (False, "<asked> but no GPU can be used (<reason>);
+    <doing> on the CPU").  `dltrain train`'s solver_mode: GPU and pycaffe's set_mode_gpu() share it."""
+    ok, reason = backend.gpu_available(device_id)
+    if ok:
+        return True, None
+    return False, f"{asked} but no GPU can be used ({reason}); {doing} on the CPU"
 
 
 def snapshot_filename(prefix, iter, extension):
@@ -147,8 +155,9 @@ class Solver:
     ``Solver(path_or_SolverParameter, dtype=np.float32)``.  A path is
     loaded with its net paths resolved (current directory, then the solver
     file's folder) and names the file in errors.  pycaffe's face:
-    ``net``, ``test_nets``, ``iter``, ``step(n)``, ``solve(resume_file)``,
-    ``snapshot()``, ``restore(state_file)``, ``apply_update()``.
+    ``net``, ``test_nets``, ``iter``, ``param``, ``lr``, ``step(n)``, ``solve(resume_file)``,
+    ``snapshot()``, ``restore(state_file)``, ``apply_update()``, ``add_callback(on_start,
+    on_gradients_ready)``, ``share_weights(net)``.
     """
 
     type = None
@@ -223,6 +232,7 @@ class Solver:
         self._last_rate = None
         self._progress = None
         self._loss_weights = [output_loss_weights(net) for net in [self.net] + self.test_nets]
+        self._callbacks = []              # (on_start, on_gradients_ready) pairs: pycaffe's add_callback
 
     # --- setup -----------------------------------------------------------------
     def _where(self, field):
@@ -388,6 +398,26 @@ class Solver:
         """Poll ``function()`` -> SolverAction at every iteration boundary (Caffe's SetActionFunction)."""
         self.action_function = function
 
+    def add_callback(self, on_start, on_gradients_ready=None):
+        """pycaffe's add_callback: in each iteration of step(), call ``on_start()`` before the forward
+        passes and ``on_gradients_ready()`` after the backward passes, before the update (Caffe's
+        Solver::Step).  One object with both methods may be given instead (as train.py gives its NCCL)."""
+        if on_gradients_ready is None and hasattr(on_start, "on_gradients_ready"):
+            on_start, on_gradients_ready = on_start.on_start, on_start.on_gradients_ready
+        if not callable(on_start) or not callable(on_gradients_ready):
+            raise TypeError("add_callback(on_start, on_gradients_ready): give two callables (each called with "
+                            "no arguments), or one object with on_start() and on_gradients_ready() methods")
+        self._callbacks.append((on_start, on_gradients_ready))
+
+    def share_weights(self, net):
+        """pycaffe's share_weights: ``net`` uses this solver's train-net parameters, by layer name."""
+        net.share_trained_layers_with(self.net)
+
+    @property
+    def lr(self):
+        """The learning rate the next update uses (the lr_policy at the current iteration)."""
+        return self.lr_policy.peek(self.iter)
+
     def _requested_action(self):
         if self.action_function is None:
             return SolverAction.NONE
@@ -470,6 +500,8 @@ class Solver:
                             break
                     display = bool(p.display) and self.iter % p.display == 0
                     debug = display and p.debug_info
+                    for on_start, _ in self._callbacks:
+                        on_start()
                     loss = 0.0
                     for k in range(p.iter_size):
                         if self._averager is not None and k == p.iter_size - 1:
@@ -482,6 +514,9 @@ class Solver:
                     if not math.isfinite(loss):
                         raise self._non_finite_error(f"loss is {loss}")
                     self._update_smoothed_loss(loss, self._loss_start_iter, p.average_loss)
+                    # Before the rate: a callback may change param.base_lr for this very update, as in Caffe.
+                    for _, on_gradients_ready in self._callbacks:
+                        on_gradients_ready()
                     rate, message = self.lr_policy.rate(self.iter)
                     if display:
                         self._display(rate)
