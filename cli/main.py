@@ -15,10 +15,10 @@ import threading
 from dlcore import DLTrainError
 from dlcore.plugins import PluginError
 
-from . import convert, gradcheck, plugins_cmd, predict, time_cmd, tools, train, upgrade
+from . import convert, draw, export, gradcheck, plot, plugins_cmd, predict, time_cmd, tools, train, upgrade
 
 # The modules that add subcommands, in the order `dltrain --help` lists them.
-COMMAND_MODULES = (train, time_cmd, convert, predict, gradcheck, plugins_cmd, upgrade, tools)
+COMMAND_MODULES = (train, time_cmd, convert, predict, export, gradcheck, plugins_cmd, upgrade, plot, draw, tools)
 
 # Global options that take a value (skipped when looking for the bare solver-file form).
 VALUE_OPTIONS = ("--plugin", "--config")
