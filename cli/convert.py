@@ -1,9 +1,9 @@
-"""`dltrain convert_imageset` and `dltrain convert_arrays`: write LMDBs of Caffe Datums.
+"""`dltrain convert_imageset` and `dltrain convert_arrays`: write LMDBs or LevelDBs of Caffe Datums.
 
 ``convert_imageset`` is Caffe's tool of that name::
 
     dltrain convert_imageset [--gray] [--shuffle] [--resize_height H --resize_width W]
-                             [--encoded] [--encode_type png|jpg] [--backend lmdb]
+                             [--encoded] [--encode_type png|jpg] [--backend lmdb|leveldb]
                              [--check_size] ROOT/ LISTFILE DB
 
 LISTFILE holds one ``relative/path label`` per line (the label after the
@@ -18,12 +18,14 @@ image that cannot be read is skipped with a warning, as Caffe does.
 
 ``convert_arrays`` stores data that is already an array::
 
-    dltrain convert_arrays --images X.npy --labels y.npy DB
+    dltrain convert_arrays --images X.npy --labels y.npy [--backend lmdb|leveldb] DB
 
 with X uint8 ``N x C x H x W`` or ``N x H x W`` (one channel; float arrays
 are stored as ``float_data``), y integer labels of length N, keys ``%08d``.
 
-Both go through :func:`dltrain.layers.db_data.write_lmdb`, which writes the
+``--backend`` (Caffe's ``-backend`` too) picks the database: ``lmdb``, the
+default as in Caffe's tools, or ``leveldb`` (needs the ``[leveldb]`` extra).
+Both go through :func:`dltrain.layers.db_data.write_db`, which writes the
 database into a temporary folder and renames it into place.
 """
 import os
@@ -34,11 +36,6 @@ from dlcore import log
 from dlcore.errors import ConfigError, DLTrainError
 
 __all__ = ["convert_imageset", "convert_arrays", "read_image_list", "image_file_to_datum"]
-
-
-def _check_backend(backend):
-    if str(backend).lower() != "lmdb":
-        raise DLTrainError(f"backend '{backend}': only LMDB is supported")
 
 
 def read_image_list(listfile):
@@ -105,11 +102,11 @@ def image_file_to_datum(path, label, gray=False, resize_height=0, resize_width=0
 
 def convert_imageset(root, listfile, db, gray=False, shuffle=False, resize_height=0, resize_width=0,
                      encoded=False, encode_type="", backend="lmdb", check_size=False, seed=None):
-    """Convert the images of ``listfile`` (under ``root``) to an LMDB at ``db``.
-    Returns the number of records written."""
+    """Convert the images of ``listfile`` (under ``root``) to a database at ``db``
+    (``backend`` 'lmdb' or 'leveldb').  Returns the number of records written."""
     from dlcore.rng import get_rng
-    from dltrain.layers.db_data import _pillow, write_lmdb
-    _check_backend(backend)
+    from dltrain.layers.db_data import _pillow, backend_name, write_db
+    backend = backend_name(backend)
     if seed is not None and seed < 0:
         raise DLTrainError(f"the shuffle seed must be >= 0 (got {seed})")
     _pillow()
@@ -149,7 +146,7 @@ def convert_imageset(root, listfile, db, gray=False, shuffle=False, resize_heigh
                                        f"(the first image has {data_size}); check --check_size")
             yield f"{index:08d}_{name}", datum
 
-    count = write_lmdb(db, records())
+    count = write_db(db, records(), backend)
     if count == 0:
         raise DLTrainError(f"no image of '{listfile}' could be read (root folder '{root}')")
     return count
@@ -166,10 +163,11 @@ def _load_array(value, what):
 
 def convert_arrays(images, labels, db, backend="lmdb"):
     """Write ``images`` (uint8 N x C x H x W or N x H x W; floats go to
-    float_data) and integer ``labels`` (N) to an LMDB at ``db``.  Arrays or
-    .npy paths.  Returns the number of records written."""
-    from dltrain.layers.db_data import array_to_datum, write_lmdb
-    _check_backend(backend)
+    float_data) and integer ``labels`` (N) to a database at ``db`` (``backend``
+    'lmdb' or 'leveldb').  Arrays or .npy paths.  Returns the number of records
+    written."""
+    from dltrain.layers.db_data import array_to_datum, backend_name, write_db
+    backend = backend_name(backend)
     images = _load_array(images, "the images")
     labels = _load_array(labels, "the labels")
     if images.ndim == 3:
@@ -190,7 +188,7 @@ def convert_arrays(images, labels, db, backend="lmdb"):
     elif images.dtype != np.uint8 and not np.issubdtype(images.dtype, np.floating):
         raise DLTrainError(f"images must be uint8 (or float, stored as float_data), got {images.dtype}")
     log.info(f"A total of {len(images)} items of {images.shape[1]}x{images.shape[2]}x{images.shape[3]}.")
-    return write_lmdb(db, ((f"{i:08d}", array_to_datum(images[i], labels[i])) for i in range(len(images))))
+    return write_db(db, ((f"{i:08d}", array_to_datum(images[i], labels[i])) for i in range(len(images))), backend)
 
 
 # --- the commands ---------------------------------------------------------------
@@ -212,12 +210,13 @@ def cmd_convert_arrays(args):
 
 def register(sub):
     p = sub.add_parser("convert_imageset",
-                       help="convert a list of images to an LMDB of Datums (as Caffe's convert_imageset)",
+                       help="convert a list of images to an LMDB or LevelDB of Datums (as Caffe's "
+                            "convert_imageset)",
                        description="Convert ROOT/path images listed in LISTFILE ('path label' per line) "
-                                   "to an LMDB of Caffe Datums.")
+                                   "to an LMDB or a LevelDB of Caffe Datums.")
     p.add_argument("root", metavar="ROOT/", help="folder the list's paths are relative to")
     p.add_argument("listfile", metavar="LISTFILE", help="one 'relative/path label' per line")
-    p.add_argument("db", metavar="DB", help="the LMDB folder to create (must not exist)")
+    p.add_argument("db", metavar="DB", help="the database folder to create (must not exist)")
     p.add_argument("--gray", action="store_true", help="read images in grayscale (1 channel)")
     p.add_argument("--shuffle", action="store_true", help="shuffle the list before converting")
     p.add_argument("--seed", type=int, default=None, help="seed for --shuffle (default: random)")
@@ -227,14 +226,17 @@ def register(sub):
     p.add_argument("--encode_type", default="", help="encoding of stored images (png, jpg, ...); implies "
                                                      "--encoded")
     p.add_argument("--check_size", action="store_true", help="check that all raw images have the same size")
-    p.add_argument("--backend", default="lmdb", help="database backend (only lmdb)")
+    p.add_argument("--backend", default="lmdb", metavar="lmdb|leveldb",
+                   help="the database to write: lmdb (the default) or leveldb")
     p.set_defaults(func=cmd_convert_imageset)
 
-    p = sub.add_parser("convert_arrays", help="convert .npy arrays of images and labels to an LMDB of Datums",
+    p = sub.add_parser("convert_arrays", help="convert .npy arrays of images and labels to an LMDB or LevelDB "
+                                              "of Datums",
                        description="Write uint8 images (N x C x H x W or N x H x W) and their labels to an "
-                                   "LMDB of Caffe Datums (keys %%08d).")
+                                   "LMDB or a LevelDB of Caffe Datums (keys %%08d).")
     p.add_argument("--images", required=True, metavar="X.npy", help="the images (.npy)")
     p.add_argument("--labels", required=True, metavar="y.npy", help="the integer labels (.npy)")
-    p.add_argument("db", metavar="DB", help="the LMDB folder to create (must not exist)")
-    p.add_argument("--backend", default="lmdb", help="database backend (only lmdb)")
+    p.add_argument("db", metavar="DB", help="the database folder to create (must not exist)")
+    p.add_argument("--backend", default="lmdb", metavar="lmdb|leveldb",
+                   help="the database to write: lmdb (the default) or leveldb")
     p.set_defaults(func=cmd_convert_arrays)

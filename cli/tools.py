@@ -2,32 +2,35 @@
 
 ``compute_image_mean`` (Caffe's tools/compute_image_mean.cpp)::
 
-    dltrain compute_image_mean [--backend lmdb] DB [MEAN.binaryproto]
+    dltrain compute_image_mean [--backend lmdb|leveldb] DB [MEAN.binaryproto]
 
-The mean of every record of an LMDB of Datums (raw ``data`` bytes, or
+The mean of every record of an LMDB or a LevelDB of Datums (raw ``data`` bytes, or
 ``float_data``, or encoded images decoded with their own channels), element
 by element, accumulated in float32 as Caffe accumulates it, written as a
 BlobProto of shape 1 x C x H x W (Caffe's legacy num/channels/height/width
 fields) -- what a data layer's ``transform_param { mean_file }`` reads.
 Every record must have the first one's size.  The per-channel means are
-logged, as Caffe logs them (handy for ``mean_value``).
+logged, as Caffe logs them (handy for ``mean_value``).  DB is read as what it
+holds; when that is not ``--backend`` (default ``lmdb``, as in Caffe), one
+line says so.
 
 ``extract_features`` (Caffe's tools/extract_features.cpp)::
 
-    dltrain extract_features WEIGHTS NET BLOB[,BLOB...] OUT[,OUT...] N [lmdb|npy] [CPU|GPU] [DEVICE_ID]
-                             [--format lmdb|npy]
+    dltrain extract_features WEIGHTS NET BLOB[,BLOB...] OUT[,OUT...] N [lmdb|leveldb|npy] [CPU|GPU]
+                             [DEVICE_ID] [--format lmdb|leveldb|npy] [--backend lmdb|leveldb]
 
 builds NET in the TEST phase with WEIGHTS, runs N forward passes (N
 mini-batches of NET's data layer) and stores, for each BLOB, each item's
 features (blob.count / blob.num values):
 
-* ``lmdb`` (Caffe's): an LMDB at OUT of Datums with ``float_data`` and
-  channels/height/width of the blob (Caffe's legacy accessors: a 2-axis
-  blob N x D is D x 1 x 1), keys ``%010d`` (the item's index);
+* ``lmdb`` or ``leveldb`` (Caffe's): a database at OUT of Datums with
+  ``float_data`` and channels/height/width of the blob (Caffe's legacy
+  accessors: a 2-axis blob N x D is D x 1 x 1), keys ``%010d`` (the item's
+  index);
 * ``npy``: one float32 array at OUT of shape ``(N * batch,) + blob.shape[1:]``.
 
-The format is ``--format``, else the positional db type (Caffe's
-``db_type``), else ``npy`` for an OUT ending in .npy and ``lmdb``
+The format is ``--format`` (or ``--backend``), else the positional db type
+(Caffe's ``db_type``), else ``npy`` for an OUT ending in .npy and ``lmdb``
 otherwise.  To keep labels beside the features, extract the label blob too
 (``ip1,label feats,labels``).  Features are gathered in memory, then written
 (each database or array atomically).
@@ -42,44 +45,40 @@ from dlcore.errors import ConfigError, DLTrainError
 __all__ = ["compute_image_mean", "extract_features", "register"]
 
 
-def _check_backend(backend):
-    if str(backend).lower() != "lmdb":
-        raise DLTrainError(f"backend '{backend}': only LMDB is supported")
-
-
 # ---------------------------------------------------------------------------
 # compute_image_mean
 # ---------------------------------------------------------------------------
 
 def compute_image_mean(db, output=None, backend="lmdb"):
-    """The mean image of an LMDB of Datums, as a BlobProto (also written to
-    ``output`` when given).  Returns ``(blob_proto, mean array C x H x W)``."""
-    from dltrain.layers.db_data import datum_to_array, open_lmdb
+    """The mean image of an LMDB or a LevelDB of Datums, as a BlobProto (also
+    written to ``output`` when given).  Returns ``(blob_proto, mean array C x H x W)``."""
+    from dltrain.layers.db_data import backend_name, datum_to_array, open_db
     from dltrain.proto import caffe_pb2
-    _check_backend(backend)
-    env = open_lmdb(db)
+    backend = backend_name(backend)
+    database = open_db(db)
+    if database.backend != backend:
+        log.info(f"{db} is {database.kind}, not {backend} as --backend says: reading it as {database.label}")
     total, count, shape = None, 0, None
-    with env.begin() as txn:
-        for key, value in txn.cursor():
-            try:
-                datum = caffe_pb2.Datum.FromString(value)
-                pixels = datum_to_array(datum)
-            except Exception as err:   # a corrupt record: name it
-                message = getattr(err, "message", None) or str(err)
-                raise DLTrainError(f"{db}: record '{key.decode(errors='replace')}': {message}") from None
-            if total is None:
-                shape = pixels.shape
-                total = np.zeros(pixels.size, np.float32)
-                log.info("Starting Iteration")
-            if pixels.size != total.size:
-                raise DLTrainError(f"{db}: record '{key.decode(errors='replace')}': incorrect data field size "
-                                   f"{pixels.size} (the first record has {total.size} values, "
-                                   f"{shape[0]}x{shape[1]}x{shape[2]})")
-            # float32 accumulation, element by element, as Caffe sums into its BlobProto.
-            total += pixels.reshape(-1).astype(np.float32)
-            count += 1
-            if count % 10000 == 0:
-                log.info(f"Processed {count} files.")
+    for key, value in database.records():
+        try:
+            datum = caffe_pb2.Datum.FromString(value)
+            pixels = datum_to_array(datum)
+        except Exception as err:   # a corrupt record: name it
+            message = getattr(err, "message", None) or str(err)
+            raise DLTrainError(f"{db}: record '{key.decode(errors='replace')}': {message}") from None
+        if total is None:
+            shape = pixels.shape
+            total = np.zeros(pixels.size, np.float32)
+            log.info("Starting Iteration")
+        if pixels.size != total.size:
+            raise DLTrainError(f"{db}: record '{key.decode(errors='replace')}': incorrect data field size "
+                               f"{pixels.size} (the first record has {total.size} values, "
+                               f"{shape[0]}x{shape[1]}x{shape[2]})")
+        # float32 accumulation, element by element, as Caffe sums into its BlobProto.
+        total += pixels.reshape(-1).astype(np.float32)
+        count += 1
+        if count % 10000 == 0:
+            log.info(f"Processed {count} files.")
     if count == 0:
         raise DLTrainError(f"{db}: the database has no records")
     if count % 10000 != 0:
@@ -106,7 +105,7 @@ def cmd_compute_image_mean(args):
 # extract_features
 # ---------------------------------------------------------------------------
 
-FORMATS = ("lmdb", "npy")
+FORMATS = ("lmdb", "leveldb", "npy")
 
 
 def _feature_datum(item):
@@ -131,10 +130,10 @@ def _write_npy(path, array):
 def extract_features(weights, net, blobs, outputs, num_batches, fmt=None, gpu=None):
     """Run ``num_batches`` forward passes of ``net`` (a path or NetParameter,
     built in the TEST phase with ``weights``) and write each of ``blobs``'
-    per-item features to the matching path of ``outputs`` (LMDB or .npy,
-    see the module docstring).  Returns ``{blob: features array}``."""
+    per-item features to the matching path of ``outputs`` (LMDB, LevelDB or
+    .npy, see the module docstring).  Returns ``{blob: features array}``."""
     from dlcore import TEST, Net, backend
-    from dltrain.layers.db_data import write_lmdb
+    from dltrain.layers.db_data import write_db
     blobs = [blobs] if isinstance(blobs, str) else list(blobs)
     outputs = [outputs] if isinstance(outputs, (str, os.PathLike)) else list(outputs)
     outputs = [os.fspath(o) for o in outputs]
@@ -147,10 +146,8 @@ def extract_features(weights, net, blobs, outputs, num_batches, fmt=None, gpu=No
     formats = []
     for out in outputs:
         f = (fmt or ("npy" if out.lower().endswith(".npy") else "lmdb")).lower()
-        if f == "leveldb":
-            raise DLTrainError("db type 'leveldb': only lmdb (Caffe's format) and npy are supported")
         if f not in FORMATS:
-            raise DLTrainError(f"unknown feature format '{f}' (use lmdb or npy)")
+            raise DLTrainError(f"unknown feature format '{f}' (use lmdb, leveldb or npy)")
         if os.path.exists(out):
             raise DLTrainError(f"'{out}' already exists: remove it or choose another name")
         formats.append(f)
@@ -186,7 +183,7 @@ def extract_features(weights, net, blobs, outputs, num_batches, fmt=None, gpu=No
         if f == "npy":
             _write_npy(out, features)
         else:
-            write_lmdb(out, ((f"{n:010d}", _feature_datum(item)) for n, item in enumerate(features)))
+            write_db(out, ((f"{n:010d}", _feature_datum(item)) for n, item in enumerate(features)), f)
         log.info(f"Extracted features of {len(features)} query images for feature blob {name} -> {out}")
     log.info("Successfully extracted the features!")
     return result
@@ -194,8 +191,14 @@ def extract_features(weights, net, blobs, outputs, num_batches, fmt=None, gpu=No
 
 def cmd_extract_features(args):
     fmt, gpu = args.format, None
+    if args.backend:
+        from dltrain.layers.db_data import backend_name
+        backend = backend_name(args.backend)
+        if fmt and fmt != backend:
+            raise DLTrainError(f"--format {fmt} and --backend {backend} disagree")
+        fmt = backend
     extra = list(args.extra)
-    if extra and extra[0].lower() in FORMATS + ("leveldb",):
+    if extra and extra[0].lower() in FORMATS:
         positional = extra.pop(0).lower()
         fmt = fmt or positional
     if extra and extra[0].upper() in ("CPU", "GPU"):
@@ -208,35 +211,39 @@ def cmd_extract_features(args):
                 raise DLTrainError(f"DEVICE_ID must be an integer, got '{args.extra[-1]}'") from None
         gpu = device if mode == "GPU" else None
     if extra:
-        raise DLTrainError(f"unexpected arguments: {' '.join(extra)} (after N: [lmdb|npy] [CPU|GPU] [DEVICE_ID])")
+        raise DLTrainError(f"unexpected arguments: {' '.join(extra)} (after N: [lmdb|leveldb|npy] [CPU|GPU] "
+                           "[DEVICE_ID])")
     extract_features(args.weights, args.net, args.blobs.split(","), args.outputs.split(","), args.num_batches,
                      fmt=fmt, gpu=gpu)
     return 0
 
 
 def register(sub):
-    p = sub.add_parser("compute_image_mean", help="the mean image of an LMDB of Datums, as a .binaryproto "
-                                                  "(as Caffe's compute_image_mean)",
-                       description="Compute the mean of all Datums in an LMDB and write it as a BlobProto "
-                                   "(1 x C x H x W), what transform_param's mean_file reads.")
-    p.add_argument("db", metavar="DB", help="the LMDB of Datums")
+    p = sub.add_parser("compute_image_mean", help="the mean image of an LMDB or LevelDB of Datums, as a "
+                                                  ".binaryproto (as Caffe's compute_image_mean)",
+                       description="Compute the mean of all Datums in an LMDB or a LevelDB and write it as a "
+                                   "BlobProto (1 x C x H x W), what transform_param's mean_file reads.")
+    p.add_argument("db", metavar="DB", help="the LMDB or LevelDB of Datums")
     p.add_argument("output", metavar="MEAN.binaryproto", nargs="?", default=None,
                    help="where to write the mean (if omitted, only the per-channel means are logged)")
-    p.add_argument("--backend", default="lmdb", help="database backend (only lmdb)")
+    p.add_argument("--backend", default="lmdb", metavar="lmdb|leveldb",
+                   help="the database's kind: lmdb (the default) or leveldb; DB is read as what it holds")
     p.set_defaults(func=cmd_compute_image_mean)
 
-    p = sub.add_parser("extract_features", help="write a trained net's blob values per item (LMDB of Datums or "
-                                                ".npy), as Caffe's extract_features",
+    p = sub.add_parser("extract_features", help="write a trained net's blob values per item (LMDB or LevelDB of "
+                                                "Datums, or .npy), as Caffe's extract_features",
                        description="Run N forward passes of NET (TEST phase, with WEIGHTS) and store each "
-                                   "item's values of each BLOB in the matching OUT (LMDB of float Datums with "
-                                   "keys %%010d, as Caffe's extract_features, or a .npy array).")
+                                   "item's values of each BLOB in the matching OUT (LMDB or LevelDB of float "
+                                   "Datums with keys %%010d, as Caffe's extract_features, or a .npy array).")
     p.add_argument("weights", metavar="WEIGHTS", help="the trained weights (.caffemodel)")
     p.add_argument("net", metavar="NET", help="the feature extraction net (its TEST phase feeds the data)")
     p.add_argument("blobs", metavar="BLOB[,BLOB...]", help="blob names, comma separated")
     p.add_argument("outputs", metavar="OUT[,OUT...]", help="one output per blob, comma separated")
     p.add_argument("num_batches", metavar="N", type=int, help="number of mini-batches (forward passes)")
-    p.add_argument("extra", nargs="*", metavar="[lmdb|npy] [CPU|GPU] [DEVICE_ID]",
+    p.add_argument("extra", nargs="*", metavar="[lmdb|leveldb|npy] [CPU|GPU] [DEVICE_ID]",
                    help="Caffe's trailing arguments: db type, device, device id")
     p.add_argument("--format", choices=FORMATS, default=None,
                    help="output format (default: the db type argument, else npy for .npy names, else lmdb)")
+    p.add_argument("--backend", default=None, metavar="lmdb|leveldb",
+                   help="the database to write, as --format lmdb|leveldb")
     p.set_defaults(func=cmd_extract_features)

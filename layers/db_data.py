@@ -1,5 +1,6 @@
-"""The Data layer: batches from an LMDB of Caffe ``Datum`` records, and the
-DataTransformer (scale, mean, crop, mirror) that every data layer shares.
+"""The Data layer: batches from an LMDB or a LevelDB of Caffe ``Datum``
+records, and the DataTransformer (scale, mean, crop, mirror) that every data
+layer shares.
 
 Caffe compatibility
 -------------------
@@ -35,15 +36,27 @@ record whose size does not match its shape, an image Pillow cannot decode)
 is raised by the next ``forward`` as a DLTrainError naming the layer, the
 source and the record's key.
 
-Only the LMDB backend exists; ``backend: LEVELDB`` is refused with a clear
-error.  (Caffe's default backend is LEVELDB: a layer that does not name its
-backend is read as LMDB when its source is an LMDB.)
+Databases
+---------
+LMDB (the ``lmdb`` package) and LevelDB (``plyvel``, the ``[leveldb]``
+extra) are read through one cursor (:class:`Cursor`), records in key order
+for both (bytewise, as Caffe's).  The source's files decide which: LMDB's
+``data.mdb``, LevelDB's ``CURRENT``/``MANIFEST-*``.  When
+``data_param.backend`` -- or Caffe's default, LEVELDB, when it is not set --
+names the other one, the layer reads what is there and logs one line.
+
+Each process opens a database once, and its readers (a train and a test net
+on the same source) share the handle, each with a cursor of its own.  A
+LevelDB takes a lock that admits one process: a process that finds it held
+(another rank of a data-parallel run) reads it through a private view of
+hard links to its immutable files (see :func:`open_leveldb`).
 """
 import copy
 import io
 import os
 import queue
 import shutil
+import tempfile
 import threading
 import time
 import weakref
@@ -61,7 +74,8 @@ from dlcore.rng import get_rng
 from dltrain.proto import caffe_pb2
 
 __all__ = ["DataLayer", "DataTransformer", "transform_batch", "array_to_datum", "datum_to_array",
-           "decode_image", "image_to_chw", "open_lmdb", "write_lmdb", "count_lmdb"]
+           "decode_image", "image_to_chw", "BACKENDS", "backend_name", "detect_backend", "open_db", "Database",
+           "Cursor", "open_lmdb", "write_lmdb", "count_lmdb", "open_leveldb", "write_leveldb", "write_db"]
 
 
 # ---------------------------------------------------------------------------
@@ -296,13 +310,171 @@ class DataTransformer:
 
 
 # ---------------------------------------------------------------------------
-# LMDB
+# Databases: LMDB and LevelDB behind one cursor
 # ---------------------------------------------------------------------------
 
-_ENVS = weakref.WeakValueDictionary()   # one open Environment per database in this process
-_ENVS_LOCK = threading.Lock()
+BACKENDS = ("lmdb", "leveldb")
+BACKEND_LABELS = {"lmdb": "LMDB", "leveldb": "LevelDB"}
 LMDB_FILE = "data.mdb"
+_ENVS = weakref.WeakValueDictionary()       # one open LMDB Environment per database in this process
+_LEVELDBS = weakref.WeakValueDictionary()   # one open LevelDB per database in this process
+_OPEN_LOCK = threading.Lock()
+# Caffe's LevelDB options (util/db_leveldb.cpp); a large write buffer also lets a reader turn a database's
+# log into one table when it opens it.
+_LEVELDB_OPTIONS = {"max_open_files": 100, "write_buffer_size": 268435456, "block_size": 65536}
 
+
+def backend_name(backend):
+    """'lmdb' or 'leveldb' for a tool's ``--backend`` or a DataParameter.DB name, in any case."""
+    name = str(backend).lower()
+    if name not in BACKENDS:
+        raise DLTrainError(f"unknown database backend '{backend}' (use lmdb or leveldb)")
+    return name
+
+
+def detect_backend(path):
+    """What ``path`` holds: 'lmdb' (a folder with data.mdb, or an LMDB data file itself), 'leveldb' (a folder
+    with LevelDB's CURRENT or MANIFEST-* files), or None."""
+    path = os.fspath(path)
+    if os.path.isfile(path) or os.path.isfile(os.path.join(path, LMDB_FILE)):
+        return "lmdb"
+    if os.path.isdir(path):
+        names = os.listdir(path)
+        if "CURRENT" in names or any(name.startswith("MANIFEST-") for name in names):
+            return "leveldb"
+    return None
+
+
+def open_db(source):
+    """The database of records at ``source`` (LMDB or LevelDB, whichever the folder holds), open for reading.
+    Raises ConfigError when there is none."""
+    path = os.fspath(source)
+    backend = detect_backend(path)
+    if backend is None:
+        if not os.path.exists(path):
+            raise ConfigError(f"cannot open database '{path}': no such file or directory")
+        raise ConfigError(f"'{path}' is not an LMDB (no {LMDB_FILE} in it) nor a LevelDB (no CURRENT or "
+                          "MANIFEST file in it)")
+    return Database(backend, path)
+
+
+class Database:
+    """One database of records open for reading.  The open handle is shared by every reader of the database
+    in this process (LMDB and LevelDB each allow one per process); each reader takes a :class:`Cursor` of
+    its own, in the thread that uses it."""
+
+    def __init__(self, backend, path):
+        self.backend = backend
+        self.path = path
+        if backend == "lmdb":
+            self.handle = open_lmdb(path)
+            self.errors = (_lmdb().Error,)
+        else:
+            self.handle = open_leveldb(path)
+            self.errors = (_plyvel().Error,)
+
+    @property
+    def label(self):
+        """'LMDB' or 'LevelDB'."""
+        return BACKEND_LABELS[self.backend]
+
+    @property
+    def kind(self):
+        """'an LMDB' or 'a LevelDB'."""
+        return ("an " if self.backend == "lmdb" else "a ") + self.label
+
+    def cursor(self):
+        return _LmdbCursor(self.handle) if self.backend == "lmdb" else _LevelDBCursor(self.handle)
+
+    def records(self):
+        """Every ``(key, value)`` once, in key order."""
+        with self.cursor() as cursor:
+            if not cursor.first():
+                return
+            while True:
+                yield cursor.key(), cursor.value()
+                if cursor.next():
+                    return
+
+
+class Cursor:
+    """Caffe's db::Cursor: the records in key order, going round to the first after the last.
+
+    ``first()`` and ``seek(key)`` say whether they found a record; ``next()`` says whether it went round."""
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def skip(self, count):
+        """Move ``count`` records on from the first record, going round as often as needed."""
+        moved = 0
+        while moved < count:
+            moved += 1
+            if self.next():     # back at the first record: the database holds `moved` records
+                count = moved + (count - moved) % moved
+
+
+class _LmdbCursor(Cursor):
+    def __init__(self, env):
+        self._txn = env.begin(buffers=False)
+        self._cursor = self._txn.cursor()
+
+    def first(self):
+        return self._cursor.first()
+
+    def seek(self, key):
+        return self._cursor.set_key(key)
+
+    def key(self):
+        return self._cursor.key()
+
+    def value(self):
+        return self._cursor.value()
+
+    def next(self):
+        if self._cursor.next():
+            return False
+        self._cursor.first()
+        return True
+
+    def close(self):
+        self._txn.abort()
+
+
+class _LevelDBCursor(Cursor):
+    def __init__(self, handle):
+        self._handle = handle          # keeps the database open while the cursor lives
+        self._it = handle.db.raw_iterator(fill_cache=False)   # reads a snapshot of the database
+
+    def first(self):
+        self._it.seek_to_first()
+        return self._it.valid()
+
+    def seek(self, key):
+        self._it.seek(key)
+        return self._it.valid() and self._it.key() == key
+
+    def key(self):
+        return self._it.key()
+
+    def value(self):
+        return self._it.value()
+
+    def next(self):
+        self._it.next()
+        if self._it.valid():
+            return False
+        self._it.seek_to_first()
+        return True
+
+    def close(self):
+        self._it.close()
+
+
+# --- LMDB ------------------------------------------------------------------
 
 def _lmdb():
     try:
@@ -331,7 +503,7 @@ def open_lmdb(source):
     else:
         raise ConfigError(f"cannot open LMDB '{path}': no such file or directory")
     key = os.path.realpath(path)
-    with _ENVS_LOCK:
+    with _OPEN_LOCK:
         env = _ENVS.get(key)
         if env is None:
             env = _open_env(lmdb, path, subdir)
@@ -357,6 +529,20 @@ def count_lmdb(source):
     return open_lmdb(source).stat()["entries"]
 
 
+def _new_database_folder(path):
+    """(path, a temporary folder beside it to write into) for a new database; ``path`` must not exist yet (as
+    Caffe's converters insist)."""
+    path = os.path.normpath(os.fspath(path))
+    if os.path.exists(path):
+        raise DLTrainError(f"'{path}' already exists: remove it or choose another database name")
+    parent = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(parent):
+        raise DLTrainError(f"cannot create '{path}': folder '{parent}' does not exist")
+    tmp = f"{path}.tmp-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    return path, tmp
+
+
 def write_lmdb(path, records, map_size=1 << 20, commit_every=1000):
     """Write ``(key, Datum)`` records (keys str or bytes) to a new LMDB at ``path``.
 
@@ -368,14 +554,7 @@ def write_lmdb(path, records, map_size=1 << 20, commit_every=1000):
     Returns the number of records written.
     """
     lmdb = _lmdb()
-    path = os.path.normpath(os.fspath(path))
-    if os.path.exists(path):
-        raise DLTrainError(f"'{path}' already exists: remove it or choose another database name")
-    parent = os.path.dirname(os.path.abspath(path))
-    if not os.path.isdir(parent):
-        raise DLTrainError(f"cannot create '{path}': folder '{parent}' does not exist")
-    tmp = f"{path}.tmp-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
+    path, tmp = _new_database_folder(path)
     env = lmdb.open(tmp, map_size=map_size, lock=False, subdir=True, meminit=True, sync=True)
     count = 0
     pending = []
@@ -413,6 +592,157 @@ def write_lmdb(path, records, map_size=1 << 20, commit_every=1000):
     return count
 
 
+
+# --- LevelDB ---------------------------------------------------------------
+
+def _plyvel():
+    try:
+        import plyvel
+    except ImportError:
+        raise DLTrainError("reading and writing LevelDB databases needs the plyvel package: "
+                           "pip install 'dltrain[leveldb]'") from None
+    return plyvel
+
+
+class _LevelDB:
+    """An open plyvel DB, and the private view folder it was opened from (if any); closed when dropped."""
+
+    def __init__(self, db, view=None):
+        self.db = db
+        # Not at exit, where a reader thread may still be inside the database (the OS releases it then).
+        weakref.finalize(self, db.close).atexit = False
+        if view:
+            weakref.finalize(self, shutil.rmtree, view, True)
+
+
+def _leveldb_message(err):
+    message = err.args[0] if err.args else str(err)
+    return message.decode(errors="replace") if isinstance(message, bytes) else str(message)
+
+
+def open_leveldb(source, wait_s=5.0):
+    """Open a LevelDB for reading, once per process (the handle is shared; it closes when its last user drops
+    it).  LevelDB lets one process open a database: one that another process holds (the other rank of a
+    data-parallel run, say), or that this user cannot write to, is read through a private view (see
+    :func:`_open_leveldb_view`).  Raises ConfigError when it cannot be opened."""
+    plyvel = _plyvel()
+    path = os.fspath(source)
+    key = os.path.realpath(path)
+    with _OPEN_LOCK:
+        handle = _LEVELDBS.get(key)
+        if handle is None:
+            handle = _LEVELDBS[key] = _open_leveldb_handle(plyvel, path, wait_s)
+    return handle
+
+
+def _open_leveldb_handle(plyvel, path, wait_s):
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            return _LevelDB(plyvel.DB(path, **_LEVELDB_OPTIONS))
+        except plyvel.Error as err:
+            message = _leveldb_message(err)
+            if "already held by process" in message and time.monotonic() < deadline:
+                time.sleep(0.01)      # this process's previous handle is still closing, in its reader thread
+                continue
+            if isinstance(err, plyvel.IOError):      # locked by another process (or handle), or read-only here
+                return _open_leveldb_view(plyvel, path, message)
+            raise ConfigError(f"cannot open LevelDB '{path}': {message}") from None
+
+
+def _open_leveldb_view(plyvel, path, reason, attempts=5):
+    """Open the LevelDB at ``path`` through a private folder that holds hard links to (or, where linking
+    fails, copies of) its table and log files and a copy of its current MANIFEST, removed when closed.
+    LevelDB never changes a table or log file once written, so the view reads the very records of the
+    database, while the database's own LOCK and files stay untouched.  A process that opened the database
+    itself may be rewriting its folder as the view is made (turning the log into tables): then the view is
+    made again."""
+    last = reason
+    for attempt in range(attempts):
+        view = None
+        try:
+            view = _make_leveldb_view(path)
+            db = plyvel.DB(view, **_LEVELDB_OPTIONS)
+        except (plyvel.Error, OSError) as err:
+            if view:
+                shutil.rmtree(view, ignore_errors=True)
+            last = _leveldb_message(err) if isinstance(err, plyvel.Error) else str(err)
+            time.sleep(0.1 * (attempt + 1))
+            continue
+        log.info(f"LevelDB {path} is open elsewhere or cannot be written here ({reason}): reading it through "
+                 "a private view")
+        return _LevelDB(db, view)
+    raise ConfigError(f"cannot open LevelDB '{path}': {reason}; reading it through a private view failed "
+                      f"too: {last}")
+
+
+def _make_leveldb_view(path):
+    name = os.path.basename(os.path.normpath(os.path.abspath(path)))
+    try:                      # beside the database, where hard links work
+        view = tempfile.mkdtemp(prefix=f".{name}.view-", dir=os.path.dirname(os.path.abspath(path)))
+    except OSError:           # a read-only folder: the system's temporary folder
+        view = tempfile.mkdtemp(prefix=f"dltrain-{name}.view-")
+    with open(os.path.join(path, "CURRENT")) as f:
+        manifest = f.read().strip()
+    # The MANIFEST is copied: its owner appends to it.  Everything else is listed after it was read.
+    shutil.copyfile(os.path.join(path, manifest), os.path.join(view, manifest))
+    for entry in os.listdir(path):
+        if entry.endswith((".ldb", ".sst", ".log")):
+            try:
+                os.link(os.path.join(path, entry), os.path.join(view, entry))
+            except OSError:
+                shutil.copyfile(os.path.join(path, entry), os.path.join(view, entry))
+    with open(os.path.join(view, "CURRENT"), "w") as f:
+        f.write(manifest + "\n")
+    return view
+
+
+def write_leveldb(path, records, commit_every=1000):
+    """Write ``(key, Datum)`` records (keys str or bytes) to a new LevelDB at ``path``, as
+    :func:`write_lmdb` does (a temporary folder renamed into place; ``path`` must not exist yet), with
+    Caffe's LevelDB options.  The records end up in sorted tables, none in the log.  Returns the number of
+    records written."""
+    plyvel = _plyvel()
+    path, tmp = _new_database_folder(path)
+    db = plyvel.DB(tmp, create_if_missing=True, error_if_exists=True, **_LEVELDB_OPTIONS)
+    count = 0
+    pending = {}
+    try:
+        def commit():
+            with db.write_batch() as batch:
+                for key, value in pending.items():
+                    batch.put(key, value)
+            pending.clear()
+
+        for key, datum in records:
+            key = key.encode() if isinstance(key, str) else bytes(key)
+            if key in pending or db.get(key) is not None:
+                raise DLTrainError(f"duplicate key '{key.decode(errors='replace')}'")
+            pending[key] = datum.SerializeToString()
+            count += 1
+            if len(pending) >= commit_every:
+                commit()
+                log.info(f"Processed {count} files.")
+        if pending:
+            commit()
+        if count % commit_every:
+            log.info(f"Processed {count} files.")
+        db.compact_range()        # so a reader opens it without rewriting it
+        db.close()
+        os.rename(tmp, path)
+    except BaseException:
+        db.close()
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return count
+
+
+def write_db(path, records, backend="lmdb"):
+    """Write ``(key, Datum)`` records to a new database of ``backend`` ('lmdb' or 'leveldb') at ``path``."""
+    write = write_lmdb if backend_name(backend) == "lmdb" else write_leveldb
+    return write(path, records)
+
+
 # ---------------------------------------------------------------------------
 # The reader thread
 # ---------------------------------------------------------------------------
@@ -431,13 +761,13 @@ class _Prefetcher:
     reference to the layer, so the layer can be collected; the layer's finalizer calls ``stop``.
     """
 
-    def __init__(self, name, env, start_key, batch_size, transformer, prefetch, stride=1):
+    def __init__(self, name, db, start_key, batch_size, transformer, prefetch, stride=1):
         self.name = name
         self.queue = queue.Queue(maxsize=max(1, prefetch))
         self.stop_event = threading.Event()
         self.thread = threading.Thread(
             target=_read_loop, name=f"dltrain-data-{name}", daemon=True,
-            args=(self.queue, self.stop_event, env, start_key, batch_size, transformer, stride))
+            args=(self.queue, self.stop_event, db, start_key, batch_size, transformer, stride))
         self.thread.start()
 
     def get(self):
@@ -486,21 +816,20 @@ def _put(q, stop, item):
 _DATA_ERRORS = (DLTrainError, DecodeError, UnicodeDecodeError, OSError, SyntaxError)
 
 
-def _read_loop(q, stop, env, start_key, batch_size, transformer, stride=1):
-    """Read batches from ``start_key`` on, taking every ``stride``-th record (each rank of a data-parallel run
-    takes its share: the records r, r+N, r+2N, ...)."""
+def _read_loop(q, stop, db, start_key, batch_size, transformer, stride=1):
+    """Read batches of ``db`` (a :class:`Database`) from ``start_key`` on, taking every ``stride``-th record
+    (each rank of a data-parallel run takes its share: the records r, r+N, r+2N, ...)."""
     owner = transformer.owner
     key = b""
     try:
-        with env.begin(buffers=False) as txn:
-            cursor = txn.cursor()
-            if not cursor.set_key(start_key):
+        with db.cursor() as cursor:
+            if not cursor.seek(start_key):
                 cursor.first()
             while not stop.is_set():
                 pixels, labels = [], np.empty(batch_size, transformer.dtype)
                 shape = None
                 for i in range(batch_size):
-                    key, value = cursor.item()
+                    key, value = cursor.key(), cursor.value()
                     try:
                         datum = caffe_pb2.Datum.FromString(value)
                     except DecodeError as err:
@@ -514,8 +843,7 @@ def _read_loop(q, stop, env, start_key, batch_size, transformer, stride=1):
                     pixels.append(array)
                     labels[i] = datum.label
                     for _ in range(stride):
-                        if not cursor.next():
-                            cursor.first()        # Caffe restarts at the first record
+                        cursor.next()             # after the last record, the first (Caffe's DataLayer::Next)
                 key = b""
                 if all(p.dtype == np.uint8 for p in pixels):
                     batch = np.stack(pixels)
@@ -526,7 +854,7 @@ def _read_loop(q, stop, env, start_key, batch_size, transformer, stride=1):
                 if not _put(q, stop, (data, labels, position)):
                     break
     except Exception as err:   # surfaced by the next forward in the main thread
-        if isinstance(err, _DATA_ERRORS + (_lmdb().Error,)):
+        if isinstance(err, _DATA_ERRORS + db.errors):
             where = f" (record '{key.decode(errors='replace')}')" if key else ""
             message = str(err.message if isinstance(err, ConfigError) else err)
             if not message.startswith(owner):
@@ -566,10 +894,6 @@ class DataLayer(Layer):
         self.source = dp.source
         if not dp.source:
             raise ConfigError(f"{owner}: data_param.source is not set", field="data_param.source")
-        if dp.HasField("backend") and dp.backend != caffe_pb2.DataParameter.LMDB:
-            raise ConfigError(f"{owner}: only LMDB is supported (data_param.backend is "
-                              f"{caffe_pb2.DataParameter.DB.Name(dp.backend)}); convert the data to LMDB "
-                              "and set backend: LMDB", field="data_param.backend")
         if dp.batch_size <= 0:
             raise ConfigError(f"{owner}: data_param.batch_size must be positive", field="data_param.batch_size")
         self.batch_size = int(dp.batch_size)
@@ -578,35 +902,26 @@ class DataLayer(Layer):
             log.warning(f"{owner}: data_param.{', data_param.'.join(old_fields)} are deprecated and ignored "
                         "(as in Caffe's Data layer): set them in transform_param")
         try:
-            env = open_lmdb(dp.source)
-        except ConfigError as err:
-            hint = ""
-            if not dp.HasField("backend") and os.path.isdir(dp.source):
-                hint = (" (data_param.backend is not set, which means LEVELDB in Caffe; "
-                        "only LMDB is supported)")
-            raise ConfigError(f"{owner}: data_param.source: {err.message}{hint}",
-                              field="data_param.source") from None
+            db = open_db(dp.source)
+        except DLTrainError as err:
+            message = err.message if isinstance(err, ConfigError) else str(err)
+            raise ConfigError(f"{owner}: data_param.source: {message}", field="data_param.source") from None
+        self._note_backend(db)
         self.transformer = DataTransformer(self.layer_param.transform_param, self.phase, self.dtype,
                                            owner=owner)
 
-        with env.begin() as txn:
-            entries = txn.stat()["entries"]
-            if entries == 0:
-                raise ConfigError(f"{owner}: data_param.source: LMDB '{dp.source}' has no records",
+        with db.cursor() as cursor:
+            if not cursor.first():
+                raise ConfigError(f"{owner}: data_param.source: {db.label} '{dp.source}' has no records",
                                   field="data_param.source")
-            cursor = txn.cursor()
-            cursor.first()
             if dp.rand_skip:
                 skip = int(get_rng().integers(0, dp.rand_skip))
                 log.info(f"Skipping first {skip} data points.")
-                for _ in range(skip % entries):
-                    if not cursor.next():
-                        cursor.first()
+                cursor.skip(skip)
             offset, self.stride = parallel.data_share(self.phase == TRAIN)     # a data-parallel run's share
             for _ in range(offset):
-                if not cursor.next():
-                    cursor.first()
-            start_key, value = cursor.item()
+                cursor.next()
+            start_key, value = cursor.key(), cursor.value()
         try:
             datum = caffe_pb2.Datum.FromString(value)
             shape = self.transformer.output_shape(self.transformer.decode(datum).shape)
@@ -616,22 +931,34 @@ class DataLayer(Layer):
                 message = f"{owner}: {message}"
             raise ConfigError(f"{message} (source '{dp.source}', record "
                               f"'{start_key.decode(errors='replace')}')") from None
-        log.info(f"Opened lmdb {dp.source}")
+        log.info(f"Opened {db.backend} {dp.source}")
         top[0].reshape((self.batch_size,) + shape)
         log.info(f"output data size: {self.batch_size},{shape[0]},{shape[1]},{shape[2]}")
         if len(top) > 1:
             top[1].reshape(self.batch_size)
-        self.entries = entries
-        self._env = env
+        self._db = db
         self._prefetch = dp.prefetch
         self._prefetcher = self._finalizer = None
         self._start(start_key, self.transformer)
+
+    def _note_backend(self, db):
+        """One line when the source is not what data_param.backend (or Caffe's default, LEVELDB) says."""
+        dp = self.layer_param.data_param
+        declared = caffe_pb2.DataParameter.DB.Name(dp.backend)
+        if db.backend == declared.lower():
+            return
+        if dp.HasField("backend"):
+            log.warning(f"{self.owner}: data_param.source '{dp.source}' is {db.kind}, not {declared} as "
+                        f"data_param.backend says: reading it as {db.label}")
+        else:
+            log.info(f"{self.owner}: data_param.source '{dp.source}' is {db.kind}; data_param.backend is not "
+                     f"set, which is {declared} in Caffe: reading it as {db.label}")
 
     def _start(self, key, transformer):
         """(Re)start the reader thread at record ``key`` with ``transformer`` (its generator as it stands)."""
         self.close()
         self._position = {"key": key, "transform_rng": generator_state(transformer.rng)}
-        self._prefetcher = _Prefetcher(f"{self.owner} reading '{self.source}'", self._env, key, self.batch_size,
+        self._prefetcher = _Prefetcher(f"{self.owner} reading '{self.source}'", self._db, key, self.batch_size,
                                        transformer, self._prefetch, self.stride)
         self._finalizer = weakref.finalize(self, self._prefetcher.stop)
 
@@ -663,11 +990,10 @@ class DataLayer(Layer):
 
     def restore_resume_state(self, state):
         key = bytes(state["key"])
-        with self._env.begin() as txn:
-            if txn.get(key) is None:
+        with self._db.cursor() as cursor:
+            if not cursor.seek(key):
                 log.warning(f"{self.owner}: record '{key.decode(errors='replace')}' of the solver state is not in "
                             f"'{self.source}'; reading from the first record")
-                cursor = txn.cursor()
                 cursor.first()
                 key = cursor.key()
         stored_rng = state.get("transform_rng")

@@ -347,12 +347,15 @@ def test_a_folder_without_lmdb_data_is_an_error(tmp_path):
         data_net(str(tmp_path / "empty"))
 
 
-def test_leveldb_backend_is_refused(raw_db):
-    db, _, _ = raw_db
+def test_a_leveldb_backend_over_an_lmdb_reads_the_lmdb_with_one_line(raw_db, capfd):
+    db, x, _ = raw_db
     text = (f'layer {{ name: "mydata" type: "Data" top: "data" '
             f'data_param {{ source: "{db}" batch_size: 2 backend: LEVELDB }} }}')
-    with pytest.raises(ConfigError, match="only LMDB is supported"):
-        Net(net_from_string(text), dlcore.TRAIN)
+    net = Net(net_from_string(text), dlcore.TRAIN)
+    net.forward()
+    assert np.array_equal(net.blobs["data"].data, x[:2].astype(np.float32))
+    notes = [line for line in capfd.readouterr().err.splitlines() if "data_param.backend" in line]
+    assert len(notes) == 1 and "is an LMDB, not LEVELDB" in notes[0] and "mydata" in notes[0]
 
 
 def test_unset_backend_reads_an_lmdb(raw_db):
@@ -583,8 +586,8 @@ def test_converters_from_the_command_line(tmp_path, capsys):
     net.forward()
     assert np.array_equal(net.blobs["data"].data, x.astype(np.float32))
     assert main(["convert_arrays", "--images", str(tmp_path / "x.npy"), "--labels",
-                 str(tmp_path / "y.npy"), "--backend", "leveldb", str(tmp_path / "l")]) == 1
-    assert "only LMDB" in capsys.readouterr().err
+                 str(tmp_path / "y.npy"), "--backend", "rocksdb", str(tmp_path / "l")]) == 1
+    assert "unknown database backend 'rocksdb'" in capsys.readouterr().err
 
 
 def test_convert_arrays_checks_its_input(tmp_path):

@@ -91,8 +91,8 @@ def test_compute_image_mean_rejects_records_of_another_size(tmp_path):
                     ("b", array_to_datum(np.zeros((1, 3, 3), np.uint8)))])
     with pytest.raises(DLTrainError, match="record 'b': incorrect data field size 9"):
         compute_image_mean(db)
-    with pytest.raises(DLTrainError, match="only LMDB"):
-        compute_image_mean(db, backend="leveldb")
+    with pytest.raises(DLTrainError, match="unknown database backend 'rocksdb'"):
+        compute_image_mean(db, backend="rocksdb")
 
 
 # --- extract_features --------------------------------------------------------------------------------------
@@ -170,12 +170,12 @@ def test_extract_features_function_returns_the_arrays(feature_net, tmp_path):
     ("fc,label", "one.npy", 1, "must be the same"),
     ("nope", "x.npy", 1, "unknown feature blob name 'nope'"),
     ("fc", "x.npy", 0, "must be positive"),
-    ("fc", "x.leveldb", 1, "leveldb"),
+    ("fc", "x.rocksdb", 1, "unknown feature format 'rocksdb'"),
 ])
 def test_extract_features_errors(feature_net, tmp_path, blobs, outs, n, message):
     path, weights, _, _ = feature_net
     outs = ",".join(str(tmp_path / o) for o in outs.split(","))
-    fmt = "leveldb" if "leveldb" in outs else None
+    fmt = "rocksdb" if "rocksdb" in outs else None
     with pytest.raises((DLTrainError, ConfigError), match=message):
         extract_features(weights, path, blobs.split(","), outs.split(","), n, fmt=fmt)
 
