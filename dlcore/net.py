@@ -9,6 +9,7 @@ learnable parameters (sharing those with the same ``param { name }``).
 import io
 import itertools
 import os
+import stat
 from collections import OrderedDict
 
 import numpy as np
@@ -39,6 +40,8 @@ def is_hdf5_file(path):
     as Caffe's H5Fis_hdf5 decides how CopyTrainedLayersFrom reads a weight file."""
     signature = b"\x89HDF\r\n\x1a\n"
     try:
+        if not stat.S_ISREG(os.stat(path).st_mode):
+            return False              # a FIFO or device is refused by the regular reader, never opened here
         with open(path, "rb") as f:
             size = os.fstat(f.fileno()).st_size
             offset = 0
