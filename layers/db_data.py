@@ -543,6 +543,30 @@ def _new_database_folder(path):
     return path, tmp
 
 
+def _write_in_batches(records, commit_every, commit):
+    """Hand ``(key, Datum)`` records to ``commit([(key bytes, value bytes), ...])`` ``commit_every`` at a
+    time (a key repeated within a batch is a duplicate too), logging Caffe's "Processed N files." lines;
+    returns the number of records."""
+    pending, keys, count = [], set(), 0
+    for key, datum in records:
+        key = key.encode() if isinstance(key, str) else bytes(key)
+        if key in keys:
+            raise DLTrainError(f"duplicate key '{key.decode(errors='replace')}'")
+        keys.add(key)
+        pending.append((key, datum.SerializeToString()))
+        count += 1
+        if len(pending) >= commit_every:
+            commit(pending)
+            pending.clear()
+            keys.clear()
+            log.info(f"Processed {count} files.")
+    if pending:
+        commit(pending)
+    if count % commit_every:
+        log.info(f"Processed {count} files.")
+    return count
+
+
 def write_lmdb(path, records, map_size=1 << 20, commit_every=1000):
     """Write ``(key, Datum)`` records (keys str or bytes) to a new LMDB at ``path``.
 
@@ -556,10 +580,8 @@ def write_lmdb(path, records, map_size=1 << 20, commit_every=1000):
     lmdb = _lmdb()
     path, tmp = _new_database_folder(path)
     env = lmdb.open(tmp, map_size=map_size, lock=False, subdir=True, meminit=True, sync=True)
-    count = 0
-    pending = []
     try:
-        def commit():
+        def commit(pending):
             while True:
                 try:
                     with env.begin(write=True) as txn:
@@ -569,19 +591,8 @@ def write_lmdb(path, records, map_size=1 << 20, commit_every=1000):
                     break
                 except lmdb.MapFullError:
                     env.set_mapsize(env.info()["map_size"] * 2)
-            pending.clear()
 
-        for key, datum in records:
-            key = key.encode() if isinstance(key, str) else bytes(key)
-            pending.append((key, datum.SerializeToString()))
-            count += 1
-            if len(pending) >= commit_every:
-                commit()
-                log.info(f"Processed {count} files.")
-        if pending:
-            commit()
-        if count % commit_every:
-            log.info(f"Processed {count} files.")
+        count = _write_in_batches(records, commit_every, commit)
         env.sync(True)
         env.close()
         os.rename(tmp, path)
@@ -705,28 +716,15 @@ def write_leveldb(path, records, commit_every=1000):
     plyvel = _plyvel()
     path, tmp = _new_database_folder(path)
     db = plyvel.DB(tmp, create_if_missing=True, error_if_exists=True, **_LEVELDB_OPTIONS)
-    count = 0
-    pending = {}
     try:
-        def commit():
+        def commit(pending):
             with db.write_batch() as batch:
-                for key, value in pending.items():
+                for key, value in pending:
+                    if db.get(key) is not None:
+                        raise DLTrainError(f"duplicate key '{key.decode(errors='replace')}'")
                     batch.put(key, value)
-            pending.clear()
 
-        for key, datum in records:
-            key = key.encode() if isinstance(key, str) else bytes(key)
-            if key in pending or db.get(key) is not None:
-                raise DLTrainError(f"duplicate key '{key.decode(errors='replace')}'")
-            pending[key] = datum.SerializeToString()
-            count += 1
-            if len(pending) >= commit_every:
-                commit()
-                log.info(f"Processed {count} files.")
-        if pending:
-            commit()
-        if count % commit_every:
-            log.info(f"Processed {count} files.")
+        count = _write_in_batches(records, commit_every, commit)
         db.compact_range()        # so a reader opens it without rewriting it
         db.close()
         os.rename(tmp, path)
