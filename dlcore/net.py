@@ -163,7 +163,8 @@ class Net:
     """A net built for one phase.
 
     ``Net(model, phase)``, ``Net(model, phase, level=0, stages=None,
-    weights=path)`` or pycaffe's older ``Net(model, weights, phase)``.
+    weights=path)`` or pycaffe's older ``Net(model, weights, phase)``
+    (``network_file=`` is pycaffe's keyword for ``model``).
     ``model`` is a path (.prototxt, .yaml, binary) or a NetParameter.
 
     pycaffe's surface: ``blobs``, ``params``, ``layers``, ``layer_dict``,
@@ -178,7 +179,12 @@ class Net:
     ``_blob_loss_weights``, ``_batch``.
     """
 
-    def __init__(self, model, *args, phase=None, weights=None, level=0, stages=(), dtype=np.float32, gpu=None):
+    def __init__(self, model=None, *args, network_file=None, phase=None, weights=None, level=0, stages=(),
+                 dtype=np.float32, gpu=None):
+        if model is None:                 # pycaffe's keyword: Net(network_file=..., phase=...)
+            model = network_file
+        if model is None:
+            raise TypeError("Net(model, phase): the net (a file or a NetParameter) is missing")
         for arg in args:  # pycaffe's positional forms
             if isinstance(arg, (int, np.integer)):
                 phase = int(arg)

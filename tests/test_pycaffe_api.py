@@ -505,3 +505,17 @@ def test_datum_and_blobproto_conversions():
         np.testing.assert_array_equal(a, b)
     blob = caffe.io.array_to_blobproto(np.ones((2, 2)), diff=np.zeros((2, 2)))
     np.testing.assert_array_equal(caffe.io.blobproto_to_array(blob, return_diff=True), np.zeros((2, 2)))
+
+
+def test_pycaffe_and_caffe_modules_and_the_network_file_keyword(tmp_path):
+    import caffe
+    import caffe._caffe
+    import caffe.pycaffe
+    assert caffe.pycaffe.Net is caffe.Net and caffe._caffe.Net is caffe.Net
+    assert caffe._caffe.SGDSolver is caffe.SGDSolver and caffe._caffe.Timer is caffe.Timer
+    path = tmp_path / "n.prototxt"
+    path.write_text('layer { name: "in" type: "Input" top: "x" input_param { shape { dim: 2 dim: 3 } } }')
+    net = caffe.Net(network_file=str(path), phase=caffe.TEST)
+    assert net.blobs["x"].data.shape == (2, 3)
+    with pytest.raises(TypeError, match="is missing"):
+        caffe.Net(phase=caffe.TEST)
