@@ -51,6 +51,10 @@ def cmd_export(args):
         for name, diff in result.differences.items():
             out.write(f"check: output '{name}': max relative difference {diff:.3g} (tolerance "
                       f"{args.tolerance:g})\n")
+        if result.worst_top:
+            layer, kind, top, diff = result.worst_top
+            out.write(f"check: {len(result.top_differences)} layer tops compared, worst: '{top}' of layer "
+                      f"'{layer}' ({kind}) {diff:.3g}\n")
     return 0
 
 

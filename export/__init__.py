@@ -3,6 +3,7 @@
     from dltrain.export import export_onnx
     result = export_onnx("deploy.prototxt", "model.onnx", weights="w.caffemodel")   # checks by default
     result.differences        # {output blob: max relative difference against dltrain}
+    result.worst_top          # (layer, type, top, difference): the layer top that differs most
 
 The net is built by dltrain in the TEST phase (so every layer's shapes and parameters are what
 dltrain's forward pass uses), then each layer is written by the exporter registered for its type
@@ -44,12 +45,19 @@ _NOT_EXPORTED = {
 
 class ExportResult:
     """What an export made: ``model`` (onnx.ModelProto), ``path``, ``differences`` ({output: max
-    relative difference} or None when not checked), ``seconds`` (the export, without the check),
-    ``check_seconds``."""
+    relative difference} or None when not checked), ``top_differences`` ([(layer, type, top, max
+    relative difference)] for every layer top in net order, or None), ``seconds`` (the export,
+    without the check), ``check_seconds``."""
 
-    def __init__(self, model, path, differences, seconds, check_seconds):
+    def __init__(self, model, path, differences, seconds, check_seconds, top_differences=None):
         self.model, self.path, self.differences = model, path, differences
         self.seconds, self.check_seconds = seconds, check_seconds
+        self.top_differences = top_differences
+
+    @property
+    def worst_top(self):
+        """The (layer, type, top, difference) of the layer top that differs most, or None."""
+        return max(self.top_differences, key=lambda t: t[3], default=None) if self.top_differences else None
 
     @property
     def max_difference(self):
@@ -118,10 +126,11 @@ def export_onnx(model, out=None, weights=None, opset=DEFAULT_OPSET, batch=None, 
         _set_batch(net, base, axes, int(batch))
     shapes = {name: tuple(blob.shape) for name, blob in net.blobs.items()}
     varying = _varying_axes(net, base, axes, shapes) if dynamic else {}
-    model_proto = build_model(net, shapes, varying, int(opset), {"recurrent": recurrent})
+    blob_values = []
+    model_proto = build_model(net, shapes, varying, int(opset), {"recurrent": recurrent}, blob_values)
     seconds = time.perf_counter() - started
     data = model_proto.SerializeToString()
-    differences, check_seconds = None, 0.0
+    differences, top_differences, check_seconds = None, None, 0.0
     if check is None:
         check = onnxruntime_available()
     if check:
@@ -133,13 +142,14 @@ def export_onnx(model, out=None, weights=None, opset=DEFAULT_OPSET, batch=None, 
             current = {n: tuple(net.blobs[n].shape) for n in net.inputs}
             bigger = {n: _with_batch(s, axes[n], s[axes[n]] + 1) for n, s in current.items()}
             batches = [current, bigger]
-        differences = check_export(net, data, seed=seed, restarts=recurrent == "exact",
-                                   tolerance=DEFAULT_TOLERANCE if tolerance is None else float(tolerance),
-                                   batches=batches)
+        report = check_export(net, data, seed=seed, restarts=recurrent == "exact",
+                              tolerance=DEFAULT_TOLERANCE if tolerance is None else float(tolerance),
+                              batches=batches, blob_values=blob_values, model=model_proto)
+        differences, top_differences = report.outputs, report.tops
         check_seconds = time.perf_counter() - t0
     if out is not None:
         _write(out, data)
-    return ExportResult(model_proto, out, differences, seconds, check_seconds)
+    return ExportResult(model_proto, out, differences, seconds, check_seconds, top_differences)
 
 
 def _with_batch(shape, axis, size):
@@ -220,9 +230,10 @@ def _write(path, data):
         raise DLTrainError(f"cannot write '{path}': {err.strerror or err}") from None
 
 
-def build_model(net, shapes, varying, opset, options):
+def build_model(net, shapes, varying, opset, options, blob_values=None):
     """The onnx.ModelProto of dltrain ``net`` with its blobs' ``shapes`` (and the axes ``varying``
-    with the batch)."""
+    with the batch).  ``blob_values``: a list to append (layer index, top, ONNX value name) to for
+    every top of every exported layer (what the check compares)."""
     from onnx import TensorProto, checker, helper
 
     builder = GraphBuilder(opset)
@@ -266,6 +277,8 @@ def build_model(net, shapes, varying, opset, options):
                               f"{len(tops_of[i])} tops")
         for j, (top, value) in enumerate(zip(tops_of[i], produced)):
             value_of[top] = _name_value(builder, top, value, last_writer[top] == i and top in outputs, ctx)
+            if blob_values is not None:
+                blob_values.append((i, top, value_of[top]))
     graph_outputs = []
     for name in outputs:
         if value_of.get(name) != name:

@@ -5,6 +5,13 @@ Embed, sequence-continuation flags for a recurrent layer's ``cont`` (0 at the fi
 with the exact recurrent export also some streams restarting in the middle), standard normal values
 otherwise.  The difference reported per output is max |onnx - dltrain| / max |dltrain| (the
 largest error relative to the output's own scale; absolute where the output is all zeros).
+
+Every layer's tops are compared too (Split and Input layers aside), not only the net's outputs: a
+saturated Softmax at the end turns large logits into the same one-hot output on both sides, so a
+wrong layer before it would pass unseen.  A check-only copy of the model exposes the ONNX value of
+each top as an extra graph output (the written model stays as it is), and dltrain's side is taken
+right after each layer's forward (an in-place layer overwrites its bottom).  The check fails naming
+the first top, in net order, past the tolerance: where the export goes wrong.
 """
 import numpy as np
 
@@ -90,8 +97,7 @@ def random_inputs(net, seed=0, restarts=False):
     return out
 
 
-def dltrain_forward(net, inputs):
-    """{output name: array} of dltrain's forward pass from a fresh recurrent state."""
+def _set_inputs(net, inputs):
     for name, value in inputs.items():
         blob = net.blobs[name]
         if blob.shape != value.shape:
@@ -102,8 +108,28 @@ def dltrain_forward(net, inputs):
     for layer in net.layers:
         if hasattr(layer, "reset") and layer.type in ("LSTM", "RNN"):
             layer.reset()
+
+
+def dltrain_forward(net, inputs):
+    """{output name: array} of dltrain's forward pass from a fresh recurrent state."""
+    _set_inputs(net, inputs)
     net.forward()
     return {name: np.array(net.blobs[name].data, copy=True) for name in net.outputs}
+
+
+def dltrain_forward_tops(net, inputs, tops):
+    """Like dltrain_forward, and also {(layer index, top): array} of ``tops`` ([(layer index, top)])
+    as each was right after its layer's forward."""
+    _set_inputs(net, inputs)
+    wanted = {}
+    for i, top in tops:
+        wanted.setdefault(i, []).append(top)
+    taken = {}
+    for i in range(len(net.layers)):
+        net.forward_from_to(i, i)
+        for top in wanted.get(i, ()):
+            taken[i, top] = np.array(net.blobs[top].data, copy=True)
+    return {name: np.array(net.blobs[name].data, copy=True) for name in net.outputs}, taken
 
 
 def onnx_session(model_bytes):
@@ -127,34 +153,102 @@ def relative_difference(got, want):
     return diff / scale if scale > 0 else diff
 
 
-def compare(net, session, inputs):
-    """{output: relative difference} of ONNX Runtime against dltrain on ``inputs``."""
-    want = dltrain_forward(net, inputs)
-    got = session.run(list(want), {name: value for name, value in inputs.items()
-                                   if name in {i.name for i in session.get_inputs()}})
-    return {name: relative_difference(g, want[name]) for name, g in zip(want, got)}
+def compared_tops(net, blob_values):
+    """[(layer index, top, onnx value)] of ``blob_values`` (the exporter's (layer index, top, value) per
+    layer top), less Input and Split layers (inputs are fed as they are; a Split only copies)."""
+    return [(i, top, value) for i, top, value in blob_values
+            if net.layers[i].type not in ("Input", "Split")]
 
 
-def check_export(net, model_bytes, seed=0, tolerance=DEFAULT_TOLERANCE, restarts=False, batches=None):
-    """Run the model in ONNX Runtime and dltrain on random inputs; returns {output: worst relative
-    difference}; raises ExportError past ``tolerance``.  ``batches``: [(input shapes dict)] to try
-    (default: the net's current shapes)."""
+def with_extra_outputs(model_bytes, values, model=None):
+    """A check-only copy of the model with every value in ``values`` also a graph output; returns
+    (model bytes, {value: output name}).  ``model``: the onnx.ModelProto of ``model_bytes`` if at hand.
+
+    The copy is ``model_bytes`` followed by a message that holds only the new outputs (and Identity
+    nodes): protobuf merges concatenated messages, appending to repeated fields, so the weights are
+    neither parsed nor written again."""
+    import onnx
+    from onnx import helper
+    if model is None:
+        model = onnx.ModelProto()
+        model.ParseFromString(model_bytes)
+    graph = model.graph
+    produced = {name for node in graph.node for name in node.output}
+    outputs = {o.name for o in graph.output}
+    taken = produced | outputs | {i.name for i in graph.input} | {i.name for i in graph.initializer}
+    extra = onnx.ModelProto()
+    names = {}
+    for value in dict.fromkeys(values):
+        if value in outputs:
+            names[value] = value
+            continue
+        if value in produced:
+            name = value
+        else:       # an input or a weight passed through: a graph output must come from a node
+            name, k = f"check/{value}", 0
+            while name in taken:
+                k += 1
+                name = f"check/{value}_{k}"
+            taken.add(name)
+            extra.graph.node.append(helper.make_node("Identity", [value], [name], name=name))
+        extra.graph.output.append(helper.make_empty_tensor_value_info(name))
+        outputs.add(name)
+        names[value] = name
+    return model_bytes + extra.SerializeToString(), names
+
+
+class CheckReport:
+    """What the check found: ``outputs`` ({net output: worst relative difference}) and ``tops``
+    ([(layer name, layer type, top, worst relative difference)] in net order, one per layer top)."""
+
+    def __init__(self, outputs, tops):
+        self.outputs, self.tops = outputs, tops
+
+
+def check_export(net, model_bytes, seed=0, tolerance=DEFAULT_TOLERANCE, restarts=False, batches=None,
+                 blob_values=(), model=None):
+    """Run the model in ONNX Runtime and dltrain on random inputs and compare the net's outputs and,
+    with ``blob_values`` ([(layer index, top, onnx value)] from the export), every layer's tops;
+    returns a :class:`CheckReport`; raises ExportError past ``tolerance`` naming the first top that
+    differs.  ``batches``: [(input shapes dict)] to try (default: the net's current shapes).
+    ``model``: the onnx.ModelProto of ``model_bytes`` if at hand (saves parsing it)."""
     session = onnx_session(model_bytes)
-    worst = {}
+    tops = compared_tops(net, blob_values)
+    probe = names = None
+    if tops:
+        probe_bytes, names = with_extra_outputs(model_bytes, [value for _, _, value in tops], model)
+        probe = onnx_session(probe_bytes)
+    worst, worst_top = {}, {}
     for k, shapes in enumerate(batches or [None]):
         if shapes:
             for name, shape in shapes.items():
                 net.blobs[name].reshape(shape)
             net.reshape()
-        diffs = compare(net, session, random_inputs(net, seed + k, restarts))
-        for name, d in diffs.items():
-            worst[name] = max(worst.get(name, 0.0), d)
+        inputs = random_inputs(net, seed + k, restarts)
+        want, want_tops = dltrain_forward_tops(net, inputs, [(i, top) for i, top, _ in tops])
+        feed = {name: value for name, value in inputs.items()
+                if name in {i.name for i in session.get_inputs()}}
+        got = dict(zip(want, session.run(list(want), feed)))
+        for name in want:
+            worst[name] = max(worst.get(name, 0.0), relative_difference(got[name], want[name]))
+        if probe is not None:
+            asked = list(dict.fromkeys(names.values()))
+            got_values = dict(zip(asked, probe.run(asked, feed)))
+            for i, top, value in tops:
+                d = relative_difference(got_values[names[value]], want_tops[i, top])
+                worst_top[i, top] = max(worst_top.get((i, top), 0.0), d)
+    report = CheckReport(worst, [(net.layers[i].layer_param.name, net.layers[i].type, top, worst_top[i, top])
+                                 for i, top, _ in tops])
+    for layer, kind, top, d in report.tops:
+        if not d <= tolerance:
+            raise ExportError(f"the ONNX model differs from dltrain's forward pass: layer '{layer}' ({kind}): "
+                              f"top '{top}' differs by {d:.1e} relative (tolerance {tolerance:.1e})")
     bad = {name: d for name, d in worst.items() if not d <= tolerance}
     if bad:
         listed = ", ".join(f"'{n}' {d:.3g}" for n, d in bad.items())
         raise ExportError(f"the ONNX model differs from dltrain's forward pass by more than the tolerance "
                           f"{tolerance:g} (max relative difference: {listed})")
-    return worst
+    return report
 
 
 def random_weights(net, seed=0):

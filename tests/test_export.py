@@ -14,7 +14,7 @@ pytest.importorskip("onnxruntime")
 from google.protobuf import text_format  # noqa: E402
 
 from dltrain.export import ExportError, export_onnx, load_net, register_exporter  # noqa: E402
-from dltrain.export.check import onnx_session, random_inputs, dltrain_forward  # noqa: E402
+from dltrain.export.check import dltrain_forward, onnx_session, random_inputs, relative_difference  # noqa: E402
 from dltrain.proto import caffe_pb2  # noqa: E402
 
 TIGHT = 1e-5
@@ -339,6 +339,11 @@ def test_names_weights_and_in_place_blobs():
     assert {"conv1/weight", "conv1/bias", "fc/weight", "fc/bias"} <= {i.name for i in graph.initializer}
     assert [n.name for n in graph.node if n.op_type != "Reshape"] == ["conv1", "relu1", "fc/Gemm", "relu2"]
     assert all("Caffe layer" in n.doc_string for n in graph.node)
+    # every layer's top is checked, an in-place top as it was right after its layer
+    assert [(layer, top) for layer, _, top, _ in result.top_differences] == \
+        [("conv1", "conv1"), ("relu1", "conv1"), ("fc", "fc"), ("relu2", "fc")]
+    assert all(d <= TIGHT for *_, d in result.top_differences)
+    assert [o.name for o in onnx_session(result.model.SerializeToString()).get_outputs()] == ["fc"]
 
 
 def test_dynamic_batch():
@@ -423,6 +428,30 @@ def test_plugin_layer_with_its_own_exporter():
     assert [n.name for n in result.model.graph.node][0] == "cube"
 
 
+def test_check_compares_a_top_that_passes_an_input_through():
+    """A plugin exporter may return its bottom's value as its top: a graph input is then checked too (the
+    check-only copy exposes it through an Identity)."""
+    import dlcore
+    from dlcore import Layer
+
+    @dlcore.register_layer("TestExportPassThrough")
+    class PassThrough(Layer):
+        exact_num_bottom_blobs = 1
+        exact_num_top_blobs = 1
+
+        def reshape(self, bottom, top):
+            top[0].reshape_like(bottom[0])
+
+        def forward_cpu(self, bottom, top):
+            top[0].data[...] = bottom[0].data
+
+    register_exporter("TestExportPassThrough", lambda ctx: [ctx.bottoms[0]])
+    text = input_layer((2, 3)) + 'layer { name: "pass" type: "TestExportPassThrough" bottom: "data" top: "y" }\n' + \
+        'layer { name: "twice" type: "Power" bottom: "y" top: "z" power_param { scale: 2 } }'
+    result = export_text(text)
+    assert result.top_differences == [("pass", "TestExportPassThrough", "y", 0.0), ("twice", "Power", "z", 0.0)]
+
+
 def test_check_fails_past_the_tolerance():
     def wrong_relu(ctx):
         return [ctx.node("Abs", ctx.bottoms)]
@@ -435,5 +464,51 @@ def test_check_fails_past_the_tolerance():
         pass
 
     register_exporter("TestExportWrong", wrong_relu)
-    with pytest.raises(ExportError, match=r"more than the tolerance 0\.001 .*'y'"):
+    with pytest.raises(ExportError, match=r"layer 'n' \(TestExportWrong\): top 'y' differs by 8\.4e-01 relative "
+                                          r"\(tolerance 1\.0e-03\)"):
         export_text(text, tolerance=1e-3)
+
+
+SATURATED = input_layer((2, 3, 8, 8)) + \
+    'layer { name: "conv1" type: "Convolution" bottom: "data" top: "conv1" convolution_param { num_output: 4 kernel_size: 3 } }\n' + \
+    'layer { name: "relu1" type: "ReLU" bottom: "conv1" top: "conv1" }\n' + \
+    'layer { name: "norm1" type: "LRN" bottom: "conv1" top: "norm1" lrn_param { local_size: 3 alpha: 0.5 } }\n' + \
+    'layer { name: "pool1" type: "Pooling" bottom: "norm1" top: "pool1" pooling_param { pool: AVE kernel_size: 3 stride: 2 } }\n' + \
+    'layer { name: "ip" type: "InnerProduct" bottom: "pool1" top: "ip" inner_product_param { num_output: 5 } }\n' + \
+    'layer { name: "prob" type: "Softmax" bottom: "ip" top: "prob" }'
+
+
+@pytest.mark.parametrize("batch", [None, "dynamic"])
+def test_check_names_the_first_wrong_layer_behind_a_saturated_softmax(batch):
+    """Large logits make the Softmax one-hot on both sides: only the intermediate tops show a wrong LRN
+    (5% off, as from a wrong alpha), and the check names it rather than the layers after it."""
+    from dltrain.export import registry
+    net = load_net(net_param(SATURATED), random_seed=1)
+    net.params["ip"][0].data[...] *= 1e4
+    net.params["ip"][1].data[...] *= 1e4
+    right = export_onnx(None, net=net, batch=batch, tolerance=TIGHT)
+    assert [layer for layer, *_ in right.top_differences] == ["conv1", "relu1", "norm1", "pool1", "ip", "prob"]
+    probs = dltrain_forward(net, random_inputs(net))["prob"]
+    assert np.all(probs.max(axis=1) == 1.0)                 # saturated
+
+    lrn = registry.get_exporter("LRN")
+    register_exporter("LRN", lambda ctx: [ctx.node("Mul", [lrn(ctx)[0], ctx.scalar(1.05)])])
+    try:
+        wrong = export_onnx(None, net=net, batch=batch, check=False)
+        inputs = random_inputs(net)
+        (got,) = onnx_session(wrong.model.SerializeToString()).run(["prob"], inputs)
+        assert relative_difference(got, dltrain_forward(net, inputs)["prob"]) <= 1e-3   # the output alone passes
+        with pytest.raises(ExportError, match=r"layer 'norm1' \(LRN\): top 'norm1' differs by 5\.0e-02 relative"):
+            export_onnx(None, net=net, batch=batch)
+    finally:
+        register_exporter("LRN", lrn)
+
+
+def test_cli_prints_the_worst_layer_top(tmp_path, capsys):
+    from dltrain.cli.main import main
+    model = tmp_path / "deploy.prototxt"
+    model.write_text(SATURATED)
+    assert main(["export", "--model", str(model), str(tmp_path / "m.onnx")]) == 0
+    printed = capsys.readouterr().out
+    assert "check: output 'prob': max relative difference" in printed
+    assert "check: 6 layer tops compared, worst: '" in printed
