@@ -17,9 +17,10 @@ Compilation and warm-up are excluded; the rounds interleave the two sides
 so machine noise hits both alike; the figure is the median round.  The
 machine's load average is printed: on a shared machine, read the ratio,
 not the absolute numbers.  ``--threads K`` sets both sides' BLAS/OpenMP
-thread count (default: each library's own default; dltrain's recurrent
-layers then run BLAS single-threaded on two threads of their own, see
-layers/overlap.py); ``--threads 1`` makes both sides single-threaded.
+thread count (default: each library's own default; dltrain's LSTM then
+splits each step's hidden units across Numba's threads, each running BLAS
+single-threaded, see layers/recurrent.py); ``--threads 1`` makes both
+sides single-threaded.
 Needs torch (``pip install torch==2.13.0``), used here as the reference only.
 """
 import argparse

@@ -17,6 +17,13 @@ import threading
 
 _lock = threading.Lock()
 _controller = None        # None: not looked for yet; False: no BLAS threadpoolctl can control
+_numba_controller = None  # the same for the BLAS that Numba's np.dot calls (SciPy's)
+
+
+def numpy_blas_files():
+    """The files of the BLAS libraries NumPy's np.matmul calls (threadpoolctl's view), or []."""
+    blas = _blas()
+    return [lib.filepath for lib in blas.lib_controllers] if blas else []
 
 
 def _blas():
@@ -60,4 +67,30 @@ def thread_counts():
 def single_threaded():
     """Context: BLAS single-threaded for the calling thread (a no-op without a controllable BLAS)."""
     blas = _blas()
+    return blas.limit(limits=1, user_api="blas") if blas else contextlib.nullcontext()
+
+
+def _numba_blas():
+    """threadpoolctl's controller of the BLAS that Numba's np.dot calls (SciPy's own, loaded by
+    scipy.linalg.cython_blas), looked for once; False if there is none it can control."""
+    global _numba_controller
+    if _numba_controller is None:
+        with _lock:
+            if _numba_controller is None:
+                import scipy
+                import scipy.linalg.cython_blas  # noqa: F401  (loads the library Numba binds to)
+                from threadpoolctl import ThreadpoolController
+                blas = ThreadpoolController().select(user_api="blas")
+                home = os.path.dirname(os.path.dirname(os.path.realpath(scipy.__file__)))
+                own = [lib.filepath for lib in blas.lib_controllers
+                       if os.path.realpath(lib.filepath).startswith(os.path.join(home, "scipy"))]
+                blas = blas.select(filepath=own) if own else blas
+                _numba_controller = blas if blas.lib_controllers else False
+    return _numba_controller
+
+
+def numba_single_threaded():
+    """Context: the BLAS behind Numba's np.dot on one thread (Numba's own threads run the products
+    side by side; a BLAS spreading each one over more threads would compete with them)."""
+    blas = _numba_blas()
     return blas.limit(limits=1, user_api="blas") if blas else contextlib.nullcontext()

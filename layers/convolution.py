@@ -8,9 +8,12 @@ columns, then BLAS does the products (layers/kernels.py):
   moves the result into (N, M, H, W) and adds the bias;
 * large output planes (e.g. LeNet's conv1): the image layout, a stacked GEMM
   (one per image, issued by NumPy in C) that writes each top image directly;
-  with one group the bias rides in the GEMM as a row of ones.
+  with one group the bias rides in the GEMM as a row of ones;
+* 1x1 kernels, stride 1, no pad, in the image layout: the bottom images are
+  the columns and the column gradient is the bottom gradient (no im2col or
+  col2im; GoogLeNet's inception 1x1 convolutions).
 
-Very large batches are cut into chunks so the column buffer stays under
+Very large batches are cut into equal chunks so the column buffer stays under
 COL_BUFFER_LIMIT elements.  Buffers are kept on the layer between calls.
 The columns of the last forward are reused by backward for the weight
 gradient (no second im2col): backward differentiates the forward that was
@@ -28,8 +31,10 @@ from dlcore.registry import register_layer
 
 from . import kernels as K
 
-# Largest column buffer (elements) before the batch is processed in chunks.
-COL_BUFFER_LIMIT = 1 << 24
+# Largest column buffer (elements) before the batch is processed in chunks.  (2^25 floats:
+# 128 MiB; GoogLeNet's conv1 at batch 10 needs 18.6 M and, held whole, backward reuses
+# forward's columns instead of a second im2col.)
+COL_BUFFER_LIMIT = 1 << 25
 # Output planes of at least this many pixels use the per-image column layout.
 IMAGE_LAYOUT_MIN_PIXELS = 256
 
@@ -176,14 +181,22 @@ class ConvolutionLayer(WeightedConvolution):
         self.kernel_dim = (self.channels // self.group) * kh * kw
         P = self.out_h * self.out_w
         per_image = self.kernel_dim * self.group * P
-        self.chunk = max(1, min(self.num, COL_BUFFER_LIMIT // max(per_image, 1)))
+        most = max(1, min(self.num, COL_BUFFER_LIMIT // max(per_image, 1)))
+        self.chunk = -(-self.num // -(-self.num // most))     # chunks of equal size (10 -> 5+5, not 9+1)
         # Large output planes: per-image GEMMs write the top directly (no layout
         # move); small planes: one GEMM over the whole batch is much faster.
         self.image_layout = P >= IMAGE_LAYOUT_MIN_PIXELS
+        # A 1x1 kernel with stride 1 and no pad: each image already IS its column
+        # matrix (C, P), so the image layout multiplies the bottom in place and
+        # writes the bottom gradient directly (no im2col, no col2im).  (Small
+        # planes keep the batch layout: measured on GoogLeNet's 7x7 and 14x14
+        # 1x1 convolutions, its single weight-gradient GEMM wins there.)
+        self.pointwise = (self.image_layout and (kh, kw) == (1, 1) and tuple(self.stride) == (1, 1)
+                          and tuple(self.pad) == (0, 0))
         # Image layout, one group: the bias rides in the GEMM as an extra column
         # row of ones (Caffe's bias_multiplier), saving a pass over the top in
         # forward and one over its gradient in backward.
-        self.fold_bias = self.image_layout and self.group == 1 and self.bias_term
+        self.fold_bias = self.image_layout and self.group == 1 and self.bias_term and not self.pointwise
         self._col_cache.clear()
 
     # --- helpers -------------------------------------------------------------
@@ -229,8 +242,11 @@ class ConvolutionLayer(WeightedConvolution):
             y = self._outputs(t.data)
             for n0, n1 in self._chunks():
                 cnt = n1 - n0
-                col, strides = self._columns(i, cnt)
-                self._im2col(x[n0:n1], cnt, col, strides)
+                if self.pointwise:
+                    col = x[n0:n1].reshape(cnt, self.channels, P)
+                else:
+                    col, strides = self._columns(i, cnt)
+                    self._im2col(x[n0:n1], cnt, col, strides)
                 if self.fold_bias:
                     # [W | b] @ [col; 1] per image, straight into the top.
                     wb = self.work.get("wb", (M, Kg + 1), self.dtype)
@@ -281,6 +297,10 @@ class ConvolutionLayer(WeightedConvolution):
                     K.ncp_to_cnp(dy[n0:n1].reshape(-1), cnt, M, P, dyc.reshape(-1), bias_diff, do_bias)
                 if not (do_weight or down):
                     continue
+                if self.pointwise:
+                    self._pointwise_backward(x[n0:n1], dyc, weight, weight_diff,
+                                             self._images(b.diff)[n0:n1] if down else None, do_weight)
+                    continue
                 col, strides = self._columns(i, cnt)
                 if do_weight:
                     if not (single and self._col_cache.get(i) is b.data):
@@ -299,6 +319,20 @@ class ConvolutionLayer(WeightedConvolution):
                                      col[g * Kg:(g + 1) * Kg])
                     K.col2im(col.reshape(-1), cnt, self.geometry, self._images(b.diff)[n0:n1].reshape(-1), *strides)
 
+    def _pointwise_backward(self, x, dyc, weight, weight_diff, dx, do_weight):
+        """Backward of a 1x1 convolution (image layout, ``dyc`` (cnt, M, P)): the columns are the
+        bottom ``x`` itself and the column gradient is the bottom gradient ``dx`` (None: not wanted).
+        The bias gradient was summed by the caller."""
+        cnt, P = x.shape[0], self.out_h * self.out_w
+        M, G = self.num_output, self.group
+        Mg, Kg = M // G, self.kernel_dim
+        if do_weight:
+            self._weight_gradient(dyc, x.reshape(cnt, self.channels, P), weight_diff, None)
+        if dx is not None:
+            dx = dx.reshape(cnt, self.channels, P)
+            for g in range(G):
+                np.matmul(weight[g * Mg:(g + 1) * Mg].T, dyc[:, g * Mg:(g + 1) * Mg], out=dx[:, g * Kg:(g + 1) * Kg])
+
     def _weight_gradient(self, dyc, col, weight_diff, bias_diff):
         M, G = self.num_output, self.group
         Mg, Kg = M // G, self.kernel_dim
@@ -312,18 +346,12 @@ class ConvolutionLayer(WeightedConvolution):
             if bias_diff is not None:
                 np.add(bias_diff, total[:, Kg], out=bias_diff)
         elif self.image_layout:
-            cnt = col.shape[0]
-            per_image = self.work.get("wstack", (cnt, Mg, Kg), self.dtype)
+            # Caffe's order: dW += dy[n] @ col[n]^T image by image, each product added by BLAS (beta = 1).
             for g in range(G):
-                np.matmul(dyc[:, g * Mg:(g + 1) * Mg], col[:, g * Kg:(g + 1) * Kg].transpose(0, 2, 1),
-                          out=per_image)
                 wd = weight_diff[g * Mg:(g + 1) * Mg]
-                np.add(wd, per_image.sum(axis=0), out=wd)
+                for n in range(col.shape[0]):
+                    K.matmul(dyc[n, g * Mg:(g + 1) * Mg], col[n, g * Kg:(g + 1) * Kg].T, wd, accumulate=True)
         else:
-            # dW^T = col @ dy^T: measured ~25% faster with OpenBLAS than dy @ col^T
-            # on LeNet's conv2 shapes (50 x 4096 x 500).
-            wtmp = self.work.get("wtmp", (Kg, Mg), self.dtype)
             for g in range(G):
-                np.matmul(col[g * Kg:(g + 1) * Kg], dyc[g * Mg:(g + 1) * Mg].T, out=wtmp)
-                wd = weight_diff[g * Mg:(g + 1) * Mg]
-                np.add(wd, wtmp.T, out=wd)
+                K.matmul(dyc[g * Mg:(g + 1) * Mg], col[g * Kg:(g + 1) * Kg].T, weight_diff[g * Mg:(g + 1) * Mg],
+                         accumulate=True)

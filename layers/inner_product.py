@@ -13,6 +13,11 @@ from dlcore.registry import register_layer
 
 from . import kernels as K
 
+# Forward with at most this many rows computes y^T = W x^T, then moves it into y with the bias:
+# OpenBLAS is 1.2-1.9x faster this way round than y = x W^T (CaffeNet's fc layers at batch 10,
+# LeNet's at 64, the LSTM's hidden product at 32), but 1.2x slower for 320-640 rows of 64-256.
+SMALL_BATCH = 64
+
 
 @register_layer("InnerProduct")
 class InnerProductLayer(Layer):
@@ -53,9 +58,17 @@ class InnerProductLayer(Layer):
         x = bottom[0].data.reshape(self.M, self.K)
         y = top[0].data.reshape(self.M, self.num_output)
         w = self.blobs[0].data
-        K.matmul(x, w if self.transpose else w.T, y)
+        if self.transpose or self.M > SMALL_BATCH:
+            K.matmul(x, w if self.transpose else w.T, y)
+            if self.bias_term:
+                np.add(y, self.blobs[1].data, out=y)
+            return
+        y_t = self.work.get("y_t", (self.num_output, self.M), self.dtype)
+        K.matmul(w, x.T, y_t)
         if self.bias_term:
-            np.add(y, self.blobs[1].data, out=y)
+            np.add(y_t.T, self.blobs[1].data, out=y)
+        else:
+            y[...] = y_t.T
 
     def backward_cpu(self, top, propagate_down, bottom):
         dy = top[0].diff.reshape(self.M, self.num_output)
@@ -63,11 +76,10 @@ class InnerProductLayer(Layer):
         w = self.blobs[0].data
         if K.param_down(self, 0):
             dw = self.blobs[0].diff
-            work = self.work.get("dw", dw.shape, self.dtype)
             if self.transpose:
-                K.matmul(x.T, dy, dw, accumulate=True, work=work)      # (K, N) += x^T dy
+                K.matmul(x.T, dy, dw, accumulate=True)      # (K, N) += x^T dy
             else:
-                K.matmul(dy.T, x, dw, accumulate=True, work=work)      # (N, K) += dy^T x
+                K.matmul(dy.T, x, dw, accumulate=True)      # (N, K) += dy^T x
         if self.bias_term and K.param_down(self, 1):
             db = self.blobs[1].diff
             np.add(db, dy.sum(axis=0, dtype=self.dtype), out=db)

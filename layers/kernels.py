@@ -24,6 +24,7 @@ Caffe's im2col; P = OH*OW output pixels per image):
 ``im2col``/``col2im`` take ``row_stride`` and ``image_stride`` and so serve
 both layouts.
 """
+import os
 from collections import namedtuple
 
 import numpy as np
@@ -265,22 +266,88 @@ def matmul(a, b, out, accumulate=False, work=None):
     """``out = a @ b`` or, with ``accumulate``, ``out += a @ b``.
 
     ``a`` and ``b`` may be transposed views (``x.T``): NumPy hands them to
-    BLAS with the transpose flag, without copies.  Accumulating computes into
-    ``work`` (an array of ``out``'s shape; allocated if None) and adds.
-    Measured on the LeNet shapes, NumPy's matmul with ``out=`` is as fast as
-    calling BLAS directly (scipy's ?gemm with beta=1 saves only the small
-    add), and it keeps ONE BLAS thread pool in the process (scipy and numba's
+    BLAS with the transpose flag, without copies.  Accumulating calls
+    NumPy's own BLAS with beta = 1 where it can (Caffe's ``caffe_cpu_gemm``
+    with beta 1: CaffeNet's fc6 weight gradient 21 -> 13 ms, no temporary
+    going out to memory and back); otherwise it computes into ``work`` (an
+    array of ``out``'s shape; allocated if None) and adds.  Either way it
+    keeps ONE BLAS thread pool in the process: NumPy's (scipy and numba's
     np.dot use a second OpenBLAS whose spinning threads would compete).
     (The GPU's BLAS-style product, on flat device arrays, is ``kernels_cuda.gemm``.)
     """
     if not accumulate:
         np.matmul(a, b, out=out)
         return out
+    if _gemm_accumulate(a, b, out):
+        return out
     if work is None:
         work = np.empty_like(out)
     np.matmul(a, b, out=work)
     np.add(out, work, out=out)
     return out
+
+
+_ROW_MAJOR, _NO_TRANS, _TRANS = 101, 111, 112
+_cblas = None        # None: not looked for yet; {} when NumPy's BLAS has no cblas ?gemm to call
+
+
+def _numpy_cblas():
+    """NumPy's own BLAS ``cblas_sgemm``/``cblas_dgemm`` through ctypes, keyed by dtype: the library
+    threadpoolctl finds under NumPy's folder (its wheels bundle OpenBLAS, with a ``scipy_`` prefix and
+    a ``64_`` suffix), or {} -- then accumulating products take the work-array route."""
+    global _cblas
+    if _cblas is None:
+        import ctypes
+        from .blas_threads import numpy_blas_files
+        found = {}
+        for path in numpy_blas_files():
+            try:
+                lib = ctypes.CDLL(path)
+            except OSError:
+                continue
+            for prefix in ("scipy_", ""):
+                for suffix, index in (("64_", ctypes.c_int64), ("", ctypes.c_int)):
+                    for dtype, letter, scalar in ((np.float32, "s", ctypes.c_float),
+                                                  (np.float64, "d", ctypes.c_double)):
+                        name = f"{prefix}cblas_{letter}gemm{suffix}"
+                        if np.dtype(dtype) in found or not hasattr(lib, name):
+                            continue
+                        gemm = getattr(lib, name)
+                        ptr = ctypes.c_void_p
+                        gemm.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int, index, index, index, scalar,
+                                         ptr, index, ptr, index, scalar, ptr, index]
+                        gemm.restype = None
+                        found[np.dtype(dtype)] = gemm
+        _cblas = found
+    return _cblas
+
+
+def _blas_operand(m):
+    """(transpose flag, leading dimension) of a matrix BLAS can read in place, or None."""
+    item = m.itemsize
+    rows, cols = m.strides
+    if cols == item and rows % item == 0 and rows >= max(1, m.shape[1]) * item:
+        return _NO_TRANS, rows // item
+    if rows == item and cols % item == 0 and cols >= max(1, m.shape[0]) * item:
+        return _TRANS, cols // item
+    return None
+
+
+def _gemm_accumulate(a, b, out):
+    """``out += a @ b`` by one BLAS call (beta = 1) where the operands allow it; False where not."""
+    if os.environ.get("DLTRAIN_NO_CBLAS"):
+        return False
+    gemm = _numpy_cblas().get(out.dtype)
+    if gemm is None or a.dtype != out.dtype or b.dtype != out.dtype or a.ndim != 2 or b.ndim != 2 \
+            or out.ndim != 2 or min(out.shape) == 0 or a.shape[1] == 0:
+        return False
+    ta, tb, to = _blas_operand(a), _blas_operand(b), _blas_operand(out)
+    if ta is None or tb is None or to is None or to[0] != _NO_TRANS:
+        return False
+    (m, k), n = a.shape, b.shape[1]
+    gemm(_ROW_MAJOR, ta[0], tb[0], m, n, k, 1, a.ctypes.data, ta[1], b.ctypes.data, tb[1], 1,
+         out.ctypes.data, to[1])
+    return True
 
 
 class Workspace:

@@ -1,4 +1,5 @@
-"""Two streams of work on two cores, for the recurrent layers (layers/recurrent.py).
+"""Two streams of work on two cores, for the RNN layer (layers/recurrent.py; the LSTM splits its steps
+across Numba's threads instead).
 
 A step's matrix product (G x H by H x N) is too small to split across BLAS
 threads well, and a BLAS that spreads it over two threads waits for both at
@@ -6,10 +7,8 @@ every step: on a machine whose cores are busy with other jobs that wait
 costs more than the product (measured: 3-4x slower than one thread).  So the
 recurrent layers call BLAS single-threaded (layers/blas_threads.py) and use
 the second core for the work that does not depend on the recurrence, on a
-worker thread: half of the input projection in forward; in LSTM's backward,
-the weight, bias and input gradients of the steps already done (dW_h, dW_x,
-db, dx in chunks of steps) while the recurrence goes on.  numpy's BLAS and
-the LSTM kernels (nogil) release the GIL.  DLTRAIN_RNN_OVERLAP=0 turns the
+worker thread: half of the input projection in forward.  numpy's BLAS
+releases the GIL.  DLTRAIN_RNN_OVERLAP=0 turns the
 worker off.  Without a BLAS whose threads can be limited, or on one core,
 everything runs in order on the calling thread, with BLAS's own threading.
 """

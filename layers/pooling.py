@@ -117,7 +117,8 @@ def covering_windows(i, stride, pad, kernel, pooled):
 
 @njit(cache=True, parallel=PARALLEL)
 def max_pool_forward(data, g, top, mask):
-    """MAX pooling; ``mask`` (int32, top's size) gets each argmax as an index into the H*W plane."""
+    """MAX pooling; ``mask`` (int32, top's size) gets each argmax as an index into the H*W plane.
+    (The plain loop; pool_forward takes the unrolled 2x2 and 3x3 kernels where they apply.)"""
     for pl in prange(g.planes):
         ib = pl * g.H * g.W
         ob = pl * g.PH * g.PW
@@ -167,6 +168,63 @@ def max_pool_forward_2x2(data, g, top, mask):
                     best, sidx = window_max(data, ib, g.H, W, hs, ws, 2, 2)
                     top[o] = best
                     mask[o] = sidx
+
+
+@njit(cache=True, inline="always")
+def _take_if_greater(data, ub, k, best, idx):
+    """(data[ub + k], k) if it is greater than ``best``, else (best, idx)."""
+    v = data[ub + k]
+    if v > best:
+        return v, k
+    return best, idx
+
+
+@njit(cache=True, parallel=PARALLEL)
+def max_pool_forward_3x3(data, g, top, mask):
+    """``max_pool_forward`` for 3x3 windows (CaffeNet's, GoogLeNet's): inside the image a tight
+    loop over the row's outputs, unrolled in the same row-major order (the first maximum wins,
+    as in window_max), that compiles to vector selects; windows over the border take window_max."""
+    W = g.W
+    uW = np.uint64(W)
+    usw = np.uint64(g.sw)
+    one = np.uint64(1)
+    two = np.uint64(2)
+    # the outputs px whose window columns all lie inside the image: [px_lo, px_hi)
+    px_lo = min(g.PW, -(-g.pw // g.sw))
+    px_hi = max(px_lo, min(g.PW, (W - 3 + g.pw) // g.sw + 1))
+    for pl in prange(g.planes):
+        ib = pl * g.H * W
+        ub = np.uint64(ib)
+        ob = pl * g.PH * g.PW
+        for py in range(g.PH):
+            hs = py * g.sh - g.ph
+            orow = ob + py * g.PW
+            lo, hi = (px_lo, px_hi) if hs >= 0 and hs + 3 <= g.H else (0, 0)
+            if hi > lo:
+                k0 = np.uint64(hs * W + lo * g.sw - g.pw)     # the first inner window's top-left
+                uo = np.uint64(orow + lo)
+                for t in range(np.uint64(hi - lo)):
+                    k = k0 + t * usw
+                    best, idx = data[ub + k], k
+                    best, idx = _take_if_greater(data, ub, k + one, best, idx)
+                    best, idx = _take_if_greater(data, ub, k + two, best, idx)
+                    k1 = k + uW
+                    best, idx = _take_if_greater(data, ub, k1, best, idx)
+                    best, idx = _take_if_greater(data, ub, k1 + one, best, idx)
+                    best, idx = _take_if_greater(data, ub, k1 + two, best, idx)
+                    k2 = k1 + uW
+                    best, idx = _take_if_greater(data, ub, k2, best, idx)
+                    best, idx = _take_if_greater(data, ub, k2 + one, best, idx)
+                    best, idx = _take_if_greater(data, ub, k2 + two, best, idx)
+                    top[uo + t] = best
+                    mask[uo + t] = idx
+            for px in range(g.PW):
+                if lo <= px < hi:
+                    continue
+                best, sidx = window_max(data, ib, g.H, W, hs, px * g.sw - g.pw, 3, 3)
+                o = np.uint64(orow + px)
+                top[o] = best
+                mask[o] = sidx
 
 
 @njit(cache=True, parallel=PARALLEL)
@@ -231,7 +289,7 @@ def pool_forward(method, g, x, y, mask, mask_top=None):
         if g.kh == 2 and g.kw == 2:
             max_pool_forward_2x2(x, g, y, mask)
         else:
-            max_pool_forward(x, g, y, mask)
+            max_pool_forward_3x3(x, g, y, mask) if g.kh == 3 and g.kw == 3 else max_pool_forward(x, g, y, mask)
         if mask_top is not None:
             mask_top[:] = mask
     else:

@@ -4,16 +4,26 @@ Caffe builds these layers as an unrolled net (InnerProduct, Scale, Eltwise,
 LSTMUnit, Concat ... one copy per time step).  dltrain computes the same
 function directly:
 
-* the input projection of all T steps is ONE matrix product
-  ``(T*N, D) x (D, G)`` (G = 4H for LSTM, H for RNN);
-* each step is one matrix product for the recurrent term
-  ``W_h (cont_t * h_{t-1})`` followed by one fused Numba kernel (all gate
-  activations, the cell and hidden update);
-* backward through time is the mirror image: one fused kernel and one
-  matrix product per step; the weight gradients are products over many
-  steps at once (``dW_h += dG (cont * h_prev)^T``, ``dW_x += dG x``), for
-  LSTM computed on a second thread, a few steps at a time, while the
-  recurrence goes on (layers/overlap.py).
+LSTM, on the CPU:
+
+* the hidden units are split into P parts (one per Numba thread, at least
+  32 units each; ``DLTRAIN_LSTM_PARTS`` overrides), and each part owns the
+  4 gate rows of its units;
+* each step is, per part, ONE matrix product ``[W_x | W_h]_part (4H/P, D+H)
+  x [x_t; cont_t h_{t-1}] (D+H, N)`` (input projection and recurrent term
+  together) and one fused Numba kernel (the gate activations, the cell and
+  hidden update); the parts of a step run side by side on Numba's threads
+  and meet once per step (``PartsSchedule`` falls back to running them in
+  order when the machine is busy and that is faster: same numbers);
+* backward through time is the mirror image, per part: the product
+  ``W_h^T dG_{t+1}`` for its units, then its cells; the weight and bias
+  gradients of all steps are then ONE product ``dG (4H, T*N) x [x | cont
+  h_prev | 1] (T*N, D+H+1)``, its rows split between the threads.
+
+RNN: the input projection of all T steps is one matrix product; each step
+is one matrix product for ``W_hh (cont_t h_{t-1})`` and one Numba kernel;
+the weight gradients are products over all steps; the forward hands half
+of the projection to a second thread (layers/overlap.py).
 
 Blobs
 -----
@@ -61,12 +71,16 @@ The modules around this one, one concern each: the LSTM cell's formulas
 (layers/lstm_cell.py, shared with LSTMUnit and the GPU), the CPU kernels'
 float32 activations (layers/rational.py: a vectorizable rational tanh,
 absolute error below 3e-7; float64, for gradient checks, uses the exact
-``math.tanh``/``exp``), BLAS thread control (layers/blas_threads.py), the
-worker thread that overlaps side work with the recurrence
-(layers/overlap.py), and the GPU code (layers/recurrent_cuda.py).
+``math.tanh``/``exp``), BLAS thread control (layers/blas_threads.py: the
+products inside Numba's threads run single-threaded), the RNN's worker
+thread (layers/overlap.py), and the GPU code (layers/recurrent_cuda.py).
 """
+import os
+import time
+
+import numba
 import numpy as np
-from numba import njit
+from numba import njit, prange
 
 from dlcore.blob import Blob
 from dlcore.errors import ConfigError
@@ -75,6 +89,7 @@ from dlcore.formula import formula
 from dlcore.layer import Layer
 from dlcore.registry import register_layer
 
+from . import blas_threads
 from . import kernels as K
 from .lstm_cell import lstm_cell, lstm_layer_cell_grad
 from .overlap import Streams
@@ -82,69 +97,155 @@ from .rational import kernel_sigmoid, kernel_tanh
 
 
 # ---------------------------------------------------------------------------
-# Layout.  Matrix products want "feature-major" buffers, (features, T*N),
-# whose step t is the column block [t*N, (t+1)*N): the input projection of
-# all steps (G, T*N), the gate gradients of all steps (G, T*N), and the
-# recurrent products' inputs ``hc`` (H, (T+1)*N), block t = cont_t * h_{t-1}.
-# Then each step's product is W (G, H) @ block (H, N), the fastest
-# orientation for BLAS on these shapes (1.7x faster than (N, H) @ (H, G)),
-# and a weight gradient over many steps is one product.
+# LSTM kernels.  Matrix products want "feature-major" blocks, (features, N)
+# per step: ``z[t] = [x_t^T; cont_t h_{t-1}]`` (D+H, N), and a part's gate
+# inputs (4H/P, N); then each step's product is W_part (4H/P, D+H) @ z[t],
+# the fastest orientation for BLAS on these shapes (1.7x faster than
+# (N, D+H) @ (D+H, G)).
 #
 # The element-wise kernels want long contiguous loops instead: inner loops
 # of only N (strided rows) cost a vectorization set-up per row, 3-4x the
-# work itself.  So per-step state is kept per step, contiguous: activations
-# (T, G, N), c (T+1, H, N), tanh(c) and h (T, H, N), and each kernel is ONE
-# flat loop over the H*N cells of a step.  ``cont`` enters the flat loops
-# broadcast to (H, N) per step (``contx``, built once per forward).
+# work itself.  So per-step state is kept per step and part, contiguous:
+# activations (T, P, 4*Hk*N), c (T+1, H, N), tanh(c) and h (T, H, N) (part
+# p's units are rows [p*Hk, (p+1)*Hk)), and each kernel is ONE flat loop
+# over a part's Hk*N cells.  ``cont`` enters the flat loops broadcast to
+# (H, N) per step (``contx``, built once per forward).
 #
 # Kernels are written so that LLVM vectorizes them: one loop, no branches,
 # and no literal that would widen float32 to float64 (``one`` is passed in,
-# of the data's dtype).
+# of the data's dtype).  The prange loops only call the per-part @njit
+# functions, which hold the products (np.dot: SciPy's BLAS, one thread).
 # ---------------------------------------------------------------------------
 
-@njit(cache=True, nogil=True, error_model="numpy", fastmath={"contract"})
-def lstm_forward_step(pre, addend, cont, c_prev, acts, c, tanh_c, h, one):
-    """One LSTM step over the M = H*N cells (flat 1-D arrays).
+_KERNEL = dict(cache=True, nogil=True, error_model="numpy", fastmath={"contract"})
 
-    ``pre`` (4M) = W_xc x_t + W_hc (cont_t h_{t-1}), ``addend`` (4M) = b_c (+
-    the static term), gate blocks [i, f, o, g] of M each; ``cont`` (M) =
-    cont_t per cell; ``c_prev`` (M) = c_{t-1}.  Writes the activations
-    [i, s_f, o, g] to ``acts`` (4M; s_f = sigmoid of the forget input, the
-    effective f being cont * s_f), and c_t, tanh(c_t), h_t (M each).
-    """
-    M = c.shape[0]
-    pi, pf, po, pg = pre[:M], pre[M:2 * M], pre[2 * M:3 * M], pre[3 * M:]
-    bi, bf, bo, bg = addend[:M], addend[M:2 * M], addend[2 * M:3 * M], addend[3 * M:]
-    ai, af, ao, ag = acts[:M], acts[M:2 * M], acts[2 * M:3 * M], acts[3 * M:]
+
+@njit(**_KERNEL)
+def lstm_forward_part(t, p, w, z, addend, contx, pre, acts, c, tanh_c, h, one):
+    """Step t of the LSTM forward for part p of the hidden units (see lstm_forward_loop)."""
+    P = w.shape[0]
+    M = c.shape[2]
+    N = z.shape[2]
+    Hk = M // N
+    D = z.shape[1] - P * Hk
+    np.dot(w[p], z[t], pre[p])
+    pf = pre[p].reshape(-1)
+    bf = addend[p].reshape(-1)
+    af, cx, c_prev, c_new, tc, hh = acts[t, p], contx[t, p], c[t, p], c[t + 1, p], tanh_c[t, p], h[t, p]
     for k in range(M):
         # the gates with the CPU's own activations, then the shared cell formula.  (Not through
         # lstm_gates: handed four activation calls, LLVM stops inlining it and the loop no longer
         # vectorizes, 10x slower.)
-        i = kernel_sigmoid(pi[k] + bi[k], one)
-        sf = kernel_sigmoid(pf[k] + bf[k], one)
-        o = kernel_sigmoid(po[k] + bo[k], one)
-        g = kernel_tanh(pg[k] + bg[k], one)
-        ai[k], af[k], ao[k], ag[k] = i, sf, o, g
-        # f = cont * s_f (0 where cont == 0).  (cont and c_prev are read after the gates, as they always
-        # were: LLVM then fuses the cell's products into the same FMAs, so float64 keeps its bits.)
-        c[k], tanh_c[k], h[k] = lstm_cell(i, cont[k] * sf, o, g, c_prev[k], one, kernel_tanh)
-
-
-@njit(cache=True, nogil=True, error_model="numpy", fastmath={"contract"})
-def lstm_backward_step(acts, c_prev, tanh_c, cont, dh, drec, cont_next, dc, dgates, one):
-    """Backward of one LSTM step over the M = H*N cells (flat; layouts as the forward).
-
-    The gradient reaching h_t is ``dh`` (the top's diff) plus ``cont_next *
-    drec`` (drec = W_hc^T dG_{t+1}, cont_next = cont_{t+1} per cell).
-    ``dc`` (M) holds dL/dc_t on entry and dL/dc_{t-1} on exit; ``dgates``
-    (4M) gets the gradient w.r.t. the gate inputs, in [i, f, o, g] order.
-    """
-    M = dc.shape[0]
-    ai, af, ao, ag = acts[:M], acts[M:2 * M], acts[2 * M:3 * M], acts[3 * M:]
-    di, df, do, dg = dgates[:M], dgates[M:2 * M], dgates[2 * M:3 * M], dgates[3 * M:]
+        i = kernel_sigmoid(pf[k] + bf[k], one)
+        sf = kernel_sigmoid(pf[M + k] + bf[M + k], one)
+        o = kernel_sigmoid(pf[2 * M + k] + bf[2 * M + k], one)
+        g = kernel_tanh(pf[3 * M + k] + bf[3 * M + k], one)
+        af[k], af[M + k], af[2 * M + k], af[3 * M + k] = i, sf, o, g
+        # f = cont * s_f (0 where cont == 0)
+        c_new[k], tc[k], hh[k] = lstm_cell(i, cx[k] * sf, o, g, c_prev[k], one, kernel_tanh)
+    z_next = z[t + 1, D + p * Hk:D + (p + 1) * Hk].reshape(-1)
+    cx_next = contx[t + 1, p]
     for k in range(M):
-        dc[k], di[k], df[k], do[k], dg[k] = lstm_layer_cell_grad(
-            ai[k], af[k], ao[k], ag[k], cont[k], c_prev[k], tanh_c[k], dh[k] + cont_next[k] * drec[k], dc[k], one)
+        z_next[k] = cx_next[k] * hh[k]
+
+
+@njit(parallel=True, **_KERNEL)
+def lstm_forward_loop(w, z, addend, contx, pre, acts, c, tanh_c, h, one):
+    """All T steps of the LSTM forward, the hidden units split into P parts run side by side.
+
+    Part p owns hidden units [p*Hk, (p+1)*Hk) and the 4*Hk gate rows that feed
+    them, ``[i, f, o, g]`` blocks of Hk ("parts order").  Per step, part p
+    computes its gate inputs with ONE product ``w[p] (4Hk, D+H) @ z[t] (D+H,
+    N)``, where ``z[t] = [x_t^T; cont_t h_{t-1}]`` (so the input projection
+    and the recurrent term are one product), then its cells; a step's parts
+    need all of h_{t-1}, so they meet once per step.
+
+    w (P, 4Hk, K=D+H): [W_x | W_h] rows in parts order; z (T+1, K, N): z[t, :D]
+    = x_t^T and z[0, D:] = cont_0 h_0 are set, z[t+1, D:] is written here;
+    addend (P, 4Hk, N): b (+ the static term); contx (T+1, P, Hk*N): cont_t per
+    cell; pre (P, 4Hk, N): scratch; acts (T, P, 4Hk*N): [i, s_f, o, g];
+    c (T+1, P, Hk*N), c[0] set; tanh_c, h (T, P, Hk*N).
+    """
+    for t in range(acts.shape[0]):
+        for p in prange(w.shape[0]):
+            lstm_forward_part(t, p, w, z, addend, contx, pre, acts, c, tanh_c, h, one)
+
+
+@njit(**_KERNEL)
+def lstm_forward_loop_serial(w, z, addend, contx, pre, acts, c, tanh_c, h, one):
+    """lstm_forward_loop on the calling thread alone (one part, or parts off)."""
+    for t in range(acts.shape[0]):
+        for p in range(w.shape[0]):
+            lstm_forward_part(t, p, w, z, addend, contx, pre, acts, c, tanh_c, h, one)
+
+
+@njit(**_KERNEL)
+def lstm_backward_part(t, p, wt, acts, c, tanh_c, contx, dh, dc, drec, rec_used, dgs, dG, one):
+    """Step t of the LSTM backward for part p of the hidden units (see lstm_backward_loop)."""
+    T = acts.shape[0]
+    M = dc.shape[1]
+    N = dgs.shape[3]
+    Hk = M // N
+    G = wt.shape[2]
+    if t + 1 < T:
+        if rec_used[t + 1]:
+            np.dot(wt[p], dgs[t + 1].reshape(G, N), drec[p])
+        else:
+            drec[p][:] = 0
+    af, c_prev, tc, cx, cx_next = acts[t, p], c[t, p], tanh_c[t, p], contx[t, p], contx[t + 1, p]
+    dhh, dr, dcc, dg = dh[t, p], drec[p].reshape(-1), dc[p], dgs[t, p].reshape(-1)
+    for k in range(M):
+        dcc[k], dg[k], dg[M + k], dg[2 * M + k], dg[3 * M + k] = lstm_layer_cell_grad(
+            af[k], af[M + k], af[2 * M + k], af[3 * M + k], cx[k], c_prev[k], tc[k],
+            dhh[k] + cx_next[k] * dr[k], dcc[k], one)
+    for q in range(4):
+        for j in range(Hk):
+            src, dst = dgs[t, p, q * Hk + j], dG[q, p, j, t]
+            for n in range(N):
+                dst[n] = src[n]
+
+
+@njit(parallel=True, **_KERNEL)
+def lstm_backward_loop(wt, acts, c, tanh_c, contx, dh, dc, drec, rec_used, dgs, dG, one):
+    """All T steps of the LSTM backward, in the forward's P parts (one meeting per step).
+
+    Per step t (from T-1 down), part p first takes the gradient reaching its
+    units of h_t from step t+1, ``drec[p] = wt[p] @ dG_{t+1}`` (wt[p] (Hk, 4H):
+    W_h^T's rows of its units, columns in parts order), then its cells.
+
+    acts, c, tanh_c, contx: as the forward (contx[T] = 1); dh (T, P, Hk*N):
+    the top's diff; dc (P, Hk*N): dL/dc_T in, dL/dc_0 out; drec (P, Hk, N):
+    the gradient from h_T in; rec_used (T,): steps with a recurrent term;
+    dgs (T, P, 4Hk, N): the gate-input gradients; dG (4, P, Hk, T, N): the
+    same in the weights' row order [i, f, o, g] x H with step-major columns,
+    i.e. (4H, T*N), for the weight gradients over all steps.
+    """
+    for t in range(acts.shape[0] - 1, -1, -1):
+        for p in prange(wt.shape[0]):
+            lstm_backward_part(t, p, wt, acts, c, tanh_c, contx, dh, dc, drec, rec_used, dgs, dG, one)
+
+
+@njit(**_KERNEL)
+def lstm_backward_loop_serial(wt, acts, c, tanh_c, contx, dh, dc, drec, rec_used, dgs, dG, one):
+    """lstm_backward_loop on the calling thread alone."""
+    for t in range(acts.shape[0] - 1, -1, -1):
+        for p in range(wt.shape[0]):
+            lstm_backward_part(t, p, wt, acts, c, tanh_c, contx, dh, dc, drec, rec_used, dgs, dG, one)
+
+
+@njit(cache=True, nogil=True)
+def rows_matmul_part(a, b, out, p, P):
+    M = a.shape[0]
+    lo, hi = p * M // P, (p + 1) * M // P
+    if hi > lo:
+        np.dot(a[lo:hi], b, out[lo:hi])
+
+
+@njit(cache=True, parallel=True, nogil=True)
+def rows_matmul(a, b, out, P):
+    """out = a @ b, the rows of a in P blocks side by side (BLAS single-threaded in each)."""
+    for p in prange(P):
+        rows_matmul_part(a, b, out, p, P)
 
 
 # ---------------------------------------------------------------------------
@@ -210,6 +311,39 @@ def tanh_grad_rows(y, dy, dx, one):
 
 def _matmul_into(a, b, out):
     np.matmul(a, b, out=out)
+
+
+class PartsSchedule:
+    """Whether an LSTM's parts run side by side (Numba's threads) or one after another, chosen by time.
+
+    Side by side is about twice as fast on an otherwise idle machine; on one whose cores are busy
+    with other jobs, the meeting at every step can wait milliseconds for a descheduled thread, and
+    in order on one thread is then many times faster.  So each layer times its forward loop in the
+    mode it runs, tries the other mode on its 2nd pass and every ``probe_every`` passes after, and
+    keeps the faster.  Both modes make the same calls on the same parts, so the numbers are the
+    same bit for bit whichever runs.
+    """
+
+    probe_every = 50
+
+    def __init__(self):
+        self.calls = 0
+        self.parallel = True
+        self.seconds = {}           # mode -> smoothed time of the forward loop
+
+    def pick(self):
+        self.calls += 1
+        if self.calls == 2 or self.calls % self.probe_every == 0:
+            return not self.parallel
+        return self.parallel
+
+    def record(self, parallel, seconds):
+        if self.calls == 1:          # the first pass may include compilation
+            return
+        old = self.seconds.get(parallel)
+        self.seconds[parallel] = seconds if old is None else 0.5 * (old + seconds)
+        if len(self.seconds) == 2:
+            self.parallel = self.seconds[True] <= self.seconds[False]
 
 
 # ---------------------------------------------------------------------------
@@ -498,18 +632,6 @@ class RecurrentLayer(Layer):
         if propagate_down[2]:
             K.matmul(dGs.T, self.blobs[istat].data, bottom[2].diff.reshape(N, self.Ds))
 
-    @staticmethod
-    def _chunk_starts(T):
-        """Steps at which backward hands the steps done so far to the worker: chunks of
-        about T/5 steps from the end, halving near t = 0 so that little is left after the loop."""
-        size = max(1, T // 5)
-        starts, top = [], T
-        while top > 0:
-            step = size if top > 2 * size else max(1, (top + 1) // 2)
-            top -= step
-            starts.append(top)
-        return starts
-
     def _ones(self, n):
         ones = self._buf("ones%d" % n, n)
         ones[...] = 1
@@ -527,6 +649,7 @@ class LSTMLayer(RecurrentLayer):
     """Caffe's LSTM layer (see the module docstring)."""
 
     num_recur = 2
+    _schedule = None          # PartsSchedule, made at the first forward
 
     def _param_shapes(self):
         G = 4 * self.H
@@ -539,83 +662,151 @@ class LSTMLayer(RecurrentLayer):
     def _param_is_bias(self):
         return [False, True] + [False] * (1 + int(self.static_input))
 
-    def _forward(self, bottom, top, streams):
-        T, N, H = self.T, self.N, self.H
-        G, TN = 4 * H, T * N
-        w_h = self.blobs[-1].data
-        cont = bottom[1].data.reshape(T, N)
-        proj, addend = self._forward_common(bottom, self.blobs[0].data, self.blobs[1].data,
-                                            self.blobs[2].data if self.static_input else None, G, streams)
-        acts = self._buf("acts", T, G, N)
-        c = self._buf("c", T + 1, H, N)          # c[0] = c_0, c[t+1] = c_t
-        tanh_c = self._buf("tanh_c", T, H, N)
-        h = self._buf("h", T, H, N)
-        hc = self._buf("hc", H, TN + N)          # block t: cont_t * h_{t-1} (block T: unused)
-        contx = self._buf("contx", T + 1, H, N)  # cont_t broadcast per cell; contx[T] = 1
-        rec = self._buf("rec", G, N)
-        one = self.dtype.type(1)
-        self._rec_used = np.zeros(T, np.bool_)
+    # The CPU passes run the recurrence in P parts side by side on Numba's threads (the kernels above),
+    # not on the two streams of layers/overlap.py: each step's product is split between the cores.
+    def forward_cpu(self, bottom, top):
+        with blas_threads.numba_single_threaded():
+            self._forward(bottom, top)
 
+    def backward_cpu(self, top, propagate_down, bottom):
+        self._check_propagate_down(propagate_down)
+        self._backward(top, propagate_down, bottom)
+
+    def _parts(self):
+        """How many parts the hidden units are split into: one per Numba thread (at least 32 units
+        each), or DLTRAIN_LSTM_PARTS (1: all on the calling thread, steadier on a machine whose cores
+        are busy with other jobs, where a meeting per step can wait for a descheduled thread)."""
+        wanted = os.environ.get("DLTRAIN_LSTM_PARTS")
+        if wanted is None:
+            most, least_units = numba.get_num_threads(), 32
+        else:
+            try:
+                most, least_units = max(1, int(wanted)), 1
+            except ValueError:
+                raise ConfigError(f"layer '{self.name}' (LSTM): DLTRAIN_LSTM_PARTS must be a whole number, "
+                                  f"got '{wanted}'") from None
+        return max(p for p in range(1, most + 1) if self.H % p == 0 and self.H // p >= min(least_units, self.H))
+
+    def _forward(self, bottom, top):
+        T, N, H, D = self.T, self.N, self.H, self.D
+        TN, KD = T * N, D + H
+        P = self._parts()
+        Hk = H // P
+        dt = self.dtype
+        self._P = P
+        cont = bottom[1].data.reshape(T, N)
+        # [W_x | W_h] in parts order, (P, 4, Hk, KD): packed once per pass
+        w = self._buf("w_parts", P, 4, Hk, KD)
+        w[..., :D] = self.blobs[0].data.reshape(4, P, Hk, D).transpose(1, 0, 2, 3)
+        w[..., D:] = self.blobs[-1].data.reshape(4, P, Hk, H).transpose(1, 0, 2, 3)
+        bias = self.blobs[1].data
+        addend = self._buf("addend", P, 4, Hk, N)
+        if self.static_input:
+            static = np.matmul(self.blobs[2].data, bottom[2].data.reshape(N, self.Ds).T) + bias[:, None]
+            addend[...] = static.reshape(4, P, Hk, N).transpose(1, 0, 2, 3)
+        else:
+            addend[...] = bias.reshape(4, P, Hk).transpose(1, 0, 2)[..., None]
+        z = self._buf("z", T + 1, KD, N)          # z[t] = [x_t^T; cont_t h_{t-1}]
+        z[:T, :D] = bottom[0].data.reshape(T, N, D).transpose(0, 2, 1)
+        z[T, :D] = 0
+        contx = self._buf("contx", T + 1, H, N)  # cont_t broadcast per cell; contx[T] = 1
         contx[:T] = cont[:, None, :]
         contx[T] = 1
+        z[0, D:] = self._initial_state(bottom, 0).T * contx[0]
+        c = self._buf("c", T + 1, H, N)          # c[0] = c_0, c[t+1] = c_t
         c[0] = self._initial_state(bottom, 1).T
-        self._start_recurrence(bottom, hc)
-        addend_flat = addend.reshape(-1)
-        for t in range(T):
-            self._recurrent_product(hc, w_h, cont[t], rec, t)
-            np.add(rec, proj[:, t * N:(t + 1) * N], out=rec)
-            lstm_forward_step(rec.reshape(-1), addend_flat, contx[t].reshape(-1), c[t].reshape(-1),
-                              acts[t].reshape(-1), c[t + 1].reshape(-1), tanh_c[t].reshape(-1), h[t].reshape(-1),
-                              one)
-            if t + 1 < T:
-                np.multiply(h[t], contx[t + 1], out=hc[:, (t + 1) * N:(t + 2) * N])
+        acts = self._buf("acts", T, P, 4 * Hk * N)
+        tanh_c = self._buf("tanh_c", T, H, N)
+        h = self._buf("h", T, H, N)
+        pre = self._buf("pre", P, 4 * Hk, N)
+        self._rec_used = cont.any(axis=1)
+        if self._schedule is None:
+            self._schedule = PartsSchedule()
+        self._parallel = parallel = P > 1 and self._schedule.pick()
+        start = time.perf_counter()
+        (lstm_forward_loop if parallel else lstm_forward_loop_serial)(
+            w.reshape(P, 4 * Hk, KD), z, addend.reshape(P, 4 * Hk, N), contx.reshape(T + 1, P, -1), pre, acts,
+            c.reshape(T + 1, P, -1), tanh_c.reshape(T, P, -1), h.reshape(T, P, -1), dt.type(1))
+        if P > 1:
+            self._schedule.record(parallel, time.perf_counter() - start)
         np.copyto(top[0].data.reshape(T, N, H), h.transpose(0, 2, 1))
         self._store_final_state(top, 0, h[T - 1])
         self._store_final_state(top, 1, c[T])
 
-    def _backward(self, top, propagate_down, bottom, streams):
-        T, N, H = self.T, self.N, self.H
-        G, TN = 4 * H, T * N
+    def _backward(self, top, propagate_down, bottom):
+        T, N, H, D = self.T, self.N, self.H, self.D
+        G, TN, KD = 4 * H, T * N, D + H
+        P = self._P
+        Hk = H // P
         nst = int(self.static_input)
-        w_h = self.blobs[-1].data
-        acts = self._buf("acts", T, G, N)
-        c = self._buf("c", T + 1, H, N)
-        tanh_c = self._buf("tanh_c", T, H, N)
-        hc = self._buf("hc", H, TN + N)
+        w = self._buf("w_parts", P, 4 * Hk, KD)
+        z = self._buf("z", T + 1, KD, N)
         contx = self._buf("contx", T + 1, H, N)
-        dG = self._buf("proj", G, TN)            # the input projection's buffer, free after forward
-        dgs = self._buf("dgs", G, N)             # one step's gate gradients, contiguous
-        dc = self._buf("dc", H, N)
-        drec = self._buf("drec", H, N)
+        c = self._buf("c", T + 1, H, N)
+        acts = self._buf("acts", T, P, 4 * Hk * N)
+        tanh_c = self._buf("tanh_c", T, H, N)
+        wt = self._buf("wt_parts", P, Hk, G)     # W_h^T, rows per part, columns in parts order
+        wt[...] = w[:, :, D:].reshape(G, P, Hk).transpose(1, 2, 0)
         dh = self._buf("dh_top", T, H, N)
         np.copyto(dh, top[0].diff.reshape(T, N, H).transpose(0, 2, 1))
-        one = self.dtype.type(1)
-
+        dc = self._buf("dc", H, N)
+        drec = self._buf("drec", H, N)
         self._backward_start(top, drec)
         if self.expose_hidden:
             dc[...] = top[2].diff.reshape(N, H).T
         else:
             dc[...] = 0
-        dc_flat, drec_flat, dgs_flat = dc.reshape(-1), drec.reshape(-1), dgs.reshape(-1)
-        plan = self._grad_plan(bottom, propagate_down, dG, hc, 0, 1, 2 + nst)
-        # with a worker: hand over chunks of finished steps; alone: all steps at the end
-        starts, end = (self._chunk_starts(T) if streams.worker is not None else [0]), T
-        for t in range(T - 1, -1, -1):
-            lstm_backward_step(acts[t].reshape(-1), c[t].reshape(-1), tanh_c[t].reshape(-1), contx[t].reshape(-1),
-                               dh[t].reshape(-1), drec_flat, contx[t + 1].reshape(-1), dc_flat, dgs_flat, one)
-            np.copyto(dG[:, t * N:(t + 1) * N], dgs)
-            if t == starts[0]:                   # steps [t, end) are done: their weight gradients, meanwhile
-                streams.run(self._grads_of_steps, plan, t, end)
-                starts.pop(0)
-                end = t
-            if t > 0:
-                self._recurrent_grad(dgs, w_h, drec, t)
+        dgs = self._buf("dgs", T, P, 4 * Hk, N)
+        dG = self._buf("dG", G, TN)
+        with blas_threads.numba_single_threaded():
+            (lstm_backward_loop if self._parallel else lstm_backward_loop_serial)(
+                wt, acts, c.reshape(T + 1, P, -1), tanh_c.reshape(T, P, -1), contx.reshape(T + 1, P, -1),
+                dh.reshape(T, P, -1), dc.reshape(P, -1), drec.reshape(P, Hk, N), self._rec_used, dgs,
+                dG.reshape(4, P, Hk, T, N), self.dtype.type(1))
+            self._weight_grads(dG, z)
+        w_h = self.blobs[-1].data
         self._h0_grad(bottom, propagate_down, dG, w_h)
         first = self._first_state_bottom()
         if self.expose_hidden and propagate_down[first + 1]:
             bottom[first + 1].diff.reshape(N, H)[...] = dc.T
         self._static_grads(bottom, propagate_down, dG, 2 if nst else -1)
-        streams.wait()
+        if propagate_down[0]:          # dx^T = W_x^T dG, on Numba's threads too (see _matmul_rows)
+            w_xt = self._buf("w_xt", D, G)
+            w_xt[...] = self.blobs[0].data.T
+            dxt = self._buf("dxt", D, TN)
+            with blas_threads.numba_single_threaded():
+                self._matmul_rows(w_xt, dG, dxt)
+            bottom[0].diff.reshape(TN, D)[...] = dxt.T
+
+    def _matmul_rows(self, a, b, out):
+        """out = a @ b through Numba's BLAS (single-threaded inside), the rows of a split between Numba's
+        threads when the parts run side by side.  (Not NumPy's BLAS: its pool's threads spin for a while
+        after each call and would compete with Numba's at the next step.)"""
+        if self._parallel:
+            rows_matmul(a, b, out, self._P)
+        else:                          # the same blocks in order: the same numbers
+            for p in range(self._P):
+                rows_matmul_part(a, b, out, p, self._P)
+
+    def _weight_grads(self, dG, z):
+        """dW_x, db and dW_h of all steps as ONE product, dG (4H, T*N) @ [x | cont h_prev | 1] (T*N, D+H+1)."""
+        T, N, H, D = self.T, self.N, self.H, self.D
+        ix, ib, ih = 0, 1, len(self.blobs) - 1
+        ppd = self.param_propagate_down
+        if not (ppd[ix] or ppd[ib] or ppd[ih]):
+            return
+        KD = D + H
+        zt = self._buf("zt", T, N, KD + 1)
+        zt[..., :KD] = z[:T].transpose(0, 2, 1)
+        zt[..., KD] = 1
+        dw = self._buf("dw_all", 4 * H, KD + 1)
+        self._matmul_rows(dG, zt.reshape(T * N, KD + 1), dw)
+        if ppd[ix]:
+            self.blobs[ix].diff += dw[:, :D]
+        if ppd[ih]:
+            self.blobs[ih].diff += dw[:, D:KD]
+        if ppd[ib]:
+            self.blobs[ib].diff += dw[:, KD]
 
 
 @register_layer("RNN")

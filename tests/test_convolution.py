@@ -76,6 +76,8 @@ CASES = [
     ("num_output: 6 kernel_size: 3 kernel_size: 1 stride: 1 stride: 2 pad: 0 pad: 1 group: 2 dilation: 2",
      (2, 4, 7, 5), (1, 2), (0, 1), (2, 1), 2),
     ("num_output: 4 kernel_size: 1", (2, 3, 4, 3), (1, 1), (0, 0), (1, 1), 1),
+    ("num_output: 6 kernel_size: 1 group: 2", (3, 4, 5, 3), (1, 1), (0, 0), (1, 1), 2),
+    ("num_output: 4 kernel_size: 1 stride: 2", (2, 3, 5, 4), (2, 2), (0, 0), (1, 1), 1),
     ("num_output: 2 kernel_size: 3 stride: 3 pad: 2", (1, 2, 5, 5), (3, 3), (2, 2), (1, 1), 1),
 ]
 
@@ -176,6 +178,7 @@ GRAD_CASES = [
     ("num_output: 2 kernel_size: 2 dilation: 2", (2, 3, 6, 5)),
     ("num_output: 2 kernel_h: 3 kernel_w: 2 stride_h: 2 stride_w: 1 pad_h: 0 pad_w: 1", (2, 3, 6, 5)),
     ("num_output: 2 kernel_size: 1 bias_term: false", (2, 3, 4, 3)),
+    ("num_output: 4 kernel_size: 1 group: 2", (2, 4, 3, 3)),
 ]
 
 
@@ -210,7 +213,8 @@ def test_chunked_batch_equals_whole_batch(monkeypatch, layout):
     import dltrain.layers.convolution as conv
     shape = (5, 3, 6, 5)
     results = []
-    for limit, chunk in ((conv.COL_BUFFER_LIMIT, 5), (27 * 9 * 2, 2)):   # 27*9 column elements per image
+    # 27*9 column elements per image; room for 4 images gives equal chunks of 3 + 2, not 4 + 1
+    for limit, chunk in ((conv.COL_BUFFER_LIMIT, 5), (27 * 9 * 2, 2), (27 * 9 * 4, 3)):
         monkeypatch.setattr(conv, "COL_BUFFER_LIMIT", limit)
         layer = conv_layer("num_output: 4 kernel_size: 3 pad: 1 stride: 2")
         layer.blobs = [Blob(4, 3, 3, 3, dtype=np.float64), Blob(4, dtype=np.float64)]
@@ -224,8 +228,9 @@ def test_chunked_batch_equals_whole_batch(monkeypatch, layout):
         layer.backward(top, [True], bottom)
         results.append((top[0].data.copy(), bottom[0].diff.copy(), layer.blobs[0].diff.copy(),
                         layer.blobs[1].diff.copy()))
-    for a, b in zip(*results):
-        np.testing.assert_allclose(a, b, atol=1e-12)
+    for other in results[1:]:
+        for a, b in zip(results[0], other):
+            np.testing.assert_allclose(a, b, atol=1e-12)
 
 
 def test_backward_accumulates_params_and_respects_propagate_down(layout):

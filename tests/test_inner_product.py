@@ -98,6 +98,58 @@ def test_backward_accumulates_params_and_respects_propagate_down():
     np.testing.assert_allclose(bottom[0].diff, np.ones((4, 3)) @ layer.blobs[0].data)
 
 
+@pytest.mark.parametrize("rows", [3, 64, 65])
+@pytest.mark.parametrize("bias", ["true", "false"])
+def test_forward_small_and_large_batches(rows, bias):
+    # up to SMALL_BATCH rows the product is computed transposed (y^T = W x^T), above it directly
+    layer = ip_layer(f"num_output: 7 bias_term: {bias}")
+    bottom, top = make_blobs([(rows, 2, 3)], np.float64), [Blob(dtype=np.float64)]
+    layer.initialize(bottom, top)
+    layer.forward(bottom, top)
+    expected = bottom[0].data.reshape(rows, 6) @ layer.blobs[0].data.T
+    if bias == "true":
+        expected += layer.blobs[1].data
+    np.testing.assert_allclose(top[0].data, expected, atol=1e-12)
+
+
+@pytest.mark.parametrize("cblas", [True, False])
+@pytest.mark.parametrize("transpose", ["false", "true"])
+def test_weight_gradient_accumulates(monkeypatch, transpose, cblas):
+    # Added once on top of what the diff held, by NumPy's BLAS with beta = 1 or, without it
+    # (DLTRAIN_NO_CBLAS), through a work array.
+    if cblas:
+        from dltrain.layers import kernels
+        assert kernels._numpy_cblas().get(np.dtype(np.float64)) is not None, "NumPy's BLAS has no cblas_dgemm"
+        monkeypatch.delenv("DLTRAIN_NO_CBLAS", raising=False)
+    else:
+        monkeypatch.setenv("DLTRAIN_NO_CBLAS", "1")
+    layer = ip_layer(f"num_output: 10 transpose: {transpose}")
+    bottom, top = make_blobs([(4, 5)], np.float64), [Blob(dtype=np.float64)]
+    layer.initialize(bottom, top)
+    layer.forward(bottom, top)
+    dy = np.random.default_rng(2).normal(size=(4, 10))
+    top[0].diff[...] = dy
+    start = np.random.default_rng(3).normal(size=layer.blobs[0].shape)
+    layer.blobs[0].diff[...] = start
+    layer.backward(top, [True], bottom)
+    grad = dy.T @ bottom[0].data
+    np.testing.assert_allclose(layer.blobs[0].diff, start + (grad.T if transpose == "true" else grad), atol=1e-12)
+
+
+def test_accumulating_product_on_views():
+    # out += a @ b for transposed and sliced operands, float32 and float64, against NumPy.
+    from dltrain.layers import kernels
+    rng = np.random.default_rng(0)
+    for dtype in (np.float32, np.float64):
+        big = rng.normal(size=(9, 12)).astype(dtype)
+        for a, b in [(big[:4, :5], big[2:7, 3:9]), (big[:5, :4].T, big[1:6, :6]), (big[:4, :5], big[2:8, 1:6].T),
+                     (big[:6, :3].T, big[:6, 4:11])]:
+            out = rng.normal(size=(a.shape[0], b.shape[1])).astype(dtype)
+            expected = out + a @ b
+            kernels.matmul(a, b, out, accumulate=True)
+            np.testing.assert_allclose(out, expected, rtol=1e-5 if dtype == np.float32 else 1e-12)
+
+
 def test_errors():
     with pytest.raises(ConfigError, match="num_output") as err:
         ip_layer("num_output: 0").initialize(make_blobs([(2, 3)], np.float64), [Blob(dtype=np.float64)])

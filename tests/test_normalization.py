@@ -588,6 +588,25 @@ def test_lrn_backward_independent_of_top_data():
         np.testing.assert_array_equal(bottom[0].diff, expect)
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_lrn_power_075_error_bound(dtype):
+    # beta = 0.75 takes 1 / (sqrt(s) sqrt(sqrt(s))) instead of pow: within LRN_POWER_075_ULPS units
+    # in the last place of s ** -0.75 (computed in long double), over scales from k = 1 up and
+    # tiny to huge; other betas keep pow.
+    from dltrain.layers.normalization import LRN_POWER_075_ULPS, lrn_powers
+    rng = np.random.default_rng(5)
+    scale = np.concatenate([1 + rng.random(20000) * 10, 10.0 ** rng.uniform(-30, 30, 20000)]).astype(dtype)
+    exact = scale.astype(np.longdouble) ** np.longdouble(-0.75)
+    out = np.empty_like(scale)
+    lrn_powers(scale, 0, scale.size, dtype(-0.75), out)
+    ulps = np.abs(out - exact) / np.spacing(exact.astype(dtype))
+    assert ulps.max() <= LRN_POWER_075_ULPS
+    assert ulps.max() > 0.5          # not pow's correctly rounded values: the other route ran
+    lrn_powers(scale, 0, scale.size, dtype(-0.6), out)
+    exact = scale.astype(np.longdouble) ** np.longdouble(dtype(-0.6))
+    assert (np.abs(out - exact) / np.spacing(exact.astype(dtype))).max() <= 1      # pow
+
+
 def test_lrn_errors():
     with pytest.raises(ConfigError, match="odd"):
         setup_run(layer_of('type: "LRN" lrn_param { local_size: 4 }'), [gaussian((1, 3, 2, 2))])

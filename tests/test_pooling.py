@@ -211,6 +211,32 @@ def test_2x2_max_matches_reference(stride, pad, size):
                                   top[0].data.reshape(6, -1)[mask >= 0])
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_unrolled_3x3_max_equals_plain_loop(dtype):
+    # 3x3 windows take an unrolled kernel: same values AND argmaxes as the plain window loop, bit for
+    # bit, with ties (the first in row-major order wins), -inf, NaN, padding and ceil-rounded borders.
+    from dltrain.layers.pooling import PoolGeometry, max_pool_forward, max_pool_forward_3x3, pooled_size
+    rng = np.random.default_rng(11)
+    for _ in range(30):
+        sh, sw = rng.integers(1, 5, 2)
+        ph, pw = rng.integers(0, 3, 2)
+        H, W = rng.integers(3, 10, 2)
+        PH = pooled_size(H, 3, ph, sh, True, bool(ph or pw))
+        PW = pooled_size(W, 3, pw, sw, True, bool(ph or pw))
+        x = rng.integers(-3, 4, size=(3, H, W)).astype(dtype)     # small integers: many ties
+        x[rng.random(x.shape) < 0.1] = -np.inf
+        x[rng.random(x.shape) < 0.1] = np.nan
+        x[2] = -np.inf                                               # a plane with no finite value
+        g = PoolGeometry(3, int(H), int(W), PH, PW, 3, 3, int(ph), int(pw), int(sh), int(sw))
+        outs = []
+        for kernel in (max_pool_forward, max_pool_forward_3x3):
+            top, mask = np.zeros(3 * PH * PW, dtype), np.zeros(3 * PH * PW, np.int32)
+            kernel(x.reshape(-1), g, top, mask)
+            outs.append((top, mask))
+        np.testing.assert_array_equal(outs[1][0], outs[0][0], err_msg=str(g))
+        np.testing.assert_array_equal(outs[1][1], outs[0][1], err_msg=str(g))
+
+
 @pytest.mark.parametrize("params,message", [
     ("pool: MAX kernel_size: 2 pad: 2", "smaller than the kernel"),
     ("pool: MAX global_pooling: true kernel_size: 2", "cannot be specified"),

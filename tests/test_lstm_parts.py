@@ -1,0 +1,100 @@
+"""The LSTM's CPU passes in parts (layers/recurrent.py): split across threads or run in order, same numbers.
+
+The hidden units are split into P parts whose steps run side by side on
+Numba's threads, or one after another (PartsSchedule picks by time).  These
+tests check that every split and both schedules give the same top and
+gradients, bit for bit between the schedules, and that the schedule picks
+the faster mode.
+"""
+import numpy as np
+import pytest
+
+from dlcore.blob import Blob
+from dltrain.layers.recurrent import PartsSchedule
+
+from test_recurrent import blob, make_layer
+
+T, N, D, H = 4, 3, 5, 8
+CONT = np.array([[0, 0, 0], [1, 1, 0], [1, 0, 1], [1, 1, 1]], dtype=float)
+
+
+def run(dtype, parts, parallel, monkeypatch, static=False, expose=False):
+    """Forward + backward of one LSTM with fixed weights and data; returns the top, the bottoms' and params' diffs."""
+    monkeypatch.setenv("DLTRAIN_LSTM_PARTS", str(parts))
+    rng = np.random.default_rng(7)
+    layer = make_layer("LSTM", dtype, num_output=H, expose_hidden=expose, low=-0.6, high=0.6)
+    bottom = [blob(rng.uniform(-1, 1, (T, N, D)), dtype), blob(CONT, dtype)]
+    if static:
+        bottom.append(blob(rng.uniform(-1, 1, (N, 2)), dtype))
+    if expose:
+        bottom += [blob(rng.uniform(-1, 1, (1, N, H)), dtype) for _ in range(2)]
+    top = [Blob(1, dtype=dtype) for _ in range(3 if expose else 1)]
+    layer.setup(bottom, top)
+    layer.reshape(bottom, top)
+    for b in layer.blobs:                       # the same weights in every run
+        b.data[...] = rng.uniform(-0.6, 0.6, b.shape)
+    schedule = PartsSchedule()
+    schedule.pick = lambda: parallel             # this test's mode, every pass
+    layer._schedule = schedule
+    layer.forward(bottom, top)
+    assert layer._P == parts and layer._parallel == (parallel and parts > 1)
+    for t in top:
+        t.diff[...] = rng.uniform(-1, 1, t.shape)
+    for b in layer.blobs:
+        b.diff[...] = 0
+    down = [True, False] + [True] * (len(bottom) - 2)
+    layer.backward(top, down, bottom)
+    return ([t.data.copy() for t in top], [b.diff.copy() for b in layer.blobs],
+            [b.diff.copy() for k, b in enumerate(bottom) if down[k]])
+
+
+@pytest.mark.parametrize("static,expose", [(False, False), (True, True)])
+def test_parts_and_schedules_agree(monkeypatch, static, expose):
+    ref = run(np.float64, 1, False, monkeypatch, static, expose)
+    for parts in (2, 4):
+        serial = run(np.float64, parts, False, monkeypatch, static, expose)
+        parallel = run(np.float64, parts, True, monkeypatch, static, expose)
+        for a, b, c in zip(ref, serial, parallel):
+            for x, y, z in zip(a, b, c):
+                np.testing.assert_array_equal(y, z)          # the schedule never changes a bit
+                np.testing.assert_allclose(y, x, rtol=1e-12, atol=1e-13)   # the split only the sums' order
+
+
+def test_float32_parts_agree(monkeypatch):
+    ref = run(np.float32, 1, False, monkeypatch)
+    got = run(np.float32, 2, True, monkeypatch)
+    for a, b in zip(ref, got):
+        for x, y in zip(a, b):
+            np.testing.assert_allclose(y, x, rtol=1e-5, atol=1e-6)
+
+
+def test_default_parts_keep_32_units(monkeypatch):
+    monkeypatch.delenv("DLTRAIN_LSTM_PARTS", raising=False)
+    layer = make_layer("LSTM", np.float32, num_output=8)
+    layer.setup([blob(np.zeros((2, 1, 3))), blob(np.zeros((2, 1)))], [Blob(1)])
+    assert layer._parts() == 1                          # 8 units: too few to split
+    monkeypatch.setenv("DLTRAIN_LSTM_PARTS", "3")
+    assert layer._parts() == 2                          # the most parts <= 3 that divide 8
+    monkeypatch.setenv("DLTRAIN_LSTM_PARTS", "two")
+    with pytest.raises(Exception, match="DLTRAIN_LSTM_PARTS"):
+        layer._parts()
+
+
+def test_schedule_keeps_the_faster_mode():
+    schedule = PartsSchedule()
+    schedule.probe_every = 4
+    seconds = {True: 5.0, False: 1.0}                   # in order is faster (a busy machine)
+    modes = []
+    for _ in range(12):
+        mode = schedule.pick()
+        modes.append(mode)
+        schedule.record(mode, seconds[mode])
+    # 1st pass side by side (untimed: compilation), 2nd the other mode, 3rd side by side timed;
+    # then the faster (in order), with every 4th pass probing side by side again
+    assert modes == [True, False, True, True, False, False, False, True, False, False, False, True]
+    assert schedule.parallel is False
+    seconds = {True: 1.0, False: 5.0}                   # the machine became idle: back to side by side
+    for _ in range(8):
+        mode = schedule.pick()
+        schedule.record(mode, seconds[mode])
+    assert schedule.parallel is True
