@@ -26,22 +26,26 @@ def numpy_blas_files():
     return [lib.filepath for lib in blas.lib_controllers] if blas else []
 
 
+def _controller_of(package):
+    """threadpoolctl's controller of the BLAS libraries under ``package``'s folder (else of every BLAS
+    loaded), or False if there is none it can control."""
+    from threadpoolctl import ThreadpoolController
+    blas = ThreadpoolController().select(user_api="blas")
+    home = os.path.dirname(os.path.dirname(os.path.realpath(package.__file__)))
+    own = [lib.filepath for lib in blas.lib_controllers
+           if os.path.realpath(lib.filepath).startswith(os.path.join(home, package.__name__))]
+    blas = blas.select(filepath=own) if own else blas
+    return blas if blas.lib_controllers else False
+
+
 def _blas():
-    """threadpoolctl's controller of NumPy's BLAS (the one np.matmul calls: the libraries under NumPy's
-    folder, else every BLAS loaded), looked for once; False if there is none it can control."""
+    """The controller of NumPy's BLAS (the one np.matmul calls), looked for once."""
     global _controller
     if _controller is None:
         with _lock:
             if _controller is None:
                 import numpy
-                from threadpoolctl import ThreadpoolController
-                blas = ThreadpoolController().select(user_api="blas")
-                home = os.path.dirname(os.path.dirname(os.path.realpath(numpy.__file__)))
-                own = [lib for lib in blas.lib_controllers
-                       if os.path.realpath(lib.filepath).startswith(os.path.join(home, "numpy"))]
-                if own:
-                    blas = blas.select(filepath=[lib.filepath for lib in own])
-                _controller = blas if blas.lib_controllers else False
+                _controller = _controller_of(numpy)
     return _controller
 
 
@@ -71,21 +75,15 @@ def single_threaded():
 
 
 def _numba_blas():
-    """threadpoolctl's controller of the BLAS that Numba's np.dot calls (SciPy's own, loaded by
-    scipy.linalg.cython_blas), looked for once; False if there is none it can control."""
+    """The controller of the BLAS that Numba's np.dot calls (SciPy's own, loaded by
+    scipy.linalg.cython_blas), looked for once."""
     global _numba_controller
     if _numba_controller is None:
         with _lock:
             if _numba_controller is None:
                 import scipy
                 import scipy.linalg.cython_blas  # noqa: F401  (loads the library Numba binds to)
-                from threadpoolctl import ThreadpoolController
-                blas = ThreadpoolController().select(user_api="blas")
-                home = os.path.dirname(os.path.dirname(os.path.realpath(scipy.__file__)))
-                own = [lib.filepath for lib in blas.lib_controllers
-                       if os.path.realpath(lib.filepath).startswith(os.path.join(home, "scipy"))]
-                blas = blas.select(filepath=own) if own else blas
-                _numba_controller = blas if blas.lib_controllers else False
+                _numba_controller = _controller_of(scipy)
     return _numba_controller
 
 
