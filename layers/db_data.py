@@ -603,7 +603,6 @@ def write_lmdb(path, records, map_size=1 << 20, commit_every=1000):
     return count
 
 
-
 # --- LevelDB ---------------------------------------------------------------
 
 def _plyvel():

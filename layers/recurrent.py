@@ -356,9 +356,8 @@ class RecurrentLayer(Layer):
     Subclasses set ``num_recur`` (recurrent state blobs: 1 for RNN, 2 for
     LSTM; the most bottoms and tops follow from it) and implement
     ``_param_shapes``, ``_param_is_bias``, and the CPU passes
-    ``_forward(bottom, top, streams)`` and ``_backward(top, propagate_down,
-    bottom, streams)`` (``streams``: the two streams of work,
-    layers/overlap.py).
+    ``forward_cpu`` and ``backward_cpu`` (the latter starting with
+    ``_check_propagate_down``).
     """
 
     min_bottom_blobs = 2
@@ -484,16 +483,6 @@ class RecurrentLayer(Layer):
         if self._rec_used is None:
             self._fail("backward called before forward")
 
-    # --- the CPU passes, with the two streams of work -------------------------
-    def forward_cpu(self, bottom, top):
-        with Streams(self._work_size()) as streams:
-            self._forward(bottom, top, streams)
-
-    def backward_cpu(self, top, propagate_down, bottom):
-        self._check_propagate_down(propagate_down)
-        with Streams(self._work_size()) as streams:
-            self._backward(top, propagate_down, bottom, streams)
-
     # --- shared pieces -----------------------------------------------------
     def _buf(self, name, *shape):
         return self.work.get(name, shape, self.dtype)
@@ -579,44 +568,30 @@ class RecurrentLayer(Layer):
             d *= cont0
             bottom[first].diff.reshape(N, self.H)[...] = d.T
 
-    def _grad_plan(self, bottom, propagate_down, dG, hc, ix, ib, ih):
-        """What the weight, bias and input gradients of a range of steps need.
+    def _weight_and_input_grads(self, bottom, propagate_down, dG, hc, ix, ib, ih):
+        """Add all steps' dW_x, db, dW_h (blobs ix, ib, ih) to the parameter diffs; write dx.
 
         dG (G, T*N): gradients w.r.t. the pre-activations; hc (H, (T+1)*N):
         the recurrent products' inputs cont_t * h_{t-1} (block T unused).
-        Buffers are taken here, on the calling thread.
         """
-        TN = self.T * self.N
+        TN, N = self.T * self.N, self.N
         G = dG.shape[0]
         ppd = self.param_propagate_down
-        return dict(
-            dG=dG, hc=hc, X=bottom[0].data.reshape(TN, self.D), rec_used=self._rec_used, N=self.N,
-            dw_x=self.blobs[ix].diff if ppd[ix] else None, w_x=self.blobs[ix].data,
-            db=self.blobs[ib].diff if ppd[ib] else None,
-            dw_h=self.blobs[ih].diff if ppd[ih] else None,
-            dx=bottom[0].diff.reshape(TN, self.D) if propagate_down[0] else None,
-            ones=self._ones(TN),
-            work_x=self._buf("dwx", G, self.D), work_h=self._buf("dwh", G, self.H), work_b=self._buf("db", G))
-
-    @staticmethod
-    def _grads_of_steps(plan, a, b):
-        """Add steps [a, b)'s share of dW_x, db, dW_h to the parameter diffs; write their dx rows."""
-        N = plan["N"]
-        cols = slice(a * N, b * N)
-        dG = plan["dG"][:, cols]
-        if plan["dw_x"] is not None:
-            K.matmul(dG, plan["X"][cols], plan["dw_x"], accumulate=True, work=plan["work_x"])
-        if plan["db"] is not None:
-            np.add(plan["db"], np.matmul(dG, plan["ones"][cols], out=plan["work_b"]), out=plan["db"])
-        if plan["dw_h"] is not None:
+        X = bottom[0].data.reshape(TN, self.D)
+        if ppd[ix]:
+            K.matmul(dG, X, self.blobs[ix].diff, accumulate=True, work=self._buf("dwx", G, self.D))
+        if ppd[ib]:
+            db = self.blobs[ib].diff
+            np.add(db, np.matmul(dG, self._ones(TN), out=self._buf("db", G)), out=db)
+        if ppd[ih]:
             # steps before the first one with recurrence have hc == 0: leave them out
-            used = np.flatnonzero(plan["rec_used"][a:b])
+            used = np.flatnonzero(self._rec_used)
             if used.size:
-                u = (a + int(used[0])) * N
-                K.matmul(plan["dG"][:, u:b * N], plan["hc"][:, u:b * N].T, plan["dw_h"], accumulate=True,
-                       work=plan["work_h"])
-        if plan["dx"] is not None:
-            K.matmul(dG.T, plan["w_x"], plan["dx"][cols])
+                u = int(used[0]) * N
+                K.matmul(dG[:, u:TN], hc[:, u:TN].T, self.blobs[ih].diff, accumulate=True,
+                         work=self._buf("dwh", G, self.H))
+        if propagate_down[0]:
+            K.matmul(dG.T, self.blobs[ix].data, bottom[0].diff.reshape(TN, self.D))
 
     def _static_grads(self, bottom, propagate_down, dG, istat):
         """Gradients of W_static and x_static: the static term enters every step."""
@@ -689,7 +664,7 @@ class LSTMLayer(RecurrentLayer):
 
     def _forward(self, bottom, top):
         T, N, H, D = self.T, self.N, self.H, self.D
-        TN, KD = T * N, D + H
+        KD = D + H
         P = self._parts()
         Hk = H // P
         dt = self.dtype
@@ -826,6 +801,16 @@ class RNNLayer(RecurrentLayer):
     def _param_is_bias(self):
         return [False, True] + [False] * int(self.static_input) + [False, False, True]
 
+    # the CPU passes, with the two streams of work (layers/overlap.py)
+    def forward_cpu(self, bottom, top):
+        with Streams(self._work_size()) as streams:
+            self._forward(bottom, top, streams)
+
+    def backward_cpu(self, top, propagate_down, bottom):
+        self._check_propagate_down(propagate_down)
+        with Streams(self._work_size()) as streams:
+            self._backward(top, propagate_down, bottom, streams)
+
     def _forward(self, bottom, top, streams):
         T, N, H = self.T, self.N, self.H
         TN = T * N
@@ -884,5 +869,5 @@ class RNNLayer(RecurrentLayer):
                 self._recurrent_grad(dz[:, t * N:(t + 1) * N], w_hh, drec, t)
                 cont_next = cont[t]
         self._h0_grad(bottom, propagate_down, dz, w_hh)
-        self._grads_of_steps(self._grad_plan(bottom, propagate_down, dz, hc, 0, 1, i_hh), 0, T)
+        self._weight_and_input_grads(bottom, propagate_down, dz, hc, 0, 1, i_hh)
         self._static_grads(bottom, propagate_down, dz, 2 if nst else -1)
