@@ -13,7 +13,7 @@ import sys
 import threading
 
 from dlcore import DLTrainError
-from dlcore.plugins import PluginError
+from dlcore.plugins import PluginError, env_allows
 
 from . import convert, draw, export, gradcheck, plot, plugins_cmd, predict, time_cmd, tools, train, upgrade
 
@@ -187,7 +187,7 @@ def _refuse_numba_config_file():
     user says so; Numba is not imported yet, so nothing was read."""
     if not os.path.lexists(NUMBA_CONFIG_FILE):
         return
-    if os.environ.get(ALLOW_NUMBA_CONFIG_ENV, "").strip().lower() in ("1", "true", "yes", "on"):
+    if env_allows(ALLOW_NUMBA_CONFIG_ENV):
         return
     raise DLTrainError(f"{NUMBA_CONFIG_FILE} in the current folder would be read by Numba, and it can make "
                        f"Numba load code from any file; set the NUMBA_* environment variables you need "
@@ -218,6 +218,8 @@ class _LogTee:
         import getpass
         import socket
         import time
+
+        from dlcore.log import FILE_HEADER
         try:
             os.makedirs(log_dir, exist_ok=True)
             stamp = time.strftime("%Y%m%d-%H%M%S")
@@ -237,7 +239,7 @@ class _LogTee:
             os.symlink(name, link)
         except OSError:
             pass
-        handle.write(f"Log file created at: {time.strftime('%Y/%m/%d %H:%M:%S')}\n"
+        handle.write(f"{FILE_HEADER}{time.strftime('%Y/%m/%d %H:%M:%S')}\n"
                      f"Running on machine: {socket.gethostname()}\n"
                      f"Command line: dltrain {' '.join(sys.argv[1:]) or command or ''}\n")
         tee = cls(sys.stderr, handle)

@@ -13,6 +13,11 @@ Caffe 1.0 adds ``(x iter/s, ys/100 iters)`` to the loss line)::
     I0712 12:10:39.000000  4242 solver.cpp:330] Iteration 500, Testing net (#0)
     I0712 12:10:39.100000  4242 solver.cpp:397]     Test net output #0: accuracy = 0.98
 
+The line's prefix and the file's first line are :mod:`dlcore.log`'s
+(``LINE``, ``FILE_HEADER``), which writes them; the JSONL records are those
+``solvers/training_log.py``'s ``JsonLog`` writes (that module is not imported
+here: it would load the whole training stack for a plot).
+
 Seconds are counted, as parse_log.py counts them, from the time stamp of
 the ``Solving NET`` line.  glog's stamps carry no year: it comes from the
 ``Log file created at: YYYY/MM/DD`` header glog writes (else from the
@@ -26,10 +31,10 @@ import os
 import re
 from datetime import datetime
 
+from dlcore import log as glog
 from dlcore.errors import ConfigError
 
-GLOG_PREFIX = re.compile(r"^[IWEF](\d\d)(\d\d) (\d\d):(\d\d):(\d\d)\.(\d+)\s+\d+\s+[^\]\s]+\] ?(.*)$")
-LOG_CREATED = re.compile(r"^Log file created at: (\d{4})/")
+LOG_CREATED = re.compile("^" + re.escape(glog.FILE_HEADER) + r"(\d{4})/")
 # parse_log.py's row key: the last "Iteration N" seen anywhere on a line.
 ITERATION = re.compile(r"Iteration (\d+)")
 TRAIN_LOSS = re.compile(r"^Iteration (\d+)(?: \([^)]*\))?, loss = (\S+)")
@@ -118,7 +123,7 @@ def _stamped(lines, year):
     out = []
     last_month = None
     for line in lines:
-        match = GLOG_PREFIX.match(line)
+        match = glog.LINE.match(line)
         if not match:
             out.append((None, line))
             continue

@@ -4,9 +4,17 @@
 severity, month and day, time with microseconds, thread id, source, message.
 """
 import os
+import re
 import sys
 import threading
 from datetime import datetime
+
+
+# One line as _prefix writes it (and Caffe's glog): groups month, day, hour, minute, second, fraction, message.
+# cli/training_logs.py reads logs with it.
+LINE = re.compile(r"^[IWEF](\d\d)(\d\d) (\d\d):(\d\d):(\d\d)\.(\d+)\s+\d+\s+[^\]\s]+\] ?(.*)$")
+# The first line of a glog log file (cli/main.py's log_dir files start with it too): it names the year.
+FILE_HEADER = "Log file created at: "
 
 
 def _prefix(severity, depth):

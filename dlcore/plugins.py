@@ -49,8 +49,8 @@ from . import log
 from .errors import ConfigError, DLTrainError, Interrupted
 
 __all__ = ["ENTRY_POINT_GROUP", "CONFIG_FILE", "ALLOW_PROJECT_PLUGINS_ENV", "PluginError", "ProjectConfig",
-           "load_project_config", "project_plugins_allowed", "load_plugins", "load_entry_point_plugins",
-           "loaded_plugins", "import_module_from", "is_plugin_class", "layer_failure"]
+           "load_project_config", "env_allows", "project_plugins_allowed", "load_plugins",
+           "load_entry_point_plugins", "loaded_plugins", "import_module_from", "is_plugin_class", "layer_failure"]
 
 ENTRY_POINT_GROUP = "dltrain.layers"
 CONFIG_FILE = "dltrain.yaml"
@@ -339,10 +339,15 @@ def _key_line(text, key):
     return None
 
 
+def env_allows(name):
+    """Is the opt-in environment variable ``name`` set (1, true, yes or on)?"""
+    return os.environ.get(name, "").strip().lower() in ("1", "true", "yes", "on")
+
+
 def project_plugins_allowed():
     """Has the user allowed a dltrain.yaml found automatically to import its
     plugins (``DLTRAIN_ALLOW_PROJECT_PLUGINS=1``)?"""
-    return os.environ.get(ALLOW_PROJECT_PLUGINS_ENV, "").strip().lower() in ("1", "true", "yes", "on")
+    return env_allows(ALLOW_PROJECT_PLUGINS_ENV)
 
 
 # --- the one entry point of the CLI ------------------------------------------------------------

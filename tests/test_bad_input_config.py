@@ -42,6 +42,15 @@ def assert_one_clean_error(code, err, *words):
     return errors[0]
 
 
+def one_line_config_error(function, *args):
+    """The message of the ConfigError ``function(*args)`` raises, checked to be one line."""
+    with pytest.raises(ConfigError) as info:
+        function(*args)
+    message = str(info.value)
+    assert "\n" not in message
+    return message
+
+
 def merge_bomb(levels=9, width=10):
     """A YAML net whose merge keys nest: layer i merges ``width`` copies of layer i-1."""
     lines = ["name: bomb", "layer:", "  - &l0 {name: relu, type: ReLU, bottom: [x], top: [x]}"]
@@ -103,10 +112,7 @@ def test_expanded_values_are_bounded_too():
     ("force_backward: true\n\x00", "n.yaml:2:1: YAML syntax error: unacceptable character #x0000"),
 ])
 def test_yaml_depth_cycles_and_bad_characters(text, message):
-    with pytest.raises(ConfigError) as info:
-        config.parse_yaml(text, caffe_pb2.NetParameter, "n.yaml")
-    assert str(info.value).startswith(message)
-    assert "\n" not in str(info.value)
+    assert one_line_config_error(config.parse_yaml, text, caffe_pb2.NetParameter, "n.yaml").startswith(message)
 
 
 def test_yaml_integer_with_thousands_of_digits():
@@ -134,10 +140,7 @@ def test_load_yaml_data_is_bounded_like_safe_load():
 def test_deeply_nested_prototxt_is_one_line(tmp_path, text, message):
     path = tmp_path / "deep.prototxt"
     path.write_text(text)
-    with pytest.raises(ConfigError) as info:
-        config.load_net(path)
-    assert str(info.value).startswith(f"{tmp_path}/{message}")
-    assert "\n" not in str(info.value)
+    assert one_line_config_error(config.load_net, path).startswith(f"{tmp_path}/{message}")
 
 
 def _varint(n):
@@ -154,10 +157,7 @@ def test_deeply_nested_binary_is_one_line(tmp_path, depth):
     data = _varint(999 << 3 | 3) * depth + _varint(999 << 3 | 4) * depth
     path = tmp_path / "deep.caffemodel"
     path.write_bytes(data)
-    with pytest.raises(ConfigError) as info:
-        config.load_net(path)
-    assert str(info.value).startswith(f"{path}: cannot decode binary NetParameter: ")
-    assert "\n" not in str(info.value)
+    assert one_line_config_error(config.load_net, path).startswith(f"{path}: cannot decode binary NetParameter: ")
 
 
 def test_files_larger_than_the_limits_are_refused_before_reading(tmp_path):
