@@ -131,10 +131,11 @@ def export_onnx(model, out=None, weights=None, opset=DEFAULT_OPSET, batch=None, 
     seconds = time.perf_counter() - started
     data = model_proto.SerializeToString()
     differences, top_differences, check_seconds = None, None, 0.0
+    have_onnxruntime = onnxruntime_available()
     if check is None:
-        check = onnxruntime_available()
+        check = have_onnxruntime
     if check:
-        if not onnxruntime_available():
+        if not have_onnxruntime:
             raise DLTrainError("--check needs onnxruntime: pip install 'dltrain[onnx]' (or export with --no-check)")
         t0 = time.perf_counter()
         batches = None
@@ -216,17 +217,10 @@ def _varying_axes(net, base, axes, shapes):
 
 
 def _write(path, data):
-    import os
-    tmp = f"{path}.tmp{os.getpid()}"
+    from dlcore.config import write_atomic
     try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
+        write_atomic(path, data)
     except OSError as err:
-        try:
-            os.remove(tmp)
-        except OSError:
-            pass
         raise DLTrainError(f"cannot write '{path}': {err.strerror or err}") from None
 
 
@@ -267,7 +261,7 @@ def build_model(net, shapes, varying, opset, options, blob_values=None):
             raise ExportError(f"layer '{layer.name}' ({kind}) cannot be exported to ONNX: {reason}")
         bottoms = bottoms_of[i]
         ctx = LayerContext(builder, layer, [value_of[b] for b in bottoms], [shapes[b] for b in bottoms],
-                           [_top_shape(net, layer, i, j, shapes) for j in range(len(tops_of[i]))],
+                           [shapes.get(t, ()) for t in tops_of[i]],
                            [no_varying(b) for b in bottoms],
                            [no_varying(t) for t in tops_of[i]], tops_of[i], options)
         produced = list(exporter(ctx))
@@ -293,11 +287,6 @@ def build_model(net, shapes, varying, opset, options, blob_values=None):
     model.doc_string = f"Caffe net '{net.name}' exported by dltrain" if net.name else "exported by dltrain"
     checker.check_model(model)
     return model
-
-
-def _top_shape(net, layer, i, j, shapes):
-    name = net._top_name_vecs[i][j]
-    return shapes.get(name, ())
 
 
 def _name_value(builder, top, value, is_final_output, ctx):

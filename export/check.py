@@ -213,11 +213,13 @@ def check_export(net, model_bytes, seed=0, tolerance=DEFAULT_TOLERANCE, restarts
     differs.  ``batches``: [(input shapes dict)] to try (default: the net's current shapes).
     ``model``: the onnx.ModelProto of ``model_bytes`` if at hand (saves parsing it)."""
     session = onnx_session(model_bytes)
+    graph_inputs = {i.name for i in session.get_inputs()}
     tops = compared_tops(net, blob_values)
-    probe = names = None
+    probe = names = asked = None
     if tops:
         probe_bytes, names = with_extra_outputs(model_bytes, [value for _, _, value in tops], model)
         probe = onnx_session(probe_bytes)
+        asked = list(dict.fromkeys(names.values()))
     worst, worst_top = {}, {}
     for k, shapes in enumerate(batches or [None]):
         if shapes:
@@ -226,13 +228,11 @@ def check_export(net, model_bytes, seed=0, tolerance=DEFAULT_TOLERANCE, restarts
             net.reshape()
         inputs = random_inputs(net, seed + k, restarts)
         want, want_tops = dltrain_forward_tops(net, inputs, [(i, top) for i, top, _ in tops])
-        feed = {name: value for name, value in inputs.items()
-                if name in {i.name for i in session.get_inputs()}}
+        feed = {name: value for name, value in inputs.items() if name in graph_inputs}
         got = dict(zip(want, session.run(list(want), feed)))
         for name in want:
             worst[name] = max(worst.get(name, 0.0), relative_difference(got[name], want[name]))
         if probe is not None:
-            asked = list(dict.fromkeys(names.values()))
             got_values = dict(zip(asked, probe.run(asked, feed)))
             for i, top, value in tops:
                 d = relative_difference(got_values[names[value]], want_tops[i, top])

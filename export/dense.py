@@ -1,5 +1,6 @@
 """InnerProduct and Embed as ONNX (layers/inner_product.py, embed.py)."""
-from .graph import prod
+from math import prod
+
 from .registry import builtin_exporter
 
 

@@ -150,10 +150,3 @@ class LayerContext:
 
     def squeeze(self, value, axes):
         return self.node("Squeeze", [value, self.ints(axes, "axes")])
-
-
-def prod(values):
-    out = 1
-    for v in values:
-        out *= int(v)
-    return out

@@ -38,46 +38,43 @@ def batch_norm(ctx):
     return [ctx.node("Div", [centered, std])]
 
 
-def _operand_view(ctx, blob_or_value, operand_shape, axis, from_bottom):
+def _operand_view(ctx, blob_or_value, operand_shape, axis, from_bottom, what="operand"):
     """Scale's/Bias's operand shaped to broadcast over bottom 0's axes [axis, axis + its axes)."""
     rank = len(ctx.bottom_shapes[0])
     trailing = rank - axis - len(operand_shape)
     shape = tuple(operand_shape) + (1,) * trailing
     if not from_bottom:
-        return ctx.const(np.asarray(blob_or_value.data, np.float32).reshape(shape), "operand")
+        return ctx.const(np.asarray(blob_or_value.data, np.float32).reshape(shape), what)
     if shape == tuple(operand_shape):
         return blob_or_value
     varying = tuple(ctx.bottom_varying[1]) + (False,) * trailing
     return ctx.reshape(blob_or_value, shape, varying, "operand")
 
 
-def _broadcast(ctx, op, param_axis, blob_index):
+def _broadcast(ctx, op, param_axis):
     L = ctx.layer
     from_bottom = len(ctx.bottoms) > 1
     operand_shape = ctx.bottom_shapes[1] if from_bottom else tuple(L.blobs[0].shape)
     axis = 0 if len(operand_shape) == 0 else (param_axis % len(ctx.bottom_shapes[0]) if param_axis < 0
                                                else param_axis)
-    source = ctx.bottoms[1] if from_bottom else L.blobs[blob_index]
+    source = ctx.bottoms[1] if from_bottom else L.blobs[0]
     operand = _operand_view(ctx, source, operand_shape, axis, from_bottom)
-    return ctx.node(op, [ctx.bottoms[0], operand]), axis, operand_shape
+    return ctx.node(op, [ctx.bottoms[0], operand]), axis
 
 
 @builtin_exporter("Scale")
 def scale(ctx):
     L = ctx.layer
-    y, axis, operand_shape = _broadcast(ctx, "Mul", L.layer_param.scale_param.axis, 0)
+    y, axis = _broadcast(ctx, "Mul", L.layer_param.scale_param.axis)
     if L.bias_layer is not None:
         bias_blob = L.bias_layer.blobs[0]
-        trailing = len(ctx.bottom_shapes[0]) - axis - len(bias_blob.shape)
-        bias = ctx.const(np.asarray(bias_blob.data, np.float32).reshape(tuple(bias_blob.shape) + (1,) * trailing),
-                         "bias")
-        y = ctx.node("Add", [y, bias])
+        y = ctx.node("Add", [y, _operand_view(ctx, bias_blob, bias_blob.shape, axis, False, "bias")])
     return [y]
 
 
 @builtin_exporter("Bias")
 def bias(ctx):
-    y, _, _ = _broadcast(ctx, "Add", ctx.layer.layer_param.bias_param.axis, 0)
+    y, _ = _broadcast(ctx, "Add", ctx.layer.layer_param.bias_param.axis)
     return [y]
 
 

@@ -16,9 +16,10 @@ Both start from a zero state, or from the exposed ``h_0``/``c_0`` bottoms: a fre
 carries the last state over to the next forward call of the same net object; a stateless ONNX model
 does not, which makes no difference whenever ``cont`` is 0 at the first step.)
 """
+from math import prod
+
 import numpy as np
 
-from .graph import prod
 from .registry import builtin_exporter
 
 # Caffe's gate blocks [i, f, o, g] in ONNX's order [i, o, f, c]

@@ -7,13 +7,13 @@ pads, and AVE's divisor (the window clipped to the PADDED image) comes from an e
 a plain AveragePool over the padded tensor (every window then divides by kh*kw) and, where Caffe's
 divisor differs, a constant correction map.
 """
+from math import prod
+
 import numpy as np
 
-from .graph import prod
-from .registry import builtin_exporter
+from dltrain.layers.pooling import MAX, NEG_FLT_MAX, ave_divisor, ave_window
 
-# Caffe's -FLT_MAX: what MAX pooling pads with when ONNX's own pads cannot express the window
-NEG_FLT_MAX = -3.4028234663852886e38
+from .registry import builtin_exporter
 
 
 # --- Convolution / Deconvolution --------------------------------------------------------------
@@ -66,6 +66,11 @@ def _end_pad(size, pooled, kernel, pad, stride):
     return (pooled - 1) * stride + kernel - size - pad
 
 
+def _onnx_pooled(size, kernel, pad, end, stride):
+    """ONNX's (floor) pooled size per axis of the image padded by ``pad`` before and ``end`` after."""
+    return [(size[a] + pad[a] + end[a] - kernel[a]) // stride[a] + 1 for a in (0, 1)]
+
+
 def _crop_pooled(ctx, value, pooled, got):
     """Cut the extra windows ONNX made (floor over a longer padded axis) down to Caffe's count."""
     for axis in (2, 3):
@@ -84,9 +89,10 @@ def _pad(ctx, value, begin, end, fill):
 def max_pool(ctx, x, size, kernel, pad, stride, pooled, want_indices=False):
     """Caffe's MAX pooling of the (N, C, H, W) value ``x``: (top, indices or None)."""
     end = [_end_pad(size[a], pooled[a], kernel[a], pad[a], stride[a]) for a in (0, 1)]
-    if all(e < k for e, k in zip(end, kernel)):
-        end = [max(e, 0) for e in end]
-        got = [(size[a] + pad[a] + end[a] - kernel[a]) // stride[a] + 1 for a in (0, 1)]
+    fits = all(e < k for e, k in zip(end, kernel))
+    end = [max(e, 0) for e in end]
+    got = _onnx_pooled(size, kernel, pad, end, stride)
+    if fits:
         outputs = 2 if want_indices else 1
         out = ctx.node("MaxPool", [x], outputs, kernel_shape=list(kernel), strides=list(stride),
                        pads=[pad[0], pad[1], end[0], end[1]])
@@ -99,31 +105,27 @@ def max_pool(ctx, x, size, kernel, pad, stride, pooled, want_indices=False):
     # with Caffe's empty-window value explicitly
     if want_indices:
         raise ctx.fail("the argmax top of a MAX pooling whose last window starts beyond the image")
-    end = [max(e, 0) for e in end]
     padded = _pad(ctx, x, pad, end, NEG_FLT_MAX)
-    got = [(size[a] + pad[a] + end[a] - kernel[a]) // stride[a] + 1 for a in (0, 1)]
     y = ctx.node("MaxPool", [padded], kernel_shape=list(kernel), strides=list(stride))
     return _crop_pooled(ctx, y, pooled, got), None
 
 
 def ave_divisors(size, pooled, kernel, pad, stride):
-    """Caffe's AVE divisor along one axis per output: the window clipped to the padded image."""
-    out = []
-    for o in range(pooled):
-        start = o * stride - pad
-        out.append(min(start + kernel, size + pad) - start)
-    return np.asarray(out, np.float64)
+    """Caffe's AVE divisor of every output, (PH, PW): the window clipped to the padded image (dltrain's
+    own window rules, layers/pooling.py)."""
+    rows = [ave_window(o, stride[0], pad[0], kernel[0], size[0]) for o in range(pooled[0])]
+    cols = [ave_window(o, stride[1], pad[1], kernel[1], size[1]) for o in range(pooled[1])]
+    return np.array([[ave_divisor(hs, he, ws, we) for ws, we in cols] for hs, he in rows], np.float64)
 
 
 def ave_pool(ctx, x, size, kernel, pad, stride, pooled):
     """Caffe's AVE pooling of the (N, C, H, W) value ``x`` (sum of the in-image cells / Caffe's divisor)."""
     end = [max(_end_pad(size[a], pooled[a], kernel[a], pad[a], stride[a]), 0) for a in (0, 1)]
     padded = _pad(ctx, x, pad, end, 0.0)
-    got = [(size[a] + pad[a] + end[a] - kernel[a]) // stride[a] + 1 for a in (0, 1)]
+    got = _onnx_pooled(size, kernel, pad, end, stride)
     y = ctx.node("AveragePool", [padded], kernel_shape=list(kernel), strides=list(stride))
     y = _crop_pooled(ctx, y, pooled, got)
-    divisor = np.outer(ave_divisors(size[0], pooled[0], kernel[0], pad[0], stride[0]),
-                       ave_divisors(size[1], pooled[1], kernel[1], pad[1], stride[1]))
+    divisor = ave_divisors(size, pooled, kernel, pad, stride)
     full = kernel[0] * kernel[1]
     if np.any(divisor != full):
         correction = (full / divisor).reshape(1, 1, pooled[0], pooled[1])
@@ -133,7 +135,6 @@ def ave_pool(ctx, x, size, kernel, pad, stride, pooled):
 
 @builtin_exporter("Pooling")
 def pooling(ctx):
-    from dltrain.layers.pooling import MAX
     L = ctx.layer
     size = (L.height, L.width)
     pooled = (L.pooled_h, L.pooled_w)
@@ -157,7 +158,6 @@ def pooling(ctx):
 def spp(ctx):
     """Each pyramid level pooled as Pooling does; one level keeps its 4-D shape, several are flattened
     per image and concatenated (as Caffe's SPP)."""
-    from dltrain.layers.pooling import MAX
     L = ctx.layer
     shape = ctx.bottom_shapes[0]
     varying = ctx.bottom_varying[0][0]

@@ -398,13 +398,13 @@ def test_python_layer_refused(tmp_path, monkeypatch):
         export_text(text, check=False)
 
 
-def test_plugin_layer_with_its_own_exporter():
-    """A plugin registers its layer with dltrain and its exporter with dltrain.export."""
+def register_plugin_layer(kind, fn):
+    """Register plugin layer type ``kind``: one bottom, one top of its shape holding ``fn(bottom data)``."""
     import dlcore
     from dlcore import Layer
 
-    @dlcore.register_layer("TestExportCube")
-    class Cube(Layer):
+    @dlcore.register_layer(kind)
+    class Plugin(Layer):
         exact_num_bottom_blobs = 1
         exact_num_top_blobs = 1
 
@@ -412,8 +412,12 @@ def test_plugin_layer_with_its_own_exporter():
             top[0].reshape_like(bottom[0])
 
         def forward_cpu(self, bottom, top):
-            top[0].data[...] = bottom[0].data ** 3
+            top[0].data[...] = fn(bottom[0].data)
 
+
+def test_plugin_layer_with_its_own_exporter():
+    """A plugin registers its layer with dltrain and its exporter with dltrain.export."""
+    register_plugin_layer("TestExportCube", lambda x: x ** 3)
     text = input_layer((2, 3)) + 'layer { name: "cube" type: "TestExportCube" bottom: "data" top: "y" }'
     with pytest.raises(ExportError, match=r"layer 'cube' \(TestExportCube\).*register_exporter"):
         export_text(text)
@@ -431,20 +435,7 @@ def test_plugin_layer_with_its_own_exporter():
 def test_check_compares_a_top_that_passes_an_input_through():
     """A plugin exporter may return its bottom's value as its top: a graph input is then checked too (the
     check-only copy exposes it through an Identity)."""
-    import dlcore
-    from dlcore import Layer
-
-    @dlcore.register_layer("TestExportPassThrough")
-    class PassThrough(Layer):
-        exact_num_bottom_blobs = 1
-        exact_num_top_blobs = 1
-
-        def reshape(self, bottom, top):
-            top[0].reshape_like(bottom[0])
-
-        def forward_cpu(self, bottom, top):
-            top[0].data[...] = bottom[0].data
-
+    register_plugin_layer("TestExportPassThrough", lambda x: x)
     register_exporter("TestExportPassThrough", lambda ctx: [ctx.bottoms[0]])
     text = input_layer((2, 3)) + 'layer { name: "pass" type: "TestExportPassThrough" bottom: "data" top: "y" }\n' + \
         'layer { name: "twice" type: "Power" bottom: "y" top: "z" power_param { scale: 2 } }'
