@@ -559,7 +559,7 @@ class Net:
 
     def _top_ids(self, layer_index):
         names = self._blob_names
-        return [names.index(name) for name in self._top_name_vecs[layer_index] if name in self.blobs]
+        return [names.index(name) for name in self._top_name_vecs[layer_index]]
 
     @property
     def _blob_loss_weights(self):

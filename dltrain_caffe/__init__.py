@@ -41,7 +41,6 @@ from .net_spec import NetSpec, layers, params, to_proto
 __version__ = "1.0.0"           # the pycaffe API level this face follows
 dltrain = True                  # scripts can tell this face from a real Caffe: getattr(caffe, "dltrain", False)
 
-_device_id = 0
 _solver_count = 1
 _solver_rank = 0
 _multiprocess = False
@@ -54,17 +53,16 @@ def set_mode_cpu():
 def set_mode_gpu():
     """Run nets built from now on on the GPU (set_device picks which).  Where no GPU can be used: one
     warning line, and the CPU (``dlcore.set_mode_gpu`` is the strict form, an error instead)."""
-    usable, notice = _gpu_or_cpu_notice(_device_id, "caffe.set_mode_gpu() was called", "running")
+    device_id = _dlcore.get_device()
+    usable, notice = _gpu_or_cpu_notice(device_id, "caffe.set_mode_gpu() was called", "running")
     if not usable:
         _dlcore.log.warning(notice)
         _dlcore.set_mode_cpu()
         return
-    _dlcore.set_mode_gpu(_device_id)
+    _dlcore.set_mode_gpu(device_id)
 
 
 def set_device(device_id):
-    global _device_id
-    _device_id = int(device_id)
     _dlcore.set_device(device_id)
 
 
