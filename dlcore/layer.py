@@ -57,6 +57,7 @@ class Layer:
     min_top_blobs = None
     max_top_blobs = None
     equal_num_bottom_top_blobs = False
+    allows_in_place = True           # False: a top that is also a bottom is refused, naming the layer
     auto_top_blobs = False           # the net adds anonymous tops up to the minimum
     is_loss = False                  # the first top's loss_weight defaults to 1
     params = None                    # a plugin's parameter schema: {name: dlcore.Param}
@@ -258,6 +259,8 @@ class Layer:
         if self.equal_num_bottom_top_blobs and len(bottom) != len(top):
             raise ConfigError(f"layer '{self.name}' ({self.type}) needs as many tops as bottoms, "
                               f"got {len(bottom)} bottoms and {len(top)} tops")
+        if not self.allows_in_place and any(t is b for t in top for b in bottom):
+            raise ConfigError(f"layer '{self.name}' ({self.type}) does not allow in-place computation")
 
     def __repr__(self):
         return f"<{type(self).__name__} '{self.name}'>"

@@ -62,9 +62,9 @@ class AccuracyLayer(Layer):
     max_top_blobs = 2
     cuda_module = ".accuracy_cuda"
 
+    allows_in_place = False
+
     def setup(self, bottom, top):
-        if any(t is b for t in top for b in bottom):
-            raise ConfigError(f"layer '{self.name}' (Accuracy) does not allow in-place computation")
         param = self.layer_param.accuracy_param
         self.top_k = int(param.top_k)
         self.has_ignore_label = param.HasField("ignore_label")

@@ -285,9 +285,7 @@ class AbsValLayer(ActivationLayer):
     forward_map = Map(absval, ("x",), ("y",))
     backward_map = Map(absval_grad, ("x", "dy"), ("dx",))
 
-    def setup(self, bottom, top):
-        if top[0] is bottom[0]:
-            raise ConfigError(f"layer '{self.name}' (AbsVal) does not allow in-place computation")
+    allows_in_place = False
 
 
 # --- Power --------------------------------------------------------------------

@@ -130,9 +130,9 @@ class WeightedConvolution(Layer):
     equal_num_bottom_top_blobs = True
     transposed = False
 
+    allows_in_place = False    # im2col reads the input while the top is written
+
     def setup(self, bottom, top):
-        if any(t is b for t in top for b in bottom):    # im2col reads the input while the top is written
-            raise ConfigError(f"layer '{self.name}' ({self.type}) does not allow in-place computation")
         cp = self.layer_param.convolution_param
         self.channel_axis, self.kernel, self.stride, self.pad, self.dilation = read_geometry(self, bottom)
         self.channels = bottom[0].shape[self.channel_axis]

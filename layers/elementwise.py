@@ -220,9 +220,9 @@ class TileLayer(Layer):
         if self.tiles <= 0:
             raise ConfigError(f"layer '{self.name}' (Tile): number of tiles must be positive, got {self.tiles}")
 
+    allows_in_place = False
+
     def reshape(self, bottom, top):
-        if top[0] is bottom[0]:
-            raise ConfigError(f"layer '{self.name}' (Tile) does not allow in-place computation")
         self.axis = canonical_axis(self, bottom[0], self.layer_param.tile_param.axis)
         shape = list(bottom[0].shape)
         shape[self.axis] *= self.tiles
@@ -297,9 +297,9 @@ class ReductionLayer(Layer):
         if self.op not in (REDUCE_SUM, REDUCE_ASUM, REDUCE_SUMSQ, REDUCE_MEAN):
             raise ConfigError(f"layer '{self.name}' (Reduction): unknown reduction op {self.op}")
 
+    allows_in_place = False
+
     def reshape(self, bottom, top):
-        if top[0] is bottom[0]:
-            raise ConfigError(f"layer '{self.name}' (Reduction) does not allow in-place computation")
         param = self.layer_param.reduction_param
         self.axis = canonical_axis(self, bottom[0], param.axis)
         top[0].reshape(bottom[0].shape[:self.axis])
@@ -395,9 +395,9 @@ class ArgMaxLayer(Layer):
             raise ConfigError(f"{name}: top_k ({self.top_k}) must be less than or equal to the dimension of the "
                               f"flattened bottom blob per instance ({bottom[0].count_range(1)})")
 
+    allows_in_place = False
+
     def reshape(self, bottom, top):
-        if top[0] is bottom[0]:
-            raise ConfigError(f"layer '{self.name}' (ArgMax) does not allow in-place computation")
         if self.has_axis:
             shape = list(bottom[0].shape)
             shape[self.axis] = self.top_k

@@ -80,9 +80,9 @@ class EmbedLayer(Layer):
     exact_num_top_blobs = 1
     cuda_module = ".embed_cuda"
 
+    allows_in_place = False    # the top (one row per index) would overwrite the indices it reads
+
     def setup(self, bottom, top):
-        if top[0] is bottom[0]:       # the top (one row per index) would overwrite the indices it reads
-            raise ConfigError(f"layer '{self.name}' (Embed) does not allow in-place computation")
         p = self.layer_param.embed_param
         self.num_output = int(p.num_output)
         self.input_dim = int(p.input_dim)

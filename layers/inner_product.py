@@ -27,9 +27,9 @@ class InnerProductLayer(Layer):
     exact_num_top_blobs = 1
     cuda_module = ".inner_product_cuda"
 
+    allows_in_place = False    # the top's new shape would resize the input under the product
+
     def setup(self, bottom, top):
-        if top[0] is bottom[0]:       # the top's new shape would resize the input under the product
-            raise ConfigError(f"layer '{self.name}' (InnerProduct) does not allow in-place computation")
         ip = self.layer_param.inner_product_param
         self.num_output = int(ip.num_output)
         if self.num_output <= 0:

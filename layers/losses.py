@@ -176,12 +176,7 @@ class LossLayer(Layer):
     valid_count = -1                 # the last forward's count of non-ignored labels (-1: unknown)
     refused_bottoms = ()             # (index, what): bottoms a gradient may not be asked for, nor forced (labels)
 
-    def check_blob_counts(self, bottom, top):
-        """Caffe's checks of the blob counts, and one of the wiring: the scalar loss (or the
-        probabilities) written over an input would resize it under the loss."""
-        super().check_blob_counts(bottom, top)
-        if any(t is b for t in top for b in bottom):
-            raise ConfigError(f"layer '{self.name}' ({self.type}) does not allow in-place computation")
+    allows_in_place = False          # the scalar loss (or the probabilities) would resize an input under it
 
     def read_loss_param(self, default=VALID):
         """ignore_label and the normalization mode from ``loss_param``."""

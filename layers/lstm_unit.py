@@ -62,6 +62,7 @@ class LSTMUnitLayer(Layer):
 
     exact_num_bottom_blobs = 3
     exact_num_top_blobs = 2
+    allows_in_place = False
     cuda_module = ".lstm_unit_cuda"
 
     def reshape(self, bottom, top):
@@ -82,8 +83,6 @@ class LSTMUnitLayer(Layer):
             raise ConfigError(f"{name}: bottom 1 (x) must have 4 * H = {4 * self.hidden} gate inputs per "
                               f"instance, got {bottom[1].shape_string()}")
         for t in top:
-            if any(t is b for b in bottom):
-                raise ConfigError(f"{name} does not allow in-place computation")
             t.reshape_like(bottom[0])
 
     def allow_force_backward(self, bottom_index):

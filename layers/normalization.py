@@ -715,6 +715,8 @@ class LRNLayer(_OneToOneLayer):
     (k unused, zero padding), computed by Caffe's chain of layers.
     """
 
+    allows_in_place = False
+
     def setup(self, bottom, top):
         name = f"layer '{self.name}' (LRN)"
         p = self.layer_param.lrn_param
@@ -726,8 +728,6 @@ class LRNLayer(_OneToOneLayer):
         if p.norm_region not in (ACROSS_CHANNELS, WITHIN_CHANNEL):
             raise ConfigError(f"{name}: unknown norm_region {p.norm_region}")
         self.across = p.norm_region == ACROSS_CHANNELS
-        if top[0] is bottom[0]:
-            raise ConfigError(f"{name} does not allow in-place computation")
         self.scale = Blob(dtype=self.dtype)       # ACROSS: the scale; WITHIN: the squares (diff: their gradient)
         self.pool = Blob(dtype=self.dtype)        # WITHIN: pooled squares (diff: their gradient)
         self.power = Blob(dtype=self.dtype)       # WITHIN: (1 + alpha pooled)^-beta (diff: its gradient)

@@ -316,11 +316,11 @@ class PoolingLayer(Layer):
     max_top_blobs = 2     # the second (MAX only) is the argmax mask
     cuda_module = ".pooling_cuda"
 
+    allows_in_place = False    # the smaller top would resize the input under the windows
+
     def setup(self, bottom, top):
         pp = self.layer_param.pooling_param
         name = f"layer '{self.name}' (Pooling)"
-        if any(t is bottom[0] for t in top):   # the smaller top would resize the input under the windows
-            raise ConfigError(f"{name} does not allow in-place computation")
         self.method = check_method(self, pp.pool)
         if len(top) > 1 and self.method != MAX:
             raise ConfigError(f"{name}: only MAX pooling has a second (mask) top")

@@ -363,6 +363,7 @@ class RecurrentLayer(Layer):
     min_bottom_blobs = 2
     min_top_blobs = 1
     num_recur = 1
+    allows_in_place = False          # every time step reads x while h is written
     cuda_module = ".recurrent_cuda"
 
     def __init_subclass__(cls, **kwargs):
@@ -375,8 +376,6 @@ class RecurrentLayer(Layer):
         raise ConfigError(f"layer '{self.name}' ({self.type}): {message}")
 
     def setup(self, bottom, top):
-        if any(t is b for t in top for b in bottom):    # every time step reads x while h is written
-            raise ConfigError(f"layer '{self.name}' ({self.type}) does not allow in-place computation")
         rp = self.layer_param.recurrent_param
         self.H = int(rp.num_output)
         if self.H <= 0:

@@ -35,11 +35,8 @@ class ViewLayer(Layer):
 
     exact_num_bottom_blobs = 1
     exact_num_top_blobs = 1
+    allows_in_place = False
     cuda_module = CUDA_MODULE
-
-    def _check_not_in_place(self, bottom, top):
-        if top[0] is bottom[0]:
-            raise ConfigError(f"layer '{self.name}' ({self.type}) does not allow in-place computation")
 
     def _set_top_shape(self, bottom, top, shape):
         top[0].reshape(shape)
@@ -64,7 +61,6 @@ class FlattenLayer(ViewLayer):
     """Merge axes [axis, end_axis] (default 1..-1) into one."""
 
     def reshape(self, bottom, top):
-        self._check_not_in_place(bottom, top)
         param = self.layer_param.flatten_param
         start = canonical_axis(self, bottom[0], param.axis)
         end = canonical_axis(self, bottom[0], param.end_axis)
@@ -83,7 +79,6 @@ class ReshapeLayer(ViewLayer):
     """
 
     def setup(self, bottom, top):
-        self._check_not_in_place(bottom, top)
         dims = [int(d) for d in self.layer_param.reshape_param.shape.dim]
         self.copy_axes = []
         self.inferred_axis = -1
@@ -104,7 +99,6 @@ class ReshapeLayer(ViewLayer):
         self.new_dims = dims
 
     def reshape(self, bottom, top):
-        self._check_not_in_place(bottom, top)
         param = self.layer_param.reshape_param
         shape = bottom[0].shape
         n = len(shape)

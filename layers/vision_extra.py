@@ -51,6 +51,7 @@ class Im2colLayer(Layer):
 
     exact_num_bottom_blobs = 1
     exact_num_top_blobs = 1
+    allows_in_place = False
     cuda_module = ".vision_extra_cuda"
 
     def setup(self, bottom, top):
@@ -62,8 +63,6 @@ class Im2colLayer(Layer):
         if len(shape) != ax + 3:
             raise ConfigError(f"layer '{self.name}' (Im2col): bottom num_axes may not change "
                               f"(now {bottom[0].shape_string()})")
-        if top[0] is bottom[0]:
-            raise ConfigError(f"layer '{self.name}' (Im2col) does not allow in-place computation")
         self.num = bottom[0].count_range(0, ax)
         self.channels, self.height, self.width = shape[ax], shape[ax + 1], shape[ax + 2]
         set_output_geometry(self)
@@ -122,6 +121,7 @@ class SPPLayer(Layer):
 
     exact_num_bottom_blobs = 1
     exact_num_top_blobs = 1
+    allows_in_place = False
     cuda_module = ".vision_extra_cuda"
 
     def setup(self, bottom, top):
@@ -139,8 +139,6 @@ class SPPLayer(Layer):
         if bottom[0].num_axes != 4:
             raise ConfigError(f"{name}: input must have 4 axes, corresponding to (num, channels, height, width); "
                               f"got {bottom[0].shape_string()}")
-        if top[0] is bottom[0]:
-            raise ConfigError(f"{name} does not allow in-place computation")
         num, channels, height, width = bottom[0].shape
         if height <= 0 or width <= 0:
             raise ConfigError(f"{name}: input dimensions cannot be zero ({bottom[0].shape_string()})")
@@ -191,9 +189,6 @@ class DeconvolutionLayer(WeightedConvolution):
     def reshape(self, bottom, top):
         name = f"layer '{self.name}' (Deconvolution)"
         self.num, self.in_h, self.in_w = self.check_bottoms(bottom)
-        for b, t in zip(bottom, top):
-            if t is b:
-                raise ConfigError(f"{name} does not allow in-place computation")
         ax = self.channel_axis
         kh, kw = self.kernel
         self.out_h = self.stride[0] * (self.in_h - 1) + self.dilation[0] * (kh - 1) + 1 - 2 * self.pad[0]
