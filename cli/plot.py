@@ -22,7 +22,7 @@ import math
 import os
 import re
 
-from dlcore.errors import ConfigError, DLTrainError
+from dlcore.errors import ConfigError, DLTrainError, require_module
 
 from .training_logs import read_log, write_csv_tables
 
@@ -157,11 +157,9 @@ def _xy(series, x, scale):
 
 def draw_curves(logs, out_path, x="iters", title=None):
     """Write the curves of ``logs`` (TrainingLog objects) to ``out_path``; returns the number of panels."""
-    try:
-        from matplotlib.backends.backend_agg import FigureCanvasAgg
-        from matplotlib.figure import Figure
-    except ImportError:
-        raise DLTrainError("dltrain plot needs matplotlib: pip install 'dltrain[plot]'") from None
+    require_module("matplotlib", "dltrain plot", "matplotlib", "plot")
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
     if x == "seconds":
         for log in logs:
             if not any(not math.isnan(s) for series in _all_series(log) for s in series.seconds):

@@ -177,6 +177,7 @@ def _read_names(path):
 
 def cmd_predict(args):
     from dlcore import Net
+    from dlcore.net import weight_files
 
     names = list(args.names)
     if args.file:
@@ -188,9 +189,8 @@ def cmd_predict(args):
         raise DLTrainError(f"no codec: '{codec_path}' does not exist (give one with --codec)")
     codec = CharCodec.load(codec_path)
     net = Net(args.model, TEST)
-    for path in (s.strip() for s in args.weights.split(",")):
-        if path:
-            net.copy_from(path)
+    for path in weight_files(args.weights):
+        net.copy_from(path)
     values = predict(net, codec, names)
     out = sys.stdout
     for name, row in zip(names, values):

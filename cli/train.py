@@ -123,6 +123,7 @@ def cmd_train(args):
 def cmd_test(args):
     """Score a trained model (Caffe's `caffe test`): per-batch outputs and their means."""
     from dlcore import Net, backend
+    from dlcore.net import weight_files
     from dltrain.solvers import output_loss_weights
     from dltrain.solvers.training_log import fmt, info
 
@@ -136,9 +137,8 @@ def cmd_test(args):
         backend.set_mode_cpu()
         info("Use CPU.")
     net = Net(args.model, TEST, level=args.level, stages=args.stage)
-    for path in (s.strip() for s in args.weights.split(",")):
-        if path:
-            net.copy_from(path)
+    for path in weight_files(args.weights):
+        net.copy_from(path)
     info(f"Running for {args.iterations} iterations.")
     loss_weight = dict(zip(net.outputs, output_loss_weights(net)))
     dtype = net.dtype.type

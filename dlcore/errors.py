@@ -45,3 +45,14 @@ class Interrupted(KeyboardInterrupt):
     """The user's Ctrl-C, raised by dltrain's SIGINT handler.  Unlike a
     KeyboardInterrupt that a layer's own code raises (a failure of that
     layer), it always passes through untouched."""
+
+
+def require_module(module, what, package, extra, error=DLTrainError):
+    """``import module`` for an optional extra, or one line naming what to install:
+    "<what> needs <package>: pip install 'dltrain[<extra>]'"."""
+    import importlib
+    try:
+        importlib.import_module(module.partition(".")[0])     # the package first: a cached submodule
+        return importlib.import_module(module)                 # would hide a package made unimportable
+    except ImportError:
+        raise error(f"{what} needs {package}: pip install 'dltrain[{extra}]'") from None

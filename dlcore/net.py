@@ -18,7 +18,7 @@ from . import backend as _backend
 from . import blob as _blob
 from . import log
 from .blob import Blob, format_bytes, proto_shape, shape_string
-from .errors import AllocationError, BlobError, ConfigError, DLTrainError
+from .errors import AllocationError, BlobError, ConfigError, DLTrainError, require_module
 from .layer import TRAIN
 from .registry import get_layer_class
 
@@ -26,13 +26,9 @@ from .registry import get_layer_class
 SIZE_HINT = "is a num_output, an input or data shape, or a batch_size far too large?"
 
 
-def _import_h5py(what):
-    """h5py (the optional [hdf5] extra), or a one-line error naming ``what`` needs it."""
-    try:
-        import h5py
-    except ImportError:
-        raise DLTrainError(f"{what} needs h5py: pip install 'dltrain[hdf5]' (or pip install h5py)") from None
-    return h5py
+def weight_files(weights):
+    """The paths of Caffe's comma-separated list of weight files (``--weights W1,W2``), blanks dropped."""
+    return [path for path in (s.strip() for s in str(weights).split(",")) if path]
 
 
 def is_hdf5_file(path):
@@ -875,7 +871,7 @@ class Net:
         """Write the weights in Caffe's HDF5 layout, atomically: group ``data`` holds a group per layer
         (every layer, in order) with its parameters as datasets ``0``, ``1``, ... (a shared parameter only
         under the layer that owns it); with ``write_diff`` group ``diff`` holds every parameter's diff."""
-        h5py = _import_h5py("Net.save_hdf5")
+        h5py = require_module("h5py", "Net.save_hdf5", "h5py", "hdf5")
         from .config import write_atomic
         memory = io.BytesIO()
         with h5py.File(memory, "w") as f:
@@ -900,7 +896,7 @@ class Net:
         """Copy weights by layer name from a file save_hdf5 (or Caffe) wrote; layers the file lacks keep
         theirs, and layers the net lacks are logged and skipped, as in Caffe.  Returns the number of
         layers whose parameters were copied."""
-        h5py = _import_h5py("Net.load_hdf5")
+        h5py = require_module("h5py", "Net.load_hdf5", "h5py", "hdf5")
         path = os.fspath(filename)
         try:
             f = h5py.File(path, "r")

@@ -23,7 +23,7 @@ import os
 import shutil
 import subprocess
 
-from dlcore.errors import DLTrainError
+from dlcore.errors import DLTrainError, require_module
 from dltrain.proto import caffe_pb2
 
 __all__ = ["LAYER_STYLE_DEFAULT", "NEURON_LAYER_STYLE", "BLOB_STYLE", "DrawError", "GraphvizError",
@@ -146,11 +146,7 @@ def _in_phase(layer, phase):
 
 
 def _import_pydot():
-    try:
-        import pydot
-    except ImportError:
-        raise GraphvizError("drawing a net needs pydot: pip install 'dltrain[plot]'") from None
-    return pydot
+    return require_module("pydot", "drawing a net", "pydot", "plot", error=GraphvizError)
 
 
 def _quoted(name):

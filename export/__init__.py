@@ -19,7 +19,7 @@ import time
 
 import numpy as np
 
-from dlcore.errors import DLTrainError
+from dlcore.errors import DLTrainError, require_module
 
 from .graph import ExportError, GraphBuilder, LayerContext
 from .registry import exporter_types, get_exporter, register_exporter
@@ -73,23 +73,20 @@ def onnxruntime_available():
 
 
 def _require_onnx():
-    try:
-        import onnx  # noqa: F401
-    except ImportError:
-        raise DLTrainError("exporting to ONNX needs the onnx package: pip install 'dltrain[onnx]'") from None
+    require_module("onnx", "exporting to ONNX", "the onnx package", "onnx")
 
 
 def load_net(model, weights=None, random_seed=None):
     """dltrain's TEST net of ``model`` with ``weights`` (a .caffemodel path or paths separated by
     commas); without weights, seeded random ones if ``random_seed`` is given, else the fillers'."""
     import dlcore
+    from dlcore.net import weight_files
     from .check import random_weights
     dlcore.set_random_seed(0 if random_seed is None else random_seed)
     net = dlcore.Net(model, dlcore.TEST)
     if weights:
-        for path in (p.strip() for p in str(weights).split(",")):
-            if path:
-                net.copy_from(path)
+        for path in weight_files(weights):
+            net.copy_from(path)
     elif random_seed is not None:
         random_weights(net, random_seed)
     return net

@@ -66,7 +66,7 @@ from google.protobuf.message import DecodeError
 from numba import njit
 
 from dlcore import log, parallel
-from dlcore.errors import ConfigError, DLTrainError
+from dlcore.errors import ConfigError, DLTrainError, require_module
 from dlcore.layer import TRAIN, Layer
 from dlcore.registry import register_layer
 from dlcore.resume import generator_state, new_generator
@@ -114,11 +114,7 @@ def transform_batch(src, mean, scale, h_off, w_off, mirror, out):
 # ---------------------------------------------------------------------------
 
 def _pillow():
-    try:
-        from PIL import Image
-    except ImportError:                                   # pragma: no cover - depends on the install
-        raise DLTrainError("encoded images need Pillow: pip install pillow (or dltrain[images])") from None
-    return Image
+    return require_module("PIL.Image", "reading encoded images", "Pillow", "images")
 
 
 def image_to_chw(image, color=None):
@@ -606,12 +602,7 @@ def write_lmdb(path, records, map_size=1 << 20, commit_every=1000):
 # --- LevelDB ---------------------------------------------------------------
 
 def _plyvel():
-    try:
-        import plyvel
-    except ImportError:
-        raise DLTrainError("reading and writing LevelDB databases needs the plyvel package: "
-                           "pip install 'dltrain[leveldb]'") from None
-    return plyvel
+    return require_module("plyvel", "reading and writing LevelDB databases", "the plyvel package", "leveldb")
 
 
 class _LevelDB:
@@ -623,6 +614,7 @@ class _LevelDB:
         weakref.finalize(self, db.close).atexit = False
         if view:
             weakref.finalize(self, shutil.rmtree, view, True)
+
 
 
 def _leveldb_message(err):

@@ -36,7 +36,7 @@ import os
 import numpy as np
 
 from dlcore import log, parallel
-from dlcore.errors import ConfigError, DLTrainError
+from dlcore.errors import ConfigError, DLTrainError, require_module
 from dlcore.layer import TRAIN, Layer
 from dlcore.registry import register_layer
 from dlcore.rng import get_rng
@@ -48,12 +48,7 @@ __all__ = ["HDF5DataLayer", "read_source_list"]
 
 def import_h5py(layer_type):
     """h5py, or an error saying that the ``layer_type`` layer needs it (HDF5Data, HDF5Output)."""
-    try:
-        import h5py
-    except ImportError:                                   # pragma: no cover - depends on the install
-        raise DLTrainError(f"the {layer_type} layer needs the h5py package: pip install h5py "
-                           "(or pip install dltrain[hdf5])") from None
-    return h5py
+    return require_module("h5py", f"the {layer_type} layer", "the h5py package", "hdf5")
 
 
 def read_source_list(source, owner="HDF5Data"):

@@ -33,6 +33,7 @@ from dlcore import Net, TEST, TRAIN, backend, parallel, resume
 from dlcore.config import (field_line, load_message, load_net, load_solver, remove_stale_temporaries, to_prototxt,
                            write_binary)
 from dlcore.errors import BlobError, ConfigError, DLTrainError
+from dlcore.net import weight_files
 from dlcore.rng import set_random_seed
 # Caffe's UpgradeSolverAsNeeded (the legacy solver_type enum -> type) lives with the
 # other format upgrades in dlcore/upgrade.py; re-exported here for the solvers' callers.
@@ -372,9 +373,7 @@ class Solver:
         """Caffe's LoadNetWeights for each ``weights`` entry (comma-separated
         lists allowed): into the train net and every test net."""
         for entry in self.param.weights:
-            for path in (s.strip() for s in entry.split(",")):
-                if not path:
-                    continue
+            for path in weight_files(entry):
                 if not os.path.isfile(path) and self.source and not os.path.isabs(path):
                     beside = os.path.join(os.path.dirname(self.source), path)
                     if os.path.isfile(beside):
