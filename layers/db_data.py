@@ -613,8 +613,17 @@ class _LevelDB:
         # Not at exit, where a reader thread may still be inside the database (the OS releases it then).
         weakref.finalize(self, db.close).atexit = False
         if view:
-            weakref.finalize(self, shutil.rmtree, view, True)
+            weakref.finalize(self, _remove_view, view)
 
+
+def _remove_view(view, attempts=20):
+    """Remove a private view folder.  LevelDB's background compaction may still be writing a file into
+    it (at exit the database is not closed first), which makes one rmtree leave the folder: try again."""
+    for _ in range(attempts):
+        shutil.rmtree(view, ignore_errors=True)
+        if not os.path.exists(view):
+            return
+        time.sleep(0.05)
 
 
 def _leveldb_message(err):
