@@ -51,6 +51,7 @@ LevelDB takes a lock that admits one process: a process that finds it held
 (another rank of a data-parallel run) reads it through a private view of
 hard links to its immutable files (see :func:`open_leveldb`).
 """
+import atexit
 import copy
 import io
 import os
@@ -613,7 +614,11 @@ class _LevelDB:
         # Not at exit, where a reader thread may still be inside the database (the OS releases it then).
         weakref.finalize(self, db.close).atexit = False
         if view:
+            _VIEWS.add(view)
             weakref.finalize(self, _remove_view, view)
+
+
+_VIEWS = set()         # this process's private view folders not removed yet
 
 
 def _remove_view(view, attempts=20):
@@ -622,8 +627,17 @@ def _remove_view(view, attempts=20):
     for _ in range(attempts):
         shutil.rmtree(view, ignore_errors=True)
         if not os.path.exists(view):
-            return
+            break
         time.sleep(0.05)
+    _VIEWS.discard(view)
+
+
+@atexit.register
+def _remove_leftover_views():
+    """At exit, the views whose handles were never collected, should their finalizers not run (before or
+    after those finalizers: removing a view twice is harmless)."""
+    for view in list(_VIEWS):
+        _remove_view(view)
 
 
 def _leveldb_message(err):
