@@ -48,26 +48,28 @@ def cmd_time(args):
     bwd = np.zeros(n)
     total_fwd = total_bwd = 0.0
     clock = time.perf_counter
-    start_all = clock()
-    for it in range(1, args.iterations + 1):
-        t_iter = clock()
-        for i, layer in enumerate(layers):
-            t = clock()
-            layer.run_reshape(net._bottom_vecs[i], net._top_vecs[i])
-            layer.forward(net._bottom_vecs[i], net._top_vecs[i])
-            sync()
-            fwd[i] += clock() - t
-        t_fwd_done = clock()
-        for i in range(n - 1, -1, -1):
-            if net.layer_need_backward[i]:
+    # in the passes' own BLAS thread setting (Net.cpu_blas_context), as in training
+    with net.cpu_blas_context():
+        start_all = clock()
+        for it in range(1, args.iterations + 1):
+            t_iter = clock()
+            for i, layer in enumerate(layers):
                 t = clock()
-                layers[i].backward(net._top_vecs[i], net.bottom_need_backward[i], net._bottom_vecs[i])
+                layer.run_reshape(net._bottom_vecs[i], net._top_vecs[i])
+                layer.forward(net._bottom_vecs[i], net._top_vecs[i])
                 sync()
-                bwd[i] += clock() - t
-        t_end = clock()
-        total_fwd += t_fwd_done - t_iter
-        total_bwd += t_end - t_fwd_done
-        log.info(f"Iteration: {it} forward-backward time: {(t_end - t_iter) * 1e3:.3f} ms.")
+                fwd[i] += clock() - t
+            t_fwd_done = clock()
+            for i in range(n - 1, -1, -1):
+                if net.layer_need_backward[i]:
+                    t = clock()
+                    layers[i].backward(net._top_vecs[i], net.bottom_need_backward[i], net._bottom_vecs[i])
+                    sync()
+                    bwd[i] += clock() - t
+            t_end = clock()
+            total_fwd += t_fwd_done - t_iter
+            total_bwd += t_end - t_fwd_done
+            log.info(f"Iteration: {it} forward-backward time: {(t_end - t_iter) * 1e3:.3f} ms.")
     total = clock() - start_all
     k = 1e3 / args.iterations
     log.info("Average time per layer: ")

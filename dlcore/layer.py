@@ -64,6 +64,7 @@ class Layer:
     net_source = None                # the net file this layer was built from (set by Net), or None
     gpu_capable = True               # False: always the CPU pair, even in a GPU net (Python layers)
     cuda_module = None               # the module registering this class's GPU code (".x_cuda": beside the class's)
+    runs_numba_threads = False       # True: the CPU passes run on Numba's threads (see Net.cpu_blas_context)
 
     def __init__(self, layer_param, dtype=np.float32):
         self.layer_param = layer_param

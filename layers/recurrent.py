@@ -320,20 +320,23 @@ class PartsSchedule:
     with other jobs, the meeting at every step can wait milliseconds for a descheduled thread, and
     in order on one thread is then many times faster.  So each layer times its forward loop in the
     mode it runs, tries the other mode on its 2nd pass and every ``probe_every`` passes after, and
-    keeps the faster.  Both modes make the same calls on the same parts, so the numbers are the
-    same bit for bit whichever runs.
+    keeps the faster; each probe that confirms the mode doubles the time to the next (up to
+    ``most_growth`` times ``probe_every``: a probe costs the slower mode's pass).  Both modes make
+    the same calls on the same parts, so the numbers are the same bit for bit whichever runs.
     """
 
     probe_every = 50
+    most_growth = 16
 
     def __init__(self):
         self.calls = 0
         self.parallel = True
         self.seconds = {}           # mode -> smoothed time of the forward loop
+        self.growth = 1             # probes every probe_every * growth passes
 
     def pick(self):
         self.calls += 1
-        if self.calls == 2 or self.calls % self.probe_every == 0:
+        if self.calls == 2 or self.calls % (self.probe_every * self.growth) == 0:
             return not self.parallel
         return self.parallel
 
@@ -343,7 +346,10 @@ class PartsSchedule:
         old = self.seconds.get(parallel)
         self.seconds[parallel] = seconds if old is None else 0.5 * (old + seconds)
         if len(self.seconds) == 2:
-            self.parallel = self.seconds[True] <= self.seconds[False]
+            faster = self.seconds[True] <= self.seconds[False]
+            if parallel != self.parallel:          # this pass was a probe
+                self.growth = min(2 * self.growth, self.most_growth) if faster == self.parallel else 1
+            self.parallel = faster
 
 
 # ---------------------------------------------------------------------------
@@ -625,6 +631,16 @@ class LSTMLayer(RecurrentLayer):
     num_recur = 2
     _schedule = None          # PartsSchedule, made at the first forward
 
+    def setup(self, bottom, top):
+        super().setup(bottom, top)
+        self._P = self._parts()
+
+    @property
+    def runs_numba_threads(self):
+        """Whether the CPU passes run parts side by side on Numba's threads (the net then keeps
+        NumPy's BLAS on one thread, dlcore.net.Net.cpu_blas_context)."""
+        return self._P > 1
+
     def _param_shapes(self):
         G = 4 * self.H
         shapes = [(G, self.D), (G,)]
@@ -664,10 +680,9 @@ class LSTMLayer(RecurrentLayer):
     def _forward(self, bottom, top):
         T, N, H, D = self.T, self.N, self.H, self.D
         KD = D + H
-        P = self._parts()
+        P = self._P
         Hk = H // P
         dt = self.dtype
-        self._P = P
         cont = bottom[1].data.reshape(T, N)
         # [W_x | W_h] in parts order, (P, 4, Hk, KD): packed once per pass
         w = self._buf("w_parts", P, 4, Hk, KD)

@@ -90,11 +90,14 @@ def test_schedule_keeps_the_faster_mode():
         modes.append(mode)
         schedule.record(mode, seconds[mode])
     # 1st pass side by side (untimed: compilation), 2nd the other mode, 3rd side by side timed;
-    # then the faster (in order), with every 4th pass probing side by side again
-    assert modes == [True, False, True, True, False, False, False, True, False, False, False, True]
+    # then the faster (in order), probing side by side again at pass 4, then 8 (each probe that
+    # confirms the mode doubles the wait), next at 16
+    assert modes == [True, False, True, True, False, False, False, True, False, False, False, False]
+    assert schedule.growth == 4
     assert schedule.parallel is False
     seconds = {True: 1.0, False: 5.0}                   # the machine became idle: back to side by side
     for _ in range(8):
         mode = schedule.pick()
         schedule.record(mode, seconds[mode])
-    assert schedule.parallel is True
+    # found at the probe of pass 16 (the wait back to 4 passes), confirmed at pass 20 (8)
+    assert schedule.parallel is True and schedule.growth == 2
