@@ -31,10 +31,40 @@ SCRIPTS = {"lenet": ("bench/lenet.py", ["--rounds", "3", "--iterations", "20"]),
            "train_step": ("bench/train_step.py", ["--rounds", "3", "--iterations", "30", "--startup-runs", "1"])}
 FIGURE = re.compile(r"^\s*(dltrain|torch)\s+([\d.]+) ms", re.M)
 
+# Imported at start-up (Python's site module imports ``sitecustomize`` from sys.path) in every run
+# of a tree: the installed package maps ``dltrain.layers`` etc. to THIS checkout's folders (an
+# editable install), so each tree's own folders are mapped first, read from its pyproject.toml.
+TREE_IMPORTS = """
+import importlib.abc, importlib.util, os, sys, tomllib
+_tree = os.environ["DLTRAIN_BENCH_TREE"]
+with open(os.path.join(_tree, "pyproject.toml"), "rb") as _f:
+    _dirs = tomllib.load(_f).get("tool", {}).get("setuptools", {}).get("package-dir", {})
+
+class _TreeFolders(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        folder = _dirs.get(name)
+        if folder is None:
+            return None
+        folder = os.path.join(_tree, folder)
+        return importlib.util.spec_from_file_location(name, os.path.join(folder, "__init__.py"),
+                                                      submodule_search_locations=[folder])
+
+sys.meta_path.insert(0, _TreeFolders())
+"""
+
+
+def tree_env(tree):
+    """The environment that runs ``tree``'s code: its folder first on the path, its subpackages mapped."""
+    hook = os.path.join(tree, ".bench_imports")
+    os.makedirs(hook, exist_ok=True)
+    with open(os.path.join(hook, "sitecustomize.py"), "w") as f:
+        f.write(TREE_IMPORTS)
+    return dict(os.environ, PYTHONPATH=os.pathsep.join([tree, hook]), DLTRAIN_BENCH_TREE=tree)
+
 
 def run_script(tree, script, extra):
     proc = subprocess.run([sys.executable, script, *extra], cwd=tree, capture_output=True, text=True,
-                          env=dict(os.environ, PYTHONPATH=tree))
+                          env=tree_env(tree))
     if proc.returncode != 0:
         raise SystemExit(f"{script} failed in {tree}:\n{proc.stdout}\n{proc.stderr}")
     found = dict((name, float(value)) for name, value in FIGURE.findall(proc.stdout))
@@ -52,7 +82,7 @@ def digits_command(tree):
 def run_digits(tree):
     start = time.perf_counter()
     proc = subprocess.run(digits_command(tree), cwd=tree, capture_output=True, text=True,
-                          env=dict(os.environ, PYTHONPATH=tree))
+                          env=tree_env(tree))
     wall = time.perf_counter() - start
     if proc.returncode != 0:
         raise SystemExit(f"digits failed in {tree}:\n{proc.stderr[-2000:]}")

@@ -121,7 +121,41 @@ _KERNEL = dict(cache=True, nogil=True, error_model="numpy", fastmath={"contract"
 
 
 @njit(**_KERNEL)
-def lstm_forward_part(t, p, w, z, addend, contx, pre, acts, c, tanh_c, h, one):
+def lstm_forward_prepare_part(p, w_x, w_h, x, cont, h0, c0, w, z, contx, c):
+    """Part p's share of the forward's set-up, on its own thread: its rows of ``[W_x | W_h]`` in
+    parts order, its units' rows of z[0] (cont_0 h_0) and c[0], and every P-th step of z (x_t^T) and
+    contx (cont_t per cell).  x (T, N, D), cont (T, N), h0 and c0 (N, H): as the blobs hold them."""
+    P, G4, KD = w.shape
+    Hk = G4 // 4
+    T, N, D = x.shape
+    H = w_h.shape[1]
+    for q in range(4):
+        for j in range(Hk):
+            src = q * H + p * Hk + j
+            dst = w[p, q * Hk + j]
+            for k in range(D):
+                dst[k] = w_x[src, k]
+            for k in range(H):
+                dst[D + k] = w_h[src, k]
+    for j in range(p * Hk, (p + 1) * Hk):
+        for n in range(N):
+            z[0, D + j, n] = h0[n, j] * cont[0, n]
+            c[0, j, n] = c0[n, j]
+    for t in range(p, T + 1, P):
+        if t == T:
+            z[T, :D] = 0
+            contx[T] = 1
+            continue
+        for k in range(D):
+            for n in range(N):
+                z[t, k, n] = x[t, n, k]
+        for j in range(H):
+            for n in range(N):
+                contx[t, j, n] = cont[t, n]
+
+
+@njit(**_KERNEL)
+def lstm_forward_part(t, p, w, z, addend, contx, pre, acts, c, tanh_c, h, top, one):
     """Step t of the LSTM forward for part p of the hidden units (see lstm_forward_loop)."""
     P = w.shape[0]
     M = c.shape[2]
@@ -147,10 +181,14 @@ def lstm_forward_part(t, p, w, z, addend, contx, pre, acts, c, tanh_c, h, one):
     cx_next = contx[t + 1, p]
     for k in range(M):
         z_next[k] = cx_next[k] * hh[k]
+    top_t = top[t]                     # (N, H): the top's layout, this part's columns
+    for j in range(Hk):
+        for n in range(N):
+            top_t[n, p * Hk + j] = hh[j * N + n]
 
 
 @njit(parallel=True, **_KERNEL)
-def lstm_forward_loop(w, z, addend, contx, pre, acts, c, tanh_c, h, one):
+def lstm_forward_loop(w_x, w_h, x, cont, h0, c0, w, z, addend, contx, pre, acts, c, tanh_c, h, top, one):
     """All T steps of the LSTM forward, the hidden units split into P parts run side by side.
 
     Part p owns hidden units [p*Hk, (p+1)*Hk) and the 4*Hk gate rows that feed
@@ -160,40 +198,54 @@ def lstm_forward_loop(w, z, addend, contx, pre, acts, c, tanh_c, h, one):
     and the recurrent term are one product), then its cells; a step's parts
     need all of h_{t-1}, so they meet once per step.
 
+    First each part prepares its share of the inputs (lstm_forward_prepare_part,
+    from the blobs' w_x, w_h, x, cont, h0, c0), then the steps run.
     w (P, 4Hk, K=D+H): [W_x | W_h] rows in parts order; z (T+1, K, N): z[t, :D]
-    = x_t^T and z[0, D:] = cont_0 h_0 are set, z[t+1, D:] is written here;
-    addend (P, 4Hk, N): b (+ the static term); contx (T+1, P, Hk*N): cont_t per
-    cell; pre (P, 4Hk, N): scratch; acts (T, P, 4Hk*N): [i, s_f, o, g];
-    c (T+1, P, Hk*N), c[0] set; tanh_c, h (T, P, Hk*N).
+    = x_t^T, z[t+1, D:] = cont_{t+1} h_t; addend (P, 4Hk, N): b (+ the static
+    term); contx (T+1, P, Hk*N): cont_t per cell; pre (P, 4Hk, N): scratch;
+    acts (T, P, 4Hk*N): [i, s_f, o, g]; c (T+1, P, Hk*N); tanh_c, h (T, P,
+    Hk*N); top (T, N, H): h in the top's layout.
     """
+    P = w.shape[0]
+    c4 = c.reshape(c.shape[0], -1, z.shape[2])
+    for p in prange(P):
+        lstm_forward_prepare_part(p, w_x, w_h, x, cont, h0, c0, w, z, contx.reshape(c4.shape), c4)
     for t in range(acts.shape[0]):
-        for p in prange(w.shape[0]):
-            lstm_forward_part(t, p, w, z, addend, contx, pre, acts, c, tanh_c, h, one)
+        for p in prange(P):
+            lstm_forward_part(t, p, w, z, addend, contx, pre, acts, c, tanh_c, h, top, one)
 
 
 @njit(**_KERNEL)
-def lstm_forward_loop_serial(w, z, addend, contx, pre, acts, c, tanh_c, h, one):
+def lstm_forward_loop_serial(w_x, w_h, x, cont, h0, c0, w, z, addend, contx, pre, acts, c, tanh_c, h, top, one):
     """lstm_forward_loop on the calling thread alone (one part, or parts off)."""
+    P = w.shape[0]
+    c4 = c.reshape(c.shape[0], -1, z.shape[2])
+    for p in range(P):
+        lstm_forward_prepare_part(p, w_x, w_h, x, cont, h0, c0, w, z, contx.reshape(c4.shape), c4)
     for t in range(acts.shape[0]):
-        for p in range(w.shape[0]):
-            lstm_forward_part(t, p, w, z, addend, contx, pre, acts, c, tanh_c, h, one)
+        for p in range(P):
+            lstm_forward_part(t, p, w, z, addend, contx, pre, acts, c, tanh_c, h, top, one)
 
 
 @njit(**_KERNEL)
-def lstm_backward_part(t, p, wt, acts, c, tanh_c, contx, dh, dc, drec, rec_used, dgs, dG, one):
+def lstm_backward_part(t, p, wt, acts, c, tanh_c, contx, top_diff, dh, dc, drec, rec_used, dgs, dG, one):
     """Step t of the LSTM backward for part p of the hidden units (see lstm_backward_loop)."""
     T = acts.shape[0]
     M = dc.shape[1]
     N = dgs.shape[3]
     Hk = M // N
     G = wt.shape[2]
+    dhh, diff_t = dh[p], top_diff[t]   # this part's columns of the top's diff, as its cells are laid out
+    for j in range(Hk):
+        for n in range(N):
+            dhh[j * N + n] = diff_t[n, p * Hk + j]
     if t + 1 < T:
         if rec_used[t + 1]:
             np.dot(wt[p], dgs[t + 1].reshape(G, N), drec[p])
         else:
             drec[p][:] = 0
     af, c_prev, tc, cx, cx_next = acts[t, p], c[t, p], tanh_c[t, p], contx[t, p], contx[t + 1, p]
-    dhh, dr, dcc, dg = dh[t, p], drec[p].reshape(-1), dc[p], dgs[t, p].reshape(-1)
+    dr, dcc, dg = drec[p].reshape(-1), dc[p], dgs[t, p].reshape(-1)
     for k in range(M):
         dcc[k], dg[k], dg[M + k], dg[2 * M + k], dg[3 * M + k] = lstm_layer_cell_grad(
             af[k], af[M + k], af[2 * M + k], af[3 * M + k], cx[k], c_prev[k], tc[k],
@@ -206,31 +258,31 @@ def lstm_backward_part(t, p, wt, acts, c, tanh_c, contx, dh, dc, drec, rec_used,
 
 
 @njit(parallel=True, **_KERNEL)
-def lstm_backward_loop(wt, acts, c, tanh_c, contx, dh, dc, drec, rec_used, dgs, dG, one):
+def lstm_backward_loop(wt, acts, c, tanh_c, contx, top_diff, dh, dc, drec, rec_used, dgs, dG, one):
     """All T steps of the LSTM backward, in the forward's P parts (one meeting per step).
 
-    Per step t (from T-1 down), part p first takes the gradient reaching its
-    units of h_t from step t+1, ``drec[p] = wt[p] @ dG_{t+1}`` (wt[p] (Hk, 4H):
-    W_h^T's rows of its units, columns in parts order), then its cells.
+    Per step t (from T-1 down), part p takes its columns of the top's diff, the gradient reaching its units of h_t from step t+1,
+    ``drec[p] = wt[p] @ dG_{t+1}`` (wt[p] (Hk, 4H): W_h^T's rows of its units,
+    columns in parts order), then its cells.
 
-    acts, c, tanh_c, contx: as the forward (contx[T] = 1); dh (T, P, Hk*N):
-    the top's diff; dc (P, Hk*N): dL/dc_T in, dL/dc_0 out; drec (P, Hk, N):
-    the gradient from h_T in; rec_used (T,): steps with a recurrent term;
+    acts, c, tanh_c, contx: as the forward (contx[T] = 1); top_diff (T, N, H);
+    dh (P, Hk*N): scratch; dc (P, Hk*N): dL/dc_T in, dL/dc_0 out; drec (P, Hk,
+    N): the gradient from h_T in; rec_used (T,): steps with a recurrent term;
     dgs (T, P, 4Hk, N): the gate-input gradients; dG (4, P, Hk, T, N): the
     same in the weights' row order [i, f, o, g] x H with step-major columns,
     i.e. (4H, T*N), for the weight gradients over all steps.
     """
     for t in range(acts.shape[0] - 1, -1, -1):
         for p in prange(wt.shape[0]):
-            lstm_backward_part(t, p, wt, acts, c, tanh_c, contx, dh, dc, drec, rec_used, dgs, dG, one)
+            lstm_backward_part(t, p, wt, acts, c, tanh_c, contx, top_diff, dh, dc, drec, rec_used, dgs, dG, one)
 
 
 @njit(**_KERNEL)
-def lstm_backward_loop_serial(wt, acts, c, tanh_c, contx, dh, dc, drec, rec_used, dgs, dG, one):
+def lstm_backward_loop_serial(wt, acts, c, tanh_c, contx, top_diff, dh, dc, drec, rec_used, dgs, dG, one):
     """lstm_backward_loop on the calling thread alone."""
     for t in range(acts.shape[0] - 1, -1, -1):
         for p in range(wt.shape[0]):
-            lstm_backward_part(t, p, wt, acts, c, tanh_c, contx, dh, dc, drec, rec_used, dgs, dG, one)
+            lstm_backward_part(t, p, wt, acts, c, tanh_c, contx, top_diff, dh, dc, drec, rec_used, dgs, dG, one)
 
 
 @njit(cache=True, nogil=True)
@@ -684,10 +736,7 @@ class LSTMLayer(RecurrentLayer):
         Hk = H // P
         dt = self.dtype
         cont = bottom[1].data.reshape(T, N)
-        # [W_x | W_h] in parts order, (P, 4, Hk, KD): packed once per pass
-        w = self._buf("w_parts", P, 4, Hk, KD)
-        w[..., :D] = self.blobs[0].data.reshape(4, P, Hk, D).transpose(1, 0, 2, 3)
-        w[..., D:] = self.blobs[-1].data.reshape(4, P, Hk, H).transpose(1, 0, 2, 3)
+        w = self._buf("w_parts", P, 4 * Hk, KD)  # [W_x | W_h] in parts order: packed once per pass
         bias = self.blobs[1].data
         addend = self._buf("addend", P, 4, Hk, N)
         if self.static_input:
@@ -696,14 +745,8 @@ class LSTMLayer(RecurrentLayer):
         else:
             addend[...] = bias.reshape(4, P, Hk).transpose(1, 0, 2)[..., None]
         z = self._buf("z", T + 1, KD, N)          # z[t] = [x_t^T; cont_t h_{t-1}]
-        z[:T, :D] = bottom[0].data.reshape(T, N, D).transpose(0, 2, 1)
-        z[T, :D] = 0
         contx = self._buf("contx", T + 1, H, N)  # cont_t broadcast per cell; contx[T] = 1
-        contx[:T] = cont[:, None, :]
-        contx[T] = 1
-        z[0, D:] = self._initial_state(bottom, 0).T * contx[0]
         c = self._buf("c", T + 1, H, N)          # c[0] = c_0, c[t+1] = c_t
-        c[0] = self._initial_state(bottom, 1).T
         acts = self._buf("acts", T, P, 4 * Hk * N)
         tanh_c = self._buf("tanh_c", T, H, N)
         h = self._buf("h", T, H, N)
@@ -714,11 +757,13 @@ class LSTMLayer(RecurrentLayer):
         self._parallel = parallel = P > 1 and self._schedule.pick()
         start = time.perf_counter()
         (lstm_forward_loop if parallel else lstm_forward_loop_serial)(
-            w.reshape(P, 4 * Hk, KD), z, addend.reshape(P, 4 * Hk, N), contx.reshape(T + 1, P, -1), pre, acts,
-            c.reshape(T + 1, P, -1), tanh_c.reshape(T, P, -1), h.reshape(T, P, -1), dt.type(1))
+            self.blobs[0].data, self.blobs[-1].data, bottom[0].data.reshape(T, N, D), cont,
+            self._initial_state(bottom, 0), self._initial_state(bottom, 1),
+            w, z, addend.reshape(P, 4 * Hk, N), contx.reshape(T + 1, P, -1), pre, acts,
+            c.reshape(T + 1, P, -1), tanh_c.reshape(T, P, -1), h.reshape(T, P, -1), top[0].data.reshape(T, N, H),
+            dt.type(1))
         if P > 1:
             self._schedule.record(parallel, time.perf_counter() - start)
-        np.copyto(top[0].data.reshape(T, N, H), h.transpose(0, 2, 1))
         self._store_final_state(top, 0, h[T - 1])
         self._store_final_state(top, 1, c[T])
 
@@ -736,8 +781,7 @@ class LSTMLayer(RecurrentLayer):
         tanh_c = self._buf("tanh_c", T, H, N)
         wt = self._buf("wt_parts", P, Hk, G)     # W_h^T, rows per part, columns in parts order
         wt[...] = w[:, :, D:].reshape(G, P, Hk).transpose(1, 2, 0)
-        dh = self._buf("dh_top", T, H, N)
-        np.copyto(dh, top[0].diff.reshape(T, N, H).transpose(0, 2, 1))
+        dh = self._buf("dh_step", P, Hk * N)
         dc = self._buf("dc", H, N)
         drec = self._buf("drec", H, N)
         self._backward_start(top, drec)
@@ -750,7 +794,7 @@ class LSTMLayer(RecurrentLayer):
         with blas_threads.numba_single_threaded():
             (lstm_backward_loop if self._parallel else lstm_backward_loop_serial)(
                 wt, acts, c.reshape(T + 1, P, -1), tanh_c.reshape(T, P, -1), contx.reshape(T + 1, P, -1),
-                dh.reshape(T, P, -1), dc.reshape(P, -1), drec.reshape(P, Hk, N), self._rec_used, dgs,
+                top[0].diff.reshape(T, N, H), dh, dc.reshape(P, -1), drec.reshape(P, Hk, N), self._rec_used, dgs,
                 dG.reshape(4, P, Hk, T, N), self.dtype.type(1))
             self._weight_grads(dG, z)
         w_h = self.blobs[-1].data

@@ -101,3 +101,38 @@ def test_schedule_keeps_the_faster_mode():
         schedule.record(mode, seconds[mode])
     # found at the probe of pass 16 (the wait back to 4 passes), confirmed at pass 20 (8)
     assert schedule.parallel is True and schedule.growth == 2
+
+
+NET_WITH_LSTM = """
+layer { name: "in" type: "Input" top: "x" top: "cont"
+        input_param { shape { dim: 3 dim: 2 dim: 4 } shape { dim: 3 dim: 2 } } }
+layer { name: "lstm" type: "LSTM" bottom: "x" bottom: "cont" top: "h"
+        recurrent_param { num_output: 8 weight_filler { type: "uniform" min: -0.1 max: 0.1 } } }
+layer { name: "ip" type: "InnerProduct" bottom: "h" top: "y" inner_product_param { num_output: 2 axis: 2 } }
+"""
+
+
+@pytest.mark.parametrize("parts", [1, 2])
+def test_net_keeps_numpy_blas_on_one_thread_beside_lstm_parts(monkeypatch, tmp_path, parts):
+    """OpenBLAS's idle pool threads spin after each call: a net whose LSTM runs parts on Numba's
+    threads runs its passes with NumPy's BLAS on one thread; with one part it leaves BLAS alone."""
+    from dlcore import TEST
+    from dlcore.net import Net
+    from dltrain.layers import blas_threads
+    if not blas_threads.controllable():
+        pytest.skip("no BLAS whose threads threadpoolctl can set")
+    monkeypatch.setenv("DLTRAIN_LSTM_PARTS", str(parts))
+    path = tmp_path / "net.prototxt"
+    path.write_text(NET_WITH_LSTM)
+    net = Net(str(path), TEST)
+    seen = []
+    net.before_forward(lambda i: seen.append(blas_threads.thread_counts()))
+    net.before_backward(lambda i: seen.append(blas_threads.thread_counts()))
+    with blas_threads._blas().limit(limits=2, user_api="blas"):
+        outside = blas_threads.thread_counts()
+        net.forward()
+        net.backward()
+        assert blas_threads.thread_counts() == outside          # restored after the passes
+    assert net.layers[1].runs_numba_threads == (parts > 1)
+    want = [1] * len(outside) if parts > 1 else outside
+    assert seen and all(counts == want for counts in seen)
