@@ -157,6 +157,11 @@ class Layer:
         from .plugins import is_plugin_class
         return layer_code_failure(self, stage, err) if is_plugin_class(type(self)) else None
 
+    def matrix_work(self):
+        """Multiply-adds of one forward pass's matrix products at the current shapes (an estimate;
+        0 for layers without): how a net weighs its BLAS work against its Numba-threaded work."""
+        return 0
+
     def run_reshape(self, bottom, top):
         """``reshape``, as the net calls it before each forward (errors as ``forward``'s)."""
         try:

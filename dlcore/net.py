@@ -376,14 +376,18 @@ class Net:
         # pycaffe's hooks (net.before_forward(callable) etc.): each is called with the layer's index.
         self._before_forward, self._after_forward = [], []
         self._before_backward, self._after_backward = [], []
-        self._blas_single = any(layer.runs_numba_threads for layer in self.layers)
+        threaded = sum(layer.matrix_work() for layer in self.layers if layer.runs_numba_threads)
+        others = sum(layer.matrix_work() for layer in self.layers if not layer.runs_numba_threads)
+        self._blas_single = threaded > 0 and threaded >= others
 
     def cpu_blas_context(self):
-        """The context the passes run in: NumPy's BLAS on one thread when a layer runs on Numba's threads.
+        """The context the passes run in: NumPy's BLAS on one thread where layers on Numba's threads
+        (the LSTM's parts) do most of the net's matrix work.
 
         OpenBLAS's idle pool threads spin for about a quarter second after each call; a layer whose
-        own threads (the LSTM's parts) start meanwhile shares the cores with them and waits at every
-        step (the geolocation net's LSTM: 32 ms a pass, 18 ms with NumPy's BLAS on one thread)."""
+        own threads start meanwhile shares the cores with them and waits at every step (the
+        geolocation net's LSTM: 32 ms a pass, 18 ms with NumPy's BLAS on one thread).  Where the
+        other layers' products outweigh them (a CNN feeding an LSTM), the cores stay with BLAS."""
         if self._blas_single and not self.gpu:
             from dltrain.layers import blas_threads
             return blas_threads.single_threaded()

@@ -171,7 +171,11 @@ class ConvolutionLayer(WeightedConvolution):
         self._zeros = np.zeros(self.num_output, self.dtype)   # the bias when bias_term is false
         self._col_cache = {}     # bottom index -> bottom data array whose columns are in "col<i>"
 
+    def matrix_work(self):
+        return self.blobs[0].count * self.num * self.out_h * self.out_w * self._bottom_count
+
     def reshape(self, bottom, top):
+        self._bottom_count = len(bottom)
         self.num, self.height, self.width = self.check_bottoms(bottom)
         set_output_geometry(self)
         ax = self.channel_axis

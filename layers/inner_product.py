@@ -43,6 +43,9 @@ class InnerProductLayer(Layer):
                           (self.num_output,) if self.bias_term else None)
         self.work = K.Workspace()
 
+    def matrix_work(self):
+        return self.blobs[0].count * self.M
+
     def reshape(self, bottom, top):
         b = bottom[0]
         axis = b.canonical_axis(self.layer_param.inner_product_param.axis)

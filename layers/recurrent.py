@@ -483,7 +483,7 @@ class RecurrentLayer(Layer):
         self._state = None
         self._rec_used = None
 
-    def _work_size(self):
+    def matrix_work(self):
         """Multiply-adds of one pass's matrix products, roughly: T*N*G*(D + H)."""
         G = self.blobs[0].shape[0]
         return self.T * self.N * G * (self.D + self.H)
@@ -689,8 +689,8 @@ class LSTMLayer(RecurrentLayer):
 
     @property
     def runs_numba_threads(self):
-        """Whether the CPU passes run parts side by side on Numba's threads (the net then keeps
-        NumPy's BLAS on one thread, dlcore.net.Net.cpu_blas_context)."""
+        """Whether the CPU passes run parts side by side on Numba's threads (where its work outweighs
+        the rest of the net's, the net keeps NumPy's BLAS on one thread: Net.cpu_blas_context)."""
         return self._P > 1
 
     def _param_shapes(self):
@@ -861,12 +861,12 @@ class RNNLayer(RecurrentLayer):
 
     # the CPU passes, with the two streams of work (layers/overlap.py)
     def forward_cpu(self, bottom, top):
-        with Streams(self._work_size()) as streams:
+        with Streams(self.matrix_work()) as streams:
             self._forward(bottom, top, streams)
 
     def backward_cpu(self, top, propagate_down, bottom):
         self._check_propagate_down(propagate_down)
-        with Streams(self._work_size()) as streams:
+        with Streams(self.matrix_work()) as streams:
             self._backward(top, propagate_down, bottom, streams)
 
     def _forward(self, bottom, top, streams):

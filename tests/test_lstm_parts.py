@@ -108,14 +108,16 @@ layer { name: "in" type: "Input" top: "x" top: "cont"
         input_param { shape { dim: 3 dim: 2 dim: 4 } shape { dim: 3 dim: 2 } } }
 layer { name: "lstm" type: "LSTM" bottom: "x" bottom: "cont" top: "h"
         recurrent_param { num_output: 8 weight_filler { type: "uniform" min: -0.1 max: 0.1 } } }
-layer { name: "ip" type: "InnerProduct" bottom: "h" top: "y" inner_product_param { num_output: 2 axis: 2 } }
+layer { name: "ip" type: "InnerProduct" bottom: "h" top: "y" inner_product_param { num_output: %d axis: 2 } }
 """
 
 
-@pytest.mark.parametrize("parts", [1, 2])
-def test_net_keeps_numpy_blas_on_one_thread_beside_lstm_parts(monkeypatch, tmp_path, parts):
+@pytest.mark.parametrize("parts,ip_outputs,single", [(1, 2, False), (2, 2, True), (2, 100, False)])
+def test_net_keeps_numpy_blas_on_one_thread_beside_lstm_parts(monkeypatch, tmp_path, parts, ip_outputs, single):
     """OpenBLAS's idle pool threads spin after each call: a net whose LSTM runs parts on Numba's
-    threads runs its passes with NumPy's BLAS on one thread; with one part it leaves BLAS alone."""
+    threads and does most of the net's matrix work (LSTM 3*2*32*(4+8) = 2,304 multiply-adds against
+    the InnerProduct's 6*8*ip_outputs) runs its passes with NumPy's BLAS on one thread; otherwise
+    (one part, or the InnerProduct outweighs it) BLAS keeps its threads."""
     from dlcore import TEST
     from dlcore.net import Net
     from dltrain.layers import blas_threads
@@ -123,8 +125,10 @@ def test_net_keeps_numpy_blas_on_one_thread_beside_lstm_parts(monkeypatch, tmp_p
         pytest.skip("no BLAS whose threads threadpoolctl can set")
     monkeypatch.setenv("DLTRAIN_LSTM_PARTS", str(parts))
     path = tmp_path / "net.prototxt"
-    path.write_text(NET_WITH_LSTM)
+    path.write_text(NET_WITH_LSTM % ip_outputs)
     net = Net(str(path), TEST)
+    assert net.layers[1].runs_numba_threads == (parts > 1)
+    assert net.layers[1].matrix_work() == 2304 and net.layers[2].matrix_work() == 48 * ip_outputs
     seen = []
     net.before_forward(lambda i: seen.append(blas_threads.thread_counts()))
     net.before_backward(lambda i: seen.append(blas_threads.thread_counts()))
@@ -133,6 +137,5 @@ def test_net_keeps_numpy_blas_on_one_thread_beside_lstm_parts(monkeypatch, tmp_p
         net.forward()
         net.backward()
         assert blas_threads.thread_counts() == outside          # restored after the passes
-    assert net.layers[1].runs_numba_threads == (parts > 1)
-    want = [1] * len(outside) if parts > 1 else outside
+    want = [1] * len(outside) if single else outside
     assert seen and all(counts == want for counts in seen)
