@@ -362,9 +362,10 @@ class SoftmaxWithLossLayer(LossLayer):
 
 # --- EuclideanLoss ----------------------------------------------------------
 
-@njit(cache=True)
+@njit(cache=True, fastmath={"reassoc"})
 def euclidean_forward(a, b, diff):
-    """diff = a - b; returns sum(diff^2)."""
+    """diff = a - b; returns sum(diff^2), accumulated in float64 (reassoc lets the sum vectorize: the
+    LSTM bench's 164K-value loss 0.14 -> 0.02 ms)."""
     total = 0.0
     for i in range(a.shape[0]):
         d, square = squared_difference(a[i], b[i])

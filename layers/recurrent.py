@@ -261,9 +261,10 @@ def lstm_backward_part(t, p, wt, acts, c, tanh_c, contx, top_diff, dh, dc, drec,
 def lstm_backward_loop(wt, acts, c, tanh_c, contx, top_diff, dh, dc, drec, rec_used, dgs, dG, one):
     """All T steps of the LSTM backward, in the forward's P parts (one meeting per step).
 
-    Per step t (from T-1 down), part p takes its columns of the top's diff, the gradient reaching its units of h_t from step t+1,
-    ``drec[p] = wt[p] @ dG_{t+1}`` (wt[p] (Hk, 4H): W_h^T's rows of its units,
-    columns in parts order), then its cells.
+    Per step t (from T-1 down), part p takes its columns of the top's diff and
+    the gradient reaching its units of h_t from step t+1, ``drec[p] = wt[p] @
+    dG_{t+1}`` (wt[p] (Hk, 4H): W_h^T's rows of its units, columns in parts
+    order), then its cells.
 
     acts, c, tanh_c, contx: as the forward (contx[T] = 1); top_diff (T, N, H);
     dh (P, Hk*N): scratch; dc (P, Hk*N): dL/dc_T in, dL/dc_0 out; drec (P, Hk,
