@@ -139,3 +139,25 @@ def test_net_keeps_numpy_blas_on_one_thread_beside_lstm_parts(monkeypatch, tmp_p
         assert blas_threads.thread_counts() == outside          # restored after the passes
     want = [1] * len(outside) if single else outside
     assert seen and all(counts == want for counts in seen)
+
+
+def test_matrix_work_counts_forward_multiply_adds(tmp_path):
+    """What a net weighs (Layer.matrix_work): weights x positions x images for (de)convolutions, weights x
+    rows for InnerProduct, 0 for layers without matrix products."""
+    from dlcore import TEST
+    from dlcore.net import Net
+    path = tmp_path / "net.prototxt"
+    path.write_text("""
+layer { name: "in" type: "Input" top: "x" input_param { shape { dim: 4 dim: 3 dim: 6 dim: 5 } } }
+layer { name: "conv" type: "Convolution" bottom: "x" top: "c"
+        convolution_param { num_output: 2 kernel_size: 3 } }
+layer { name: "deconv" type: "Deconvolution" bottom: "c" top: "d"
+        convolution_param { num_output: 7 kernel_size: 2 stride: 2 } }
+layer { name: "ip" type: "InnerProduct" bottom: "d" top: "y" inner_product_param { num_output: 5 } }
+""")
+    net = Net(str(path), TEST)
+    conv, deconv, ip = (net.layer_dict[name] for name in ("conv", "deconv", "ip"))
+    assert net.layer_dict["in"].matrix_work() == 0
+    assert conv.matrix_work() == (2 * 3 * 3 * 3) * 4 * (4 * 3)           # output 4x3 per image
+    assert deconv.matrix_work() == (2 * 7 * 2 * 2) * 4 * (4 * 3)         # its input is conv's 4x3 output
+    assert ip.matrix_work() == (5 * 7 * 8 * 6) * 4                       # deconv's top: 7 x 8 x 6
