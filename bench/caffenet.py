@@ -2,12 +2,8 @@
 
     python bench/caffenet.py [--batch 10] [--iterations 3] [--rounds 5] [--threads 2]
 
-configs/zoo/caffenet_deploy.prototxt, TEST phase, force_backward, a fixed
-random diff on ``prob``; the same net in PyTorch with the same weights (see
-bench/vision_nets.py).  Prints the medians of interleaved rounds, the
-ratios (forward+backward and forward alone), dltrain's per-layer split and
-each convolution's GFLOP/s against the measured GEMM peak.
-Needs torch (`pip install torch==2.13.0`), used here as the reference only.
+The net is configs/zoo/caffenet_deploy.prototxt; what is run and printed is described in
+bench/vision_nets.py.  Needs torch (`pip install torch==2.13.0`), used here as the reference only.
 """
 from vision_nets import main
 

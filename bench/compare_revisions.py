@@ -17,6 +17,7 @@ runs, and after/before.  Needs torch (``pip install torch==2.13.0``) and the pro
 (``pip install -e .``); the base revision runs from its own folder, first on ``sys.path``.
 """
 import argparse
+import functools
 import os
 import re
 import statistics
@@ -53,6 +54,7 @@ sys.meta_path.insert(0, _TreeFolders())
 """
 
 
+@functools.cache
 def tree_env(tree):
     """The environment that runs ``tree``'s code: its folder first on the path, its subpackages mapped."""
     hook = os.path.join(tree, ".bench_imports")

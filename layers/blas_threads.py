@@ -12,12 +12,12 @@ threadpoolctl lets one thread at a time change, so a limit set by another
 thread meanwhile is a no-op (it is already in force).
 """
 import contextlib
+import importlib
 import os
 import threading
 
 _lock = threading.Lock()
-_controller = None        # None: not looked for yet; False: no BLAS threadpoolctl can control
-_numba_controller = None  # the same for the BLAS that Numba's np.dot calls (SciPy's)
+_controllers = {}         # module whose BLAS is meant -> its controller, or False: none threadpoolctl can control
 
 
 def numpy_blas_files():
@@ -38,15 +38,29 @@ def _controller_of(package):
     return blas if blas.lib_controllers else False
 
 
-def _blas():
-    """The controller of NumPy's BLAS (the one np.matmul calls), looked for once."""
-    global _controller
-    if _controller is None:
+def _controller_for(module):
+    """The controller of the BLAS that ``module`` loads (``module`` imported first), looked for once."""
+    if module not in _controllers:
         with _lock:
-            if _controller is None:
-                import numpy
-                _controller = _controller_of(numpy)
-    return _controller
+            if module not in _controllers:
+                importlib.import_module(module)
+                _controllers[module] = _controller_of(importlib.import_module(module.partition(".")[0]))
+    return _controllers[module]
+
+
+def _blas():
+    """The controller of NumPy's BLAS (the one np.matmul calls)."""
+    return _controller_for("numpy")
+
+
+def _numba_blas():
+    """The controller of the BLAS that Numba's np.dot calls: SciPy's own, which
+    scipy.linalg.cython_blas loads."""
+    return _controller_for("scipy.linalg.cython_blas")
+
+
+def _one_thread(blas):
+    return blas.limit(limits=1, user_api="blas") if blas else contextlib.nullcontext()
 
 
 def controllable():
@@ -70,25 +84,10 @@ def thread_counts():
 
 def single_threaded():
     """Context: BLAS single-threaded for the calling thread (a no-op without a controllable BLAS)."""
-    blas = _blas()
-    return blas.limit(limits=1, user_api="blas") if blas else contextlib.nullcontext()
-
-
-def _numba_blas():
-    """The controller of the BLAS that Numba's np.dot calls (SciPy's own, loaded by
-    scipy.linalg.cython_blas), looked for once."""
-    global _numba_controller
-    if _numba_controller is None:
-        with _lock:
-            if _numba_controller is None:
-                import scipy
-                import scipy.linalg.cython_blas  # noqa: F401  (loads the library Numba binds to)
-                _numba_controller = _controller_of(scipy)
-    return _numba_controller
+    return _one_thread(_blas())
 
 
 def numba_single_threaded():
     """Context: the BLAS behind Numba's np.dot on one thread (Numba's own threads run the products
     side by side; a BLAS spreading each one over more threads would compete with them)."""
-    blas = _numba_blas()
-    return blas.limit(limits=1, user_api="blas") if blas else contextlib.nullcontext()
+    return _one_thread(_numba_blas())

@@ -143,8 +143,15 @@ class WeightedConvolution(Layer):
                           (self.num_output,) if self.bias_term else None)
         self.work = K.Workspace()
 
+    def matrix_work(self):
+        """Every weight meets every kernel position of every image of every bottom: the output pixels,
+        or, transposed, the input pixels."""
+        positions = self.in_h * self.in_w if self.transposed else self.out_h * self.out_w
+        return self.blobs[0].count * self.num * positions * self._bottom_count
+
     def check_bottoms(self, bottom):
-        """The bottoms' batch size and spatial size (h, w), after Caffe's checks."""
+        """The bottoms' batch size and spatial size (h, w), after Caffe's checks; notes how many there are."""
+        self._bottom_count = len(bottom)
         name = f"layer '{self.name}' ({self.type})"
         ax = self.channel_axis
         shape0 = bottom[0].shape
@@ -171,11 +178,7 @@ class ConvolutionLayer(WeightedConvolution):
         self._zeros = np.zeros(self.num_output, self.dtype)   # the bias when bias_term is false
         self._col_cache = {}     # bottom index -> bottom data array whose columns are in "col<i>"
 
-    def matrix_work(self):
-        return self.blobs[0].count * self.num * self.out_h * self.out_w * self._bottom_count
-
     def reshape(self, bottom, top):
-        self._bottom_count = len(bottom)
         self.num, self.height, self.width = self.check_bottoms(bottom)
         set_output_geometry(self)
         ax = self.channel_axis

@@ -75,6 +75,7 @@ absolute error below 3e-7; float64, for gradient checks, uses the exact
 products inside Numba's threads run single-threaded), the RNN's worker
 thread (layers/overlap.py), and the GPU code (layers/recurrent_cuda.py).
 """
+import contextlib
 import os
 import time
 
@@ -216,18 +217,6 @@ def lstm_forward_loop(w_x, w_h, x, cont, h0, c0, w, z, addend, contx, pre, acts,
 
 
 @njit(**_KERNEL)
-def lstm_forward_loop_serial(w_x, w_h, x, cont, h0, c0, w, z, addend, contx, pre, acts, c, tanh_c, h, top, one):
-    """lstm_forward_loop on the calling thread alone (one part, or parts off)."""
-    P = w.shape[0]
-    c4 = c.reshape(c.shape[0], -1, z.shape[2])
-    for p in range(P):
-        lstm_forward_prepare_part(p, w_x, w_h, x, cont, h0, c0, w, z, contx.reshape(c4.shape), c4)
-    for t in range(acts.shape[0]):
-        for p in range(P):
-            lstm_forward_part(t, p, w, z, addend, contx, pre, acts, c, tanh_c, h, top, one)
-
-
-@njit(**_KERNEL)
 def lstm_backward_part(t, p, wt, acts, c, tanh_c, contx, top_diff, dh, dc, drec, rec_used, dgs, dG, one):
     """Step t of the LSTM backward for part p of the hidden units (see lstm_backward_loop)."""
     T = acts.shape[0]
@@ -278,27 +267,31 @@ def lstm_backward_loop(wt, acts, c, tanh_c, contx, top_diff, dh, dc, drec, rec_u
             lstm_backward_part(t, p, wt, acts, c, tanh_c, contx, top_diff, dh, dc, drec, rec_used, dgs, dG, one)
 
 
-@njit(**_KERNEL)
-def lstm_backward_loop_serial(wt, acts, c, tanh_c, contx, top_diff, dh, dc, drec, rec_used, dgs, dG, one):
-    """lstm_backward_loop on the calling thread alone."""
-    for t in range(acts.shape[0] - 1, -1, -1):
-        for p in range(wt.shape[0]):
-            lstm_backward_part(t, p, wt, acts, c, tanh_c, contx, top_diff, dh, dc, drec, rec_used, dgs, dG, one)
-
-
-@njit(cache=True, nogil=True)
-def rows_matmul_part(a, b, out, p, P):
-    M = a.shape[0]
-    lo, hi = p * M // P, (p + 1) * M // P
-    if hi > lo:
-        np.dot(a[lo:hi], b, out[lo:hi])
-
-
 @njit(cache=True, parallel=True, nogil=True)
 def rows_matmul(a, b, out, P):
-    """out = a @ b, the rows of a in P blocks side by side (BLAS single-threaded in each)."""
+    """out = a @ b, the rows of a in P blocks side by side, through Numba's BLAS single-threaded in each.
+    (Not NumPy's BLAS: its pool's threads spin for a while after each call and would compete with
+    Numba's at the next step.)"""
+    M = a.shape[0]
     for p in prange(P):
-        rows_matmul_part(a, b, out, p, P)
+        lo, hi = p * M // P, (p + 1) * M // P
+        if hi > lo:
+            np.dot(a[lo:hi], b, out[lo:hi])
+
+
+@contextlib.contextmanager
+def parts_threads(parallel):
+    """Context for the parallel loops above: all of Numba's threads, or (``parallel`` False) only the
+    calling thread, which then runs the parts in order, making the same calls (the same numbers)."""
+    if parallel:
+        yield
+        return
+    threads = numba.get_num_threads()
+    numba.set_num_threads(1)
+    try:
+        yield
+    finally:
+        numba.set_num_threads(threads)
 
 
 # ---------------------------------------------------------------------------
@@ -713,7 +706,8 @@ class LSTMLayer(RecurrentLayer):
 
     def backward_cpu(self, top, propagate_down, bottom):
         self._check_propagate_down(propagate_down)
-        self._backward(top, propagate_down, bottom)
+        with blas_threads.numba_single_threaded(), parts_threads(self._parallel):     # as the forward ran
+            self._backward(top, propagate_down, bottom)
 
     def _parts(self):
         """How many parts the hidden units are split into: one per Numba thread (at least 32 units
@@ -757,12 +751,12 @@ class LSTMLayer(RecurrentLayer):
             self._schedule = PartsSchedule()
         self._parallel = parallel = P > 1 and self._schedule.pick()
         start = time.perf_counter()
-        (lstm_forward_loop if parallel else lstm_forward_loop_serial)(
-            self.blobs[0].data, self.blobs[-1].data, bottom[0].data.reshape(T, N, D), cont,
-            self._initial_state(bottom, 0), self._initial_state(bottom, 1),
-            w, z, addend.reshape(P, 4 * Hk, N), contx.reshape(T + 1, P, -1), pre, acts,
-            c.reshape(T + 1, P, -1), tanh_c.reshape(T, P, -1), h.reshape(T, P, -1), top[0].data.reshape(T, N, H),
-            dt.type(1))
+        with parts_threads(parallel):
+            lstm_forward_loop(
+                self.blobs[0].data, self.blobs[-1].data, bottom[0].data.reshape(T, N, D), cont,
+                self._initial_state(bottom, 0), self._initial_state(bottom, 1),
+                w, z, addend.reshape(P, 4 * Hk, N), contx.reshape(T + 1, P, -1), pre, acts, c.reshape(T + 1, P, -1),
+                tanh_c.reshape(T, P, -1), h.reshape(T, P, -1), top[0].data.reshape(T, N, H), dt.type(1))
         if P > 1:
             self._schedule.record(parallel, time.perf_counter() - start)
         self._store_final_state(top, 0, h[T - 1])
@@ -792,35 +786,23 @@ class LSTMLayer(RecurrentLayer):
             dc[...] = 0
         dgs = self._buf("dgs", T, P, 4 * Hk, N)
         dG = self._buf("dG", G, TN)
-        with blas_threads.numba_single_threaded():
-            (lstm_backward_loop if self._parallel else lstm_backward_loop_serial)(
-                wt, acts, c.reshape(T + 1, P, -1), tanh_c.reshape(T, P, -1), contx.reshape(T + 1, P, -1),
-                top[0].diff.reshape(T, N, H), dh, dc.reshape(P, -1), drec.reshape(P, Hk, N), self._rec_used, dgs,
-                dG.reshape(4, P, Hk, T, N), self.dtype.type(1))
-            self._weight_grads(dG, z)
+        lstm_backward_loop(
+            wt, acts, c.reshape(T + 1, P, -1), tanh_c.reshape(T, P, -1), contx.reshape(T + 1, P, -1),
+            top[0].diff.reshape(T, N, H), dh, dc.reshape(P, -1), drec.reshape(P, Hk, N), self._rec_used, dgs,
+            dG.reshape(4, P, Hk, T, N), self.dtype.type(1))
+        self._weight_grads(dG, z)
         w_h = self.blobs[-1].data
         self._h0_grad(bottom, propagate_down, dG, w_h)
         first = self._first_state_bottom()
         if self.expose_hidden and propagate_down[first + 1]:
             bottom[first + 1].diff.reshape(N, H)[...] = dc.T
         self._static_grads(bottom, propagate_down, dG, 2 if nst else -1)
-        if propagate_down[0]:          # dx^T = W_x^T dG, on Numba's threads too (see _matmul_rows)
+        if propagate_down[0]:          # dx^T = W_x^T dG, on Numba's threads too (see rows_matmul)
             w_xt = self._buf("w_xt", D, G)
             w_xt[...] = self.blobs[0].data.T
             dxt = self._buf("dxt", D, TN)
-            with blas_threads.numba_single_threaded():
-                self._matmul_rows(w_xt, dG, dxt)
+            rows_matmul(w_xt, dG, dxt, P)
             bottom[0].diff.reshape(TN, D)[...] = dxt.T
-
-    def _matmul_rows(self, a, b, out):
-        """out = a @ b through Numba's BLAS (single-threaded inside), the rows of a split between Numba's
-        threads when the parts run side by side.  (Not NumPy's BLAS: its pool's threads spin for a while
-        after each call and would compete with Numba's at the next step.)"""
-        if self._parallel:
-            rows_matmul(a, b, out, self._P)
-        else:                          # the same blocks in order: the same numbers
-            for p in range(self._P):
-                rows_matmul_part(a, b, out, p, self._P)
 
     def _weight_grads(self, dG, z):
         """dW_x, db and dW_h of all steps as ONE product, dG (4H, T*N) @ [x | cont h_prev | 1] (T*N, D+H+1)."""
@@ -834,7 +816,7 @@ class LSTMLayer(RecurrentLayer):
         zt[..., :KD] = z[:T].transpose(0, 2, 1)
         zt[..., KD] = 1
         dw = self._buf("dw_all", 4 * H, KD + 1)
-        self._matmul_rows(dG, zt.reshape(T * N, KD + 1), dw)
+        rows_matmul(dG, zt.reshape(T * N, KD + 1), dw, self._P)
         if ppd[ix]:
             self.blobs[ix].diff += dw[:, :D]
         if ppd[ih]:

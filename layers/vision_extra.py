@@ -186,11 +186,7 @@ class DeconvolutionLayer(WeightedConvolution):
     cuda_module = ".vision_extra_cuda"
     transposed = True
 
-    def matrix_work(self):
-        return self.blobs[0].count * self.num * self.in_h * self.in_w * self._bottom_count
-
     def reshape(self, bottom, top):
-        self._bottom_count = len(bottom)
         name = f"layer '{self.name}' (Deconvolution)"
         self.num, self.in_h, self.in_w = self.check_bottoms(bottom)
         ax = self.channel_axis
