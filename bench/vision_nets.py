@@ -73,20 +73,8 @@ def dltrain_steps(net):
 
 def per_layer_ms(net, iterations):
     """``dltrain time``'s split: (name, type, forward ms, backward ms) per layer, averaged."""
-    n = len(net.layers)
-    fwd, bwd = np.zeros(n), np.zeros(n)
-    clock = time.perf_counter
-    for _ in range(iterations):
-        for i, layer in enumerate(net.layers):
-            t = clock()
-            layer.run_reshape(net._bottom_vecs[i], net._top_vecs[i])
-            layer.forward(net._bottom_vecs[i], net._top_vecs[i])
-            fwd[i] += clock() - t
-        for i in range(n - 1, -1, -1):
-            if net.layer_need_backward[i]:
-                t = clock()
-                net.layers[i].backward(net._top_vecs[i], net.bottom_need_backward[i], net._bottom_vecs[i])
-                bwd[i] += clock() - t
+    from dltrain.cli.time_cmd import time_layers
+    fwd, bwd = time_layers(net, iterations)
     k = 1e3 / iterations
     return [(name, layer.type, fwd[i] * k, bwd[i] * k)
             for i, (name, layer) in enumerate(zip(net.layer_names, net.layers))]
@@ -99,8 +87,7 @@ def conv_flops(net):
     for i, (name, layer) in enumerate(zip(net.layer_names, net.layers)):
         if layer.type != "Convolution":
             continue
-        kh, kw = layer.kernel
-        f = 2.0 * layer.num * layer.num_output * (layer.channels // layer.group) * kh * kw * layer.out_h * layer.out_w
+        f = 2.0 * layer.matrix_work()
         down = any(net.bottom_need_backward[i])
         flops[name] = (f, f * (2 if down else 1))
     return flops
@@ -229,7 +216,6 @@ def main(name, title, doc, iterations, rounds):
     # warm-up (compilation, allocation) and a check that both compute the same net
     for step in (d_fb, t_fb, d_fwd, t_fwd):
         step()
-    d_fb()
     with torch.no_grad():
         ref = run(torch.from_numpy(net.blobs["data"].data.copy())).numpy()
     err = float(np.abs(ref - net.blobs[out].data).max())

@@ -18,6 +18,35 @@ def _stages(text):
     return [s for s in text.split(",") if s]
 
 
+def time_layers(net, iterations, sync=lambda: None, after_iteration=None):
+    """Each layer's forward and backward seconds, summed over ``iterations`` passes that run the
+    layers one by one (``sync()`` after each), in the net's BLAS thread setting
+    (Net.cpu_blas_context) as in training; ``after_iteration(it, forward_seconds,
+    backward_seconds)`` after each pass."""
+    n = len(net.layers)
+    fwd, bwd = np.zeros(n), np.zeros(n)
+    clock = time.perf_counter
+    with net.cpu_blas_context():
+        for it in range(1, iterations + 1):
+            t_iter = clock()
+            for i, layer in enumerate(net.layers):
+                t = clock()
+                layer.run_reshape(net._bottom_vecs[i], net._top_vecs[i])
+                layer.forward(net._bottom_vecs[i], net._top_vecs[i])
+                sync()
+                fwd[i] += clock() - t
+            t_fwd_done = clock()
+            for i in range(n - 1, -1, -1):
+                if net.layer_need_backward[i]:
+                    t = clock()
+                    net.layers[i].backward(net._top_vecs[i], net.bottom_need_backward[i], net._bottom_vecs[i])
+                    sync()
+                    bwd[i] += clock() - t
+            if after_iteration is not None:
+                after_iteration(it, t_fwd_done - t_iter, clock() - t_fwd_done)
+    return fwd, bwd
+
+
 def cmd_time(args):
     """Average forward/backward time per layer and in total, as `caffe time`."""
     from dlcore import DLTrainError, Net, backend
@@ -33,8 +62,8 @@ def cmd_time(args):
     else:
         backend.set_mode_cpu()
     net = Net(args.model, args.phase, level=args.level, stages=args.stage)
-    layers, names = net.layers, net.layer_names
-    n = len(layers)
+    names = net.layer_names
+    n = len(net.layers)
     log.info("Performing Forward")
     # The first pass also compiles every kernel: it is never timed.
     loss = net.forward_from_to(0, n - 1)
@@ -44,33 +73,16 @@ def cmd_time(args):
     sync()
     log.info("*** Benchmark begins ***")
     log.info(f"Testing for {args.iterations} iterations.")
-    fwd = np.zeros(n)
-    bwd = np.zeros(n)
-    total_fwd = total_bwd = 0.0
-    clock = time.perf_counter
-    # in the passes' own BLAS thread setting (Net.cpu_blas_context), as in training
-    with net.cpu_blas_context():
-        start_all = clock()
-        for it in range(1, args.iterations + 1):
-            t_iter = clock()
-            for i, layer in enumerate(layers):
-                t = clock()
-                layer.run_reshape(net._bottom_vecs[i], net._top_vecs[i])
-                layer.forward(net._bottom_vecs[i], net._top_vecs[i])
-                sync()
-                fwd[i] += clock() - t
-            t_fwd_done = clock()
-            for i in range(n - 1, -1, -1):
-                if net.layer_need_backward[i]:
-                    t = clock()
-                    layers[i].backward(net._top_vecs[i], net.bottom_need_backward[i], net._bottom_vecs[i])
-                    sync()
-                    bwd[i] += clock() - t
-            t_end = clock()
-            total_fwd += t_fwd_done - t_iter
-            total_bwd += t_end - t_fwd_done
-            log.info(f"Iteration: {it} forward-backward time: {(t_end - t_iter) * 1e3:.3f} ms.")
-    total = clock() - start_all
+    totals = [0.0, 0.0]
+
+    def report(it, forward_seconds, backward_seconds):
+        totals[0] += forward_seconds
+        totals[1] += backward_seconds
+        log.info(f"Iteration: {it} forward-backward time: {(forward_seconds + backward_seconds) * 1e3:.3f} ms.")
+    start_all = time.perf_counter()
+    fwd, bwd = time_layers(net, args.iterations, sync, report)
+    total = time.perf_counter() - start_all
+    total_fwd, total_bwd = totals
     k = 1e3 / args.iterations
     log.info("Average time per layer: ")
     for i, name in enumerate(names):

@@ -56,8 +56,9 @@ def compute_image_mean(db, output=None, backend="lmdb"):
     from dltrain.proto import caffe_pb2
     backend = backend_name(backend)
     database = open_db(db)
-    if database.backend != backend:
-        log.info(f"{db} is {database.kind}, not {backend} as --backend says: reading it as {database.label}")
+    note = database.not_as_declared(backend, "--backend")
+    if note:
+        log.info(f"{db} {note}")
     total, count, shape = None, 0, None
     for key, value in database.records():
         try:

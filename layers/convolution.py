@@ -357,8 +357,9 @@ class ConvolutionLayer(WeightedConvolution):
             for g in range(G):
                 wd = weight_diff[g * Mg:(g + 1) * Mg]
                 for n in range(col.shape[0]):
-                    K.matmul(dyc[n, g * Mg:(g + 1) * Mg], col[n, g * Kg:(g + 1) * Kg].T, wd, accumulate=True)
+                    K.matmul(dyc[n, g * Mg:(g + 1) * Mg], col[n, g * Kg:(g + 1) * Kg].T, wd, accumulate=True,
+                             work=self.work)
         else:
             for g in range(G):
                 K.matmul(dyc[g * Mg:(g + 1) * Mg], col[g * Kg:(g + 1) * Kg].T, weight_diff[g * Mg:(g + 1) * Mg],
-                         accumulate=True)
+                         accumulate=True, work=self.work)

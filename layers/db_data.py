@@ -51,7 +51,6 @@ LevelDB takes a lock that admits one process: a process that finds it held
 (another rank of a data-parallel run) reads it through a private view of
 hard links to its immutable files (see :func:`open_leveldb`).
 """
-import atexit
 import copy
 import io
 import os
@@ -380,6 +379,12 @@ class Database:
         """'an LMDB' or 'a LevelDB'."""
         return ("an " if self.backend == "lmdb" else "a ") + self.label
 
+    def not_as_declared(self, declared, where):
+        """The note when this database is not the ``declared`` backend (as ``where`` says), else None."""
+        if self.backend == declared.lower():
+            return None
+        return f"is {self.kind}, not {declared} as {where} says: reading it as {self.label}"
+
     def cursor(self):
         return _LmdbCursor(self.handle) if self.backend == "lmdb" else _LevelDBCursor(self.handle)
 
@@ -613,12 +618,8 @@ class _LevelDB:
         self.db = db
         # Not at exit, where a reader thread may still be inside the database (the OS releases it then).
         weakref.finalize(self, db.close).atexit = False
-        if view:
-            _VIEWS.add(view)
+        if view:               # removed when dropped, or at exit (finalize's default)
             weakref.finalize(self, _remove_view, view)
-
-
-_VIEWS = set()         # this process's private view folders not removed yet
 
 
 def _remove_view(view, attempts=20):
@@ -629,15 +630,6 @@ def _remove_view(view, attempts=20):
         if not os.path.exists(view):
             break
         time.sleep(0.05)
-    _VIEWS.discard(view)
-
-
-@atexit.register
-def _remove_leftover_views():
-    """At exit, the views whose handles were never collected, should their finalizers not run (before or
-    after those finalizers: removing a view twice is harmless)."""
-    for view in list(_VIEWS):
-        _remove_view(view)
 
 
 def _leveldb_message(err):
@@ -957,11 +949,11 @@ class DataLayer(Layer):
         """One line when the source is not what data_param.backend (or Caffe's default, LEVELDB) says."""
         dp = self.layer_param.data_param
         declared = caffe_pb2.DataParameter.DB.Name(dp.backend)
-        if db.backend == declared.lower():
+        note = db.not_as_declared(declared, "data_param.backend")
+        if note is None:
             return
         if dp.HasField("backend"):
-            log.warning(f"{self.owner}: data_param.source '{dp.source}' is {db.kind}, not {declared} as "
-                        f"data_param.backend says: reading it as {db.label}")
+            log.warning(f"{self.owner}: data_param.source '{dp.source}' {note}")
         else:
             log.info(f"{self.owner}: data_param.source '{dp.source}' is {db.kind}; data_param.backend is not "
                      f"set, which is {declared} in Caffe: reading it as {db.label}")

@@ -80,9 +80,9 @@ class InnerProductLayer(Layer):
         if K.param_down(self, 0):
             dw = self.blobs[0].diff
             if self.transpose:
-                K.matmul(x.T, dy, dw, accumulate=True)      # (K, N) += x^T dy
+                K.matmul(x.T, dy, dw, accumulate=True, work=self.work)      # (K, N) += x^T dy
             else:
-                K.matmul(dy.T, x, dw, accumulate=True)      # (N, K) += dy^T x
+                K.matmul(dy.T, x, dw, accumulate=True, work=self.work)      # (N, K) += dy^T x
         if self.bias_term and K.param_down(self, 1):
             db = self.blobs[1].diff
             np.add(db, dy.sum(axis=0, dtype=self.dtype), out=db)

@@ -273,6 +273,8 @@ def matmul(a, b, out, accumulate=False, work=None):
     array of ``out``'s shape; allocated if None) and adds.  Either way it
     keeps ONE BLAS thread pool in the process: NumPy's (scipy and numba's
     np.dot use a second OpenBLAS whose spinning threads would compete).
+    ``work`` may be the layer's ``Workspace``: the array is then taken from
+    it only when needed.
     (The GPU's BLAS-style product, on flat device arrays, is ``kernels_cuda.gemm``.)
     """
     if not accumulate:
@@ -282,6 +284,8 @@ def matmul(a, b, out, accumulate=False, work=None):
         return out
     if work is None:
         work = np.empty_like(out)
+    elif isinstance(work, Workspace):
+        work = work.get("matmul_work", out.shape, out.dtype)
     np.matmul(a, b, out=work)
     np.add(out, work, out=out)
     return out

@@ -630,7 +630,7 @@ class RecurrentLayer(Layer):
         ppd = self.param_propagate_down
         X = bottom[0].data.reshape(TN, self.D)
         if ppd[ix]:
-            K.matmul(dG, X, self.blobs[ix].diff, accumulate=True, work=self._buf("dwx", G, self.D))
+            K.matmul(dG, X, self.blobs[ix].diff, accumulate=True, work=self.work)
         if ppd[ib]:
             db = self.blobs[ib].diff
             np.add(db, np.matmul(dG, self._ones(TN), out=self._buf("db", G)), out=db)
@@ -639,8 +639,7 @@ class RecurrentLayer(Layer):
             used = np.flatnonzero(self._rec_used)
             if used.size:
                 u = int(used[0]) * N
-                K.matmul(dG[:, u:TN], hc[:, u:TN].T, self.blobs[ih].diff, accumulate=True,
-                         work=self._buf("dwh", G, self.H))
+                K.matmul(dG[:, u:TN], hc[:, u:TN].T, self.blobs[ih].diff, accumulate=True, work=self.work)
         if propagate_down[0]:
             K.matmul(dG.T, self.blobs[ix].data, bottom[0].diff.reshape(TN, self.D))
 
@@ -654,7 +653,7 @@ class RecurrentLayer(Layer):
         xs = bottom[2].data.reshape(N, self.Ds)
         if self.param_propagate_down[istat]:
             dw = self.blobs[istat].diff
-            K.matmul(dGs, xs, dw, accumulate=True, work=self._buf("dws", *dw.shape))
+            K.matmul(dGs, xs, dw, accumulate=True, work=self.work)
         if propagate_down[2]:
             K.matmul(dGs.T, self.blobs[istat].data, bottom[2].diff.reshape(N, self.Ds))
 
@@ -896,7 +895,7 @@ class RNNLayer(RecurrentLayer):
         tanh_grad_rows(top[0].data.reshape(TN, H), top[0].diff.reshape(TN, H), do, one)
         if ppd[i_ho]:
             dw = self.blobs[i_ho].diff
-            K.matmul(do.T, h.T, dw, accumulate=True, work=self._buf("dwo", H, H))
+            K.matmul(do.T, h.T, dw, accumulate=True, work=self.work)
         if ppd[i_bo]:
             db = self.blobs[i_bo].diff
             np.add(db, np.matmul(self._ones(TN), do, out=self._buf("dbo", H)), out=db)

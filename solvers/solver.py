@@ -73,11 +73,8 @@ def _update_kernels(gpu):
 def output_loss_weights(net):
     """The loss weight of each of ``net``'s output blobs, in ``net.outputs`` order (Caffe's
     blob_loss_weights_; 0 for an output no loss layer weights)."""
-    weights = {}
-    for tops, layer in zip(net._top_name_vecs, net.layers):
-        for top, weight in zip(tops, layer.loss_weights):
-            weights[top] = weight
-    return [weights.get(name, 0.0) for name in net.outputs]
+    weights = net.blob_loss_weights
+    return [weights[name] for name in net.outputs]
 
 
 def device_for_solver(param, gpu_flag=None):
