@@ -8,9 +8,11 @@ text and needs nothing more; PNG, SVG and other images are made by
 Graphviz's ``dot`` program.  The drawing itself is :mod:`dltrain_caffe.draw`
 (``caffe.draw``), the same code pycaffe scripts call.
 """
+from dlcore import TEST, TRAIN
+
 __all__ = ["register", "cmd_draw"]
 
-PHASES = {"TRAIN": 0, "TEST": 1, "ALL": None}       # caffe_pb2.TRAIN, caffe_pb2.TEST, every layer
+PHASES = {"TRAIN": TRAIN, "TEST": TEST, "ALL": None}       # ALL: every layer
 
 
 def cmd_draw(args):

@@ -556,23 +556,26 @@ class Net:
     def _blobs(self):
         return list(self.blobs.values())
 
+    def _blob_ids(self, names):
+        """The indices in ``_blobs`` of the named blobs."""
+        index = {name: i for i, name in enumerate(self.blobs)}
+        return [index[name] for name in names]
+
     @property
     def _inputs(self):
         """The indices in ``_blobs`` of the input blobs."""
-        return [self._blob_names.index(name) for name in self._input_names]
+        return self._blob_ids(self._input_names)
 
     @property
     def _outputs(self):
         """The indices in ``_blobs`` of the output blobs."""
-        return [self._blob_names.index(name) for name in self._output_names]
+        return self._blob_ids(self._output_names)
 
     def _bottom_ids(self, layer_index):
-        names = self._blob_names
-        return [names.index(name) for name in self._bottom_name_vecs[layer_index]]
+        return self._blob_ids(self._bottom_name_vecs[layer_index])
 
     def _top_ids(self, layer_index):
-        names = self._blob_names
-        return [names.index(name) for name in self._top_name_vecs[layer_index]]
+        return self._blob_ids(self._top_name_vecs[layer_index])
 
     @property
     def _blob_loss_weights(self):
@@ -705,21 +708,24 @@ class Net:
         num = next(iter(lengths.values()))
         if any(n != num for n in lengths.values()):
             raise DLTrainError(f"net '{self.name}': the arrays to batch differ in length ({lengths})")
-        batch_size = next(iter(self.blobs.values())).shape[0]
-        for i in range(0, num - num % batch_size, batch_size):
-            yield {name: value[i:i + batch_size] for name, value in blobs.items()}
-        remainder = num % batch_size
-        if remainder:
-            yield {name: np.concatenate([value[num - remainder:],
-                                         np.zeros((batch_size - remainder,) + value.shape[1:], value.dtype)])
-                   for name, value in blobs.items()}
+        batch_size = self._batch_size()
+        pad = self._padding(blobs)
+        for i in range(0, num, batch_size):
+            batch = {name: value[i:i + batch_size] for name, value in blobs.items()}
+            if i + batch_size > num:  # the last, short batch
+                batch = {name: np.concatenate([rows, np.zeros((pad,) + rows.shape[1:], rows.dtype)])
+                         for name, rows in batch.items()}
+            yield batch
+
+    def _batch_size(self):
+        """pycaffe's batch size: the first dimension of the net's first blob."""
+        return next(iter(self.blobs.values())).shape[0]
 
     def _padding(self, blobs):
         """How many zero rows _batch adds to ``blobs``."""
         if not blobs:
             return 0
-        num = len(next(iter(blobs.values())))
-        return -num % next(iter(self.blobs.values())).shape[0]
+        return -len(next(iter(blobs.values()))) % self._batch_size()
 
     @staticmethod
     def _join(parts, pad):
@@ -922,6 +928,9 @@ class Net:
         except OSError as err:
             raise ConfigError(f"cannot read HDF5 weights: {err}", path=path) from None
         copied = 0
+        # layer name -> the index in the net's parameter list of its first parameter (keyed like layer_dict)
+        first_param = dict(zip(self._layer_names,
+                               itertools.accumulate((len(layer.blobs) for layer in self.layers), initial=0)))
         with f:
             data = f.get("data")
             if not isinstance(data, h5py.Group):
@@ -935,7 +944,7 @@ class Net:
                 if len(stored) > len(layer.blobs):
                     raise ConfigError(f"layer '{name}': the file has {len(stored)} parameter blobs, the net "
                                       f"{len(layer.blobs)}", path=path)
-                first = self._layer_param_ids(layer)
+                first = first_param[name]
                 for j, blob in enumerate(layer.blobs):
                     if str(j) not in stored:
                         if self.param_owners[first + j] != -1:
@@ -949,15 +958,6 @@ class Net:
                     blob.data[...] = values
                 copied += bool(layer.blobs)
         return copied
-
-    def _layer_param_ids(self, layer):
-        """The index in the net's parameter list of ``layer``'s first parameter."""
-        count = 0
-        for other in self.layers:
-            if other is layer:
-                return count
-            count += len(other.blobs)
-        raise ValueError("layer not in this net")
 
     def __repr__(self):
         return f"<Net '{self.name}' {'TRAIN' if self.phase == TRAIN else 'TEST'}: {len(self.layers)} layers>"

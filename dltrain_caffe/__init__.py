@@ -138,7 +138,8 @@ class Timer:
     @staticmethod
     def _sync():
         if _dlcore.backend.is_gpu():
-            _dlcore.backend.cuda_module().synchronize()
+            from dlcore.device import synchronize    # imported only in GPU mode: a CPU run never loads numba.cuda
+            synchronize()
 
 
 NCCL_UNAVAILABLE = ("caffe.NCCL is not available: dltrain has no NCCL (caffe.has_nccl() is False). "

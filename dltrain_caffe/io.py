@@ -17,6 +17,7 @@ dltrain uses Pillow (the ``[images]`` extra) and SciPy:
 """
 import numpy as np
 
+from dlcore.errors import require_module
 from dltrain.proto import caffe_pb2
 
 __all__ = ["blobproto_to_array", "array_to_blobproto", "arraylist_to_blobprotovector_str",
@@ -88,10 +89,7 @@ def datum_to_array(datum):
 # --- images -------------------------------------------------------------------------------------
 def load_image(filename, color=True):
     """An H×W×3 (color) or H×W×1 (gray) float32 image in [0, 1]; an alpha channel is dropped."""
-    try:
-        from PIL import Image
-    except ImportError:
-        raise ImportError("caffe.io.load_image needs Pillow: pip install 'dltrain[images]'") from None
+    Image = require_module("PIL.Image", "caffe.io.load_image", "Pillow", "images", error=ImportError)
     with Image.open(filename) as image:
         if image.mode in ("1", "L"):
             img = np.asarray(image.convert("L"), dtype=np.float64) / 255.0

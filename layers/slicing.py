@@ -130,6 +130,7 @@ def crop_copy(bottom, top, top_shape, bottom_strides, offsets, to_bottom):
 class CropLayer(Layer):
     exact_num_bottom_blobs = 2
     exact_num_top_blobs = 1
+    allows_in_place = False
     cuda_module = CUDA_MODULE
 
     def setup(self, bottom, top):
@@ -142,8 +143,6 @@ class CropLayer(Layer):
                               f"({n_axes - start} for bottom {bottom[0].shape_string()})")
 
     def reshape(self, bottom, top):
-        if top[0] is bottom[0]:
-            raise ConfigError(f"layer '{self.name}' (Crop) does not allow in-place computation")
         param = self.layer_param.crop_param
         n_axes = bottom[0].num_axes
         start = canonical_axis(self, bottom[0], param.axis)
@@ -299,6 +298,7 @@ def reindex_backward(dy, dx, order, begin, inner):
 class BatchReindexLayer(Layer):
     exact_num_bottom_blobs = 2
     exact_num_top_blobs = 1
+    allows_in_place = False
     cuda_module = CUDA_MODULE
 
     def reshape(self, bottom, top):
@@ -307,8 +307,6 @@ class BatchReindexLayer(Layer):
                               f"(got {bottom[1].shape_string()})")
         if bottom[0].num_axes < 1:
             raise ConfigError(f"layer '{self.name}' (BatchReindex): bottom 0 needs an axis 0")
-        if top[0] is bottom[0]:
-            raise ConfigError(f"layer '{self.name}' (BatchReindex) does not allow in-place computation")
         top[0].reshape((bottom[1].shape[0],) + bottom[0].shape[1:])
         self.inner = bottom[0].count_range(1)
 
