@@ -304,41 +304,29 @@ class ConvolutionLayer(WeightedConvolution):
                     K.ncp_to_cnp(dy[n0:n1].reshape(-1), cnt, M, P, dyc.reshape(-1), bias_diff, do_bias)
                 if not (do_weight or down):
                     continue
-                if self.pointwise:
-                    self._pointwise_backward(x[n0:n1], dyc, weight, weight_diff,
-                                             self._images(b.diff)[n0:n1] if down else None, do_weight)
-                    continue
-                col, strides = self._columns(i, cnt)
+                if self.pointwise:      # the columns are the bottom itself, their gradient the bottom's
+                    col = x[n0:n1].reshape(cnt, self.channels, P)
+                    dcol = self._images(b.diff)[n0:n1].reshape(cnt, self.channels, P)
+                else:
+                    col, strides = self._columns(i, cnt)
+                    dcol = col              # reused for the column gradient once the weights have theirs
                 if do_weight:
-                    if not (single and self._col_cache.get(i) is b.data):
+                    if not (self.pointwise or (single and self._col_cache.get(i) is b.data)):
                         self._im2col(x[n0:n1], cnt, col, strides)
                     self._weight_gradient(dyc, col, weight_diff, bias_diff if do_bias else None)
                 if down:
-                    # The column buffer is free now: reuse it for the column gradient.
                     self._col_cache.pop(i, None)
                     for g in range(G):
                         if self.image_layout:
                             # (the ones row of a folded bias stays: rows Kg*G.. are not written)
                             np.matmul(weight[g * Mg:(g + 1) * Mg].T, dyc[:, g * Mg:(g + 1) * Mg],
-                                      out=col[:, g * Kg:(g + 1) * Kg])
+                                      out=dcol[:, g * Kg:(g + 1) * Kg])
                         else:
                             K.matmul(weight[g * Mg:(g + 1) * Mg].T, dyc[g * Mg:(g + 1) * Mg],
-                                     col[g * Kg:(g + 1) * Kg])
-                    K.col2im(col.reshape(-1), cnt, self.geometry, self._images(b.diff)[n0:n1].reshape(-1), *strides)
-
-    def _pointwise_backward(self, x, dyc, weight, weight_diff, dx, do_weight):
-        """Backward of a 1x1 convolution (image layout, ``dyc`` (cnt, M, P)): the columns are the
-        bottom ``x`` itself and the column gradient is the bottom gradient ``dx`` (None: not wanted).
-        The bias gradient was summed by the caller."""
-        cnt, P = x.shape[0], self.out_h * self.out_w
-        M, G = self.num_output, self.group
-        Mg, Kg = M // G, self.kernel_dim
-        if do_weight:
-            self._weight_gradient(dyc, x.reshape(cnt, self.channels, P), weight_diff, None)
-        if dx is not None:
-            dx = dx.reshape(cnt, self.channels, P)
-            for g in range(G):
-                np.matmul(weight[g * Mg:(g + 1) * Mg].T, dyc[:, g * Mg:(g + 1) * Mg], out=dx[:, g * Kg:(g + 1) * Kg])
+                                     dcol[g * Kg:(g + 1) * Kg])
+                    if not self.pointwise:
+                        K.col2im(col.reshape(-1), cnt, self.geometry, self._images(b.diff)[n0:n1].reshape(-1),
+                                 *strides)
 
     def _weight_gradient(self, dyc, col, weight_diff, bias_diff):
         M, G = self.num_output, self.group
