@@ -304,24 +304,25 @@ def _numpy_cblas():
         import ctypes
         from .blas_threads import numpy_blas_files
         found = {}
+        # the symbol's spellings, with the integer type its suffix means
+        spellings = [(prefix, suffix, index) for prefix in ("scipy_", "")
+                     for suffix, index in (("64_", ctypes.c_int64), ("", ctypes.c_int))]
+        ptr = ctypes.c_void_p
         for path in numpy_blas_files():
             try:
                 lib = ctypes.CDLL(path)
             except OSError:
                 continue
-            for prefix in ("scipy_", ""):
-                for suffix, index in (("64_", ctypes.c_int64), ("", ctypes.c_int)):
-                    for dtype, letter, scalar in ((np.float32, "s", ctypes.c_float),
-                                                  (np.float64, "d", ctypes.c_double)):
-                        name = f"{prefix}cblas_{letter}gemm{suffix}"
-                        if np.dtype(dtype) in found or not hasattr(lib, name):
-                            continue
-                        gemm = getattr(lib, name)
-                        ptr = ctypes.c_void_p
-                        gemm.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int, index, index, index, scalar,
-                                         ptr, index, ptr, index, scalar, ptr, index]
-                        gemm.restype = None
-                        found[np.dtype(dtype)] = gemm
+            for dtype, letter, scalar in ((np.float32, "s", ctypes.c_float), (np.float64, "d", ctypes.c_double)):
+                names = [(f"{prefix}cblas_{letter}gemm{suffix}", index) for prefix, suffix, index in spellings]
+                name, index = next(((n, i) for n, i in names if hasattr(lib, n)), (None, None))
+                if np.dtype(dtype) in found or name is None:
+                    continue
+                gemm = getattr(lib, name)
+                gemm.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int, index, index, index, scalar,
+                                 ptr, index, ptr, index, scalar, ptr, index]
+                gemm.restype = None
+                found[np.dtype(dtype)] = gemm
         _cblas = found
     return _cblas
 
