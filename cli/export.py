@@ -59,7 +59,7 @@ def cmd_export(args):
 
 
 def register(sub):
-    from dltrain.export import DEFAULT_OPSET
+    from dltrain.export import DEFAULT_OPSET, MAX_OPSET, MIN_OPSET, RECURRENT_MODES
     from dltrain.export.check import DEFAULT_TOLERANCE
     p = sub.add_parser("export", help="write a deploy net and its weights as an ONNX model (checked in ONNX Runtime)",
                        description="Export a Caffe deploy net with its weights to ONNX. By default (when "
@@ -70,7 +70,7 @@ def register(sub):
     p.add_argument("--model", required=True, help="the deploy net (.prototxt or .yaml)")
     p.add_argument("--weights", help="the trained .caffemodel (without: seeded random weights, for testing)")
     p.add_argument("--opset", type=int, default=DEFAULT_OPSET,
-                   help=f"the ONNX opset (13 to 21; default {DEFAULT_OPSET})")
+                   help=f"the ONNX opset ({MIN_OPSET} to {MAX_OPSET}; default {DEFAULT_OPSET})")
     p.add_argument("--batch", type=_batch, help="the batch size of the inputs, or 'dynamic' (default: the "
                                                 "net's input shapes)")
     p.add_argument("--batch-axis", action="append", metavar="INPUT=AXIS",
@@ -81,7 +81,7 @@ def register(sub):
     p.add_argument("--no-check", dest="check", action="store_false", help="do not compare")
     p.add_argument("--tolerance", type=float, default=DEFAULT_TOLERANCE,
                    help=f"the largest max relative difference allowed (default {DEFAULT_TOLERANCE:g})")
-    p.add_argument("--recurrent", choices=("exact", "onnx"), default="exact",
+    p.add_argument("--recurrent", choices=RECURRENT_MODES, default="exact",
                    help="LSTM/RNN as a Scan over Caffe's cell, exact for any cont (default), or ONNX's "
                         "LSTM/RNN operators, exact when cont is 1 after the first step")
     p.add_argument("--seed", type=int, default=0, help="the seed of the check's random inputs (default 0)")

@@ -59,10 +59,6 @@ class ExportResult:
         """The (layer, type, top, difference) of the layer top that differs most, or None."""
         return max(self.top_differences, key=lambda t: t[3], default=None) if self.top_differences else None
 
-    @property
-    def max_difference(self):
-        return max(self.differences.values(), default=0.0) if self.differences else None
-
 
 def onnxruntime_available():
     try:
@@ -105,7 +101,7 @@ def export_onnx(model, out=None, weights=None, opset=DEFAULT_OPSET, batch=None, 
     Net to export instead.  Returns an :class:`ExportResult`.
     """
     _require_onnx()
-    from .check import DEFAULT_TOLERANCE, check_export
+    from .check import DEFAULT_TOLERANCE, check_export, set_input_shapes
     if not MIN_OPSET <= int(opset) <= MAX_OPSET:
         raise ExportError(f"opset {opset} is not supported: choose {MIN_OPSET} to {MAX_OPSET} "
                           f"(default {DEFAULT_OPSET})")
@@ -120,7 +116,7 @@ def export_onnx(model, out=None, weights=None, opset=DEFAULT_OPSET, batch=None, 
     base = {name: tuple(net.blobs[name].shape) for name in net.inputs}
     axes = _batch_axes(net, base, batch_axes) if batch is not None else {}
     if batch is not None and not dynamic:
-        _set_batch(net, base, axes, int(batch))
+        set_input_shapes(net, _batched(base, axes, int(batch)))
     shapes = {name: tuple(blob.shape) for name, blob in net.blobs.items()}
     varying = _varying_axes(net, base, axes, shapes) if dynamic else {}
     blob_values = []
@@ -135,11 +131,7 @@ def export_onnx(model, out=None, weights=None, opset=DEFAULT_OPSET, batch=None, 
         if not have_onnxruntime:
             raise DLTrainError("--check needs onnxruntime: pip install 'dltrain[onnx]' (or export with --no-check)")
         t0 = time.perf_counter()
-        batches = None
-        if dynamic:
-            current = {n: tuple(net.blobs[n].shape) for n in net.inputs}
-            bigger = {n: _with_batch(s, axes[n], s[axes[n]] + 1) for n, s in current.items()}
-            batches = [current, bigger]
+        batches = [base, _batched(base, axes)] if dynamic else None      # (the net is at base now)
         report = check_export(net, data, seed=seed, restarts=recurrent == "exact",
                               tolerance=DEFAULT_TOLERANCE if tolerance is None else float(tolerance),
                               batches=batches, blob_values=blob_values, model=model_proto)
@@ -150,10 +142,14 @@ def export_onnx(model, out=None, weights=None, opset=DEFAULT_OPSET, batch=None, 
     return ExportResult(model_proto, out, differences, seconds, check_seconds, top_differences)
 
 
-def _with_batch(shape, axis, size):
-    shape = list(shape)
-    shape[axis] = size
-    return tuple(shape)
+def _batched(base, axes, size=None):
+    """The input shapes ``base`` with batch ``size`` on each input's batch axis (None: one more)."""
+    out = {}
+    for name, shape in base.items():
+        shape = list(shape)
+        shape[axes[name]] = shape[axes[name]] + 1 if size is None else size
+        out[name] = tuple(shape)
+    return out
 
 
 def _batch_axes(net, base, explicit):
@@ -161,13 +157,14 @@ def _batch_axes(net, base, explicit):
     layer; where that choice makes the net's shapes invalid (a T x N input that reaches no recurrent
     layer, e.g. a bag of characters), axis 1 for every input of two or more axes."""
     from dlcore.errors import ConfigError
-    from .check import batch_axis
+    from .check import batch_axis, readers, set_input_shapes
     explicit = dict(explicit or {})
     for name in explicit:
         if name not in base:
             raise ExportError(f"batch_axes names '{name}', which is not an input of the net "
                               f"(inputs: {', '.join(base)})")
-    first = {n: explicit.get(n, batch_axis(net, n)) for n in base}
+    read = readers(net)
+    first = {n: explicit.get(n, batch_axis(net, n, read)) for n in base}
     second = {n: explicit.get(n, 1 if len(base[n]) >= 2 else 0) for n in base}
     error = None
     for axes in (first, second):
@@ -175,41 +172,27 @@ def _batch_axes(net, base, explicit):
             if len(shape) <= axes[name]:
                 raise ExportError(f"input '{name}' (shape {shape}) has no batch axis {axes[name]}")
         try:
-            _set_batch(net, base, axes, None)
+            set_input_shapes(net, _batched(base, axes))
             return axes
         except ConfigError as err:
             error = error or err
         finally:
-            for name, shape in base.items():
-                net.blobs[name].reshape(shape)
-            net.reshape()
+            set_input_shapes(net, base)
     raise ExportError(f"cannot change the batch size of the net's inputs: {error}; give the batch axis of each "
                       "input (batch_axes, --batch-axis NAME=AXIS) or export without --batch")
-
-
-def _set_batch(net, base, axes, size):
-    """Reshape the inputs to batch ``size`` (None: one more than now) and the net after them."""
-    for name, shape in base.items():
-        n = shape[axes[name]] + 1 if size is None else size
-        net.blobs[name].reshape(_with_batch(shape, axes[name], n))
-    net.reshape()
 
 
 def _varying_axes(net, base, axes, shapes):
     """blob name -> per axis, whether its size follows the batch (found by reshaping the net to one
     more and comparing every blob's shape)."""
-    bigger = {name: _with_batch(shape, axes[name], shape[axes[name]] + 1) for name, shape in base.items()}
-    for name, shape in bigger.items():
-        net.blobs[name].reshape(shape)
-    net.reshape()
+    from .check import set_input_shapes
+    set_input_shapes(net, _batched(base, axes))
     out = {}
     for name, blob in net.blobs.items():
         other = tuple(blob.shape)
         mine = shapes[name]
         out[name] = tuple(a != b for a, b in zip(mine, other)) if len(other) == len(mine) else (True,) * len(mine)
-    for name, shape in base.items():
-        net.blobs[name].reshape(shape)
-    net.reshape()
+    set_input_shapes(net, base)
     return out
 
 
@@ -262,12 +245,12 @@ def build_model(net, shapes, varying, opset, options, blob_values=None):
                            [no_varying(b) for b in bottoms],
                            [no_varying(t) for t in tops_of[i]], tops_of[i], options)
         produced = list(exporter(ctx))
-        ctx.produced = produced
         if len(produced) != len(tops_of[i]):
             raise ExportError(f"layer '{layer.name}' ({kind}): its ONNX exporter gave {len(produced)} values for "
                               f"{len(tops_of[i])} tops")
         for j, (top, value) in enumerate(zip(tops_of[i], produced)):
-            value_of[top] = _name_value(builder, top, value, last_writer[top] == i and top in outputs, ctx)
+            value_of[top] = _name_value(builder, top, value, last_writer[top] == i and top in outputs, ctx,
+                                        produced)
             if blob_values is not None:
                 blob_values.append((i, top, value_of[top]))
     graph_outputs = []
@@ -286,15 +269,15 @@ def build_model(net, shapes, varying, opset, options, blob_values=None):
     return model
 
 
-def _name_value(builder, top, value, is_final_output, ctx):
+def _name_value(builder, top, value, is_final_output, ctx, produced):
     """The value name that holds ``top`` after this layer: a net output's last write is renamed to the
-    blob's name when one node of this layer made it and nothing reads it (else an Identity is added
-    at the end)."""
+    blob's name when one node of this layer made it, nothing reads it and it is not also another of the
+    layer's tops (``produced``: its values, one per top); else an Identity is added at the end."""
     if not is_final_output or value in ctx.bottoms:
         return value
     producer = [node for node in builder.nodes if value in node.output]
     readers = [node for node in builder.nodes if value in node.input]
-    if len(producer) == 1 and not readers and list(ctx.produced).count(value) == 1:
+    if len(producer) == 1 and not readers and produced.count(value) == 1:
         outputs = producer[0].output
         outputs[list(outputs).index(value)] = top
         return top

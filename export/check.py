@@ -15,7 +15,7 @@ the first top, in net order, past the tolerance: where the export goes wrong.
 """
 import numpy as np
 
-from .graph import ExportError
+from .graph import ExportError, unique_name
 
 DEFAULT_TOLERANCE = 1e-3
 
@@ -53,11 +53,11 @@ def input_kinds(net):
     return kinds
 
 
-def batch_axis(net, name):
+def batch_axis(net, name, read=None):
     """The axis of input ``name`` that is the batch: 1 for Caffe's T x N sequences (the input reaches a
     recurrent layer's x, cont or exposed state, directly or through Embed / one-in-one-out layers that
-    keep the leading axes), else 0."""
-    read = readers(net)
+    keep the leading axes), else 0.  ``read``: ``readers(net)`` if at hand (asking for every input)."""
+    read = readers(net) if read is None else read
     keep_axes = {"Embed", "ReLU", "Sigmoid", "TanH", "Dropout", "AbsVal", "Power", "Exp", "Log", "BNLL",
                  "ELU", "PReLU", "Threshold", "Clip", "Swish", "Scale", "Bias"}
     frontier, seen = [name], set()
@@ -97,6 +97,13 @@ def random_inputs(net, seed=0, restarts=False):
     return out
 
 
+def set_input_shapes(net, shapes):
+    """Reshape the inputs to ``shapes`` ({input: shape}) and the net after them."""
+    for name, shape in shapes.items():
+        net.blobs[name].reshape(shape)
+    net.reshape()
+
+
 def _set_inputs(net, inputs):
     for name, value in inputs.items():
         blob = net.blobs[name]
@@ -106,7 +113,7 @@ def _set_inputs(net, inputs):
     for name, value in inputs.items():
         net.blobs[name].data[...] = value
     for layer in net.layers:
-        if hasattr(layer, "reset") and layer.type in ("LSTM", "RNN"):
+        if layer.type in ("LSTM", "RNN"):
             layer.reset()
 
 
@@ -185,11 +192,7 @@ def with_extra_outputs(model_bytes, values, model=None):
         if value in produced:
             name = value
         else:       # an input or a weight passed through: a graph output must come from a node
-            name, k = f"check/{value}", 0
-            while name in taken:
-                k += 1
-                name = f"check/{value}_{k}"
-            taken.add(name)
+            name = unique_name(f"check/{value}", taken)
             extra.graph.node.append(helper.make_node("Identity", [value], [name], name=name))
         extra.graph.output.append(helper.make_empty_tensor_value_info(name))
         outputs.add(name)
@@ -223,9 +226,7 @@ def check_export(net, model_bytes, seed=0, tolerance=DEFAULT_TOLERANCE, restarts
     worst, worst_top = {}, {}
     for k, shapes in enumerate(batches or [None]):
         if shapes:
-            for name, shape in shapes.items():
-                net.blobs[name].reshape(shape)
-            net.reshape()
+            set_input_shapes(net, shapes)
         inputs = random_inputs(net, seed + k, restarts)
         want, want_tops = dltrain_forward_tops(net, inputs, [(i, top) for i, top, _ in tops])
         feed = {name: value for name, value in inputs.items() if name in graph_inputs}
@@ -255,6 +256,7 @@ def random_weights(net, seed=0):
     """Fill every parameter blob with seeded random values that keep activations in range (weights
     ~ N(0, 1/fan_in), biases ~ N(0, 0.1)); BatchNorm's statistics get a positive variance and scale
     factor.  For exporting nets that come without trained weights (tests, checks)."""
+    from dlcore.filler import _fans
     rng = np.random.default_rng(seed)
     for layer in net.layers:
         if layer.type == "BatchNorm":
@@ -265,10 +267,10 @@ def random_weights(net, seed=0):
             continue
         for blob in layer.blobs:
             shape = blob.shape
-            if len(shape) >= 2:
-                fan_in = int(np.prod(shape[1:]))
-                if layer.type in ("Deconvolution",):
-                    fan_in = int(shape[0] * np.prod(shape[2:]))
+            if len(shape) >= 2 and blob.count:      # (an empty blob: nothing to fill, no fans)
+                fan_in, fan_out = _fans(blob)          # Caffe's: count / shape[0], count / shape[1]
+                if layer.type == "Deconvolution":      # its weights are (C_in, C_out / group, ...)
+                    fan_in = fan_out
                 if layer.type == "Embed":
                     fan_in = 1
                 std = 1.0 / np.sqrt(max(fan_in, 1))

@@ -14,6 +14,16 @@ class ExportError(DLTrainError):
     """A net (or one of its layers) that cannot be written as ONNX."""
 
 
+def unique_name(base, taken):
+    """``base``, else ``base_1``, ``base_2``... : the first not in the set ``taken`` (added to it)."""
+    name, k = base, 0
+    while name in taken:
+        k += 1
+        name = f"{base}_{k}"
+    taken.add(name)
+    return name
+
+
 class GraphBuilder:
     """Nodes and initializers of one ONNX graph, with unique value names."""
 
@@ -27,13 +37,7 @@ class GraphBuilder:
     def fresh(self, base, taken=None):
         """A value name (or, with ``taken``, a name from that set) not used yet: ``base``, else
         ``base_1``, ``base_2``..."""
-        taken = self.used if taken is None else taken
-        name, k = base, 0
-        while name in taken:
-            k += 1
-            name = f"{base}_{k}"
-        taken.add(name)
-        return name
+        return unique_name(base, self.used if taken is None else taken)
 
     def const(self, array, name, dtype=np.float32):
         """An initializer holding ``array``; returns its (unique) name."""

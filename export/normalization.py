@@ -17,17 +17,19 @@ def batch_norm(ctx):
     """y = (x - mean) / sqrt(var + eps) per channel (axis 1).  With global statistics (TEST's default)
     mean and var are the stored sums times 1/s, computed here in float32 exactly as dltrain does;
     otherwise they are the batch's own, reduced over every axis but the channels."""
+    from dltrain.layers.normalization import batch_norm_std, global_stats_factor
     L = ctx.layer
     rank = len(ctx.bottom_shapes[0])
     shape = _channel_shape(rank, L.channels)
     x = ctx.bottoms[0]
-    one = np.float32(1)
     if L.use_global_stats:
         b0, b1, b2 = (np.asarray(b.data, np.float32).reshape(-1) for b in L.blobs)
-        factor = one / b2[0] if b2[0] != 0 else np.float32(0)
+        # dltrain's own formulas on float32 scalars (as its forward pass runs them)
+        factor = global_stats_factor(b2[0], np.float32(1))
         mean = (factor * b0).astype(np.float32)
         var = (factor * b1).astype(np.float32)
-        std = np.sqrt(var + np.float32(L.eps)).astype(np.float32)
+        eps = np.float32(L.eps)
+        std = np.array([batch_norm_std(v, eps) for v in var], np.float32)
         centered = ctx.node("Sub", [x, ctx.const(mean.reshape(shape), "mean")])
         return [ctx.node("Div", [centered, ctx.const(std.reshape(shape), "std")])]
     axes = [a for a in range(rank) if a != 1] if rank > 1 else [0]

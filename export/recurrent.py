@@ -128,7 +128,9 @@ def lstm(ctx):
     G = 4 * L.H
     x, cont = _sequence_input(ctx)
     if ctx.options.get("recurrent", "exact") == "onnx":
-        return _lstm_onnx_op(ctx, x, cont)
+        W, R, b = (_permuted(L.blobs[k], L.H) for k in (0, -1, 1))
+        y, exposed = _onnx_op(ctx, "LSTM", x, cont, W, R, b, 2)
+        return [y] + exposed
     proj = _input_projection(ctx, x, G)
     w_h_t = ctx.const(np.asarray(L.blobs[-1].data, np.float32).T, "W_h_T")
     h_T, c_T, y = _scan(ctx, _state_inputs(ctx, 2), [proj, cont], _lstm_step(ctx, w_h_t), 2, "lstm")
@@ -141,15 +143,17 @@ def rnn(ctx):
     x, cont = _sequence_input(ctx)
     nst = int(L.static_input)
     w_hh, w_ho, b_o = (np.asarray(b.data, np.float32) for b in L.blobs[2 + nst:])
-    if ctx.options.get("recurrent", "exact") == "onnx":
-        y, h_T = _rnn_onnx_op(ctx, x, cont, w_hh)
+    onnx_op = ctx.options.get("recurrent", "exact") == "onnx"
+    if onnx_op:
+        W, b = (np.asarray(L.blobs[k].data, np.float32) for k in (0, 1))
+        y, exposed = _onnx_op(ctx, "RNN", x, cont, W, w_hh, b, 1)
     else:
         proj = _input_projection(ctx, x, L.H)
         w_hh_t = ctx.const(w_hh.T, "W_hh_T")
         h_T, y = _scan(ctx, _state_inputs(ctx, 1), [proj, cont], _rnn_step(ctx, w_hh_t), 1, "rnn")
     o = ctx.node("Tanh", [ctx.node("Add", [ctx.node("MatMul", [y, ctx.const(w_ho.T, "W_ho_T")]),
                                            ctx.const(b_o, "b_o")])])
-    return [o] + _exposed_tops(ctx, [h_T])
+    return [o] + (exposed if onnx_op else _exposed_tops(ctx, [h_T]))
 
 
 # --- ONNX's own operators (recurrent: "onnx") --------------------------------------------------
@@ -171,38 +175,20 @@ def _permuted(blob, H):
     return np.concatenate(blocks, axis=0)
 
 
-def _lstm_onnx_op(ctx, x, cont):
+def _onnx_op(ctx, op, x, cont, W, R, b, n_state):
+    """ONNX's ``op`` (LSTM or RNN) over x (T, N, D) with Caffe's weights (an LSTM's in ONNX's gate
+    order): W_x ``W``, W_h ``R`` and the bias ``b`` (ONNX's second, recurrent bias is zero).  Returns
+    (y (T, N, H), the exposed tops: the final states, (1, N, H) as ONNX gives them, or none without
+    expose_hidden)."""
     L = ctx.layer
-    H = L.H
     if L.static_input:
-        raise ctx.fail("x_static (a third bottom) is not expressible with ONNX's LSTM operator; "
+        raise ctx.fail(f"x_static (a third bottom) is not expressible with ONNX's {op} operator; "
                        "export with recurrent='exact' (the default)")
-    W = _permuted(L.blobs[0], H)[None]
-    R = _permuted(L.blobs[-1], H)[None]
-    B = np.concatenate([_permuted(L.blobs[1], H), np.zeros(4 * H, np.float32)])[None]
-    h0, c0 = _onnx_op_initial_states(ctx, cont, 2)
-    inputs = [x, ctx.const(W, "W"), ctx.const(R, "R"), ctx.const(B, "B"), "", h0, c0]
-    while inputs and inputs[-1] == "":
+    B = np.concatenate([b, np.zeros_like(b)])[None]
+    states = _onnx_op_initial_states(ctx, cont, n_state)
+    inputs = [x, ctx.const(W[None], "W"), ctx.const(R[None], "R"), ctx.const(B, "B"), "", *states]
+    while inputs[-1] == "":                           # omitted optional inputs: the default zero state
         inputs.pop()
-    y, h_T, c_T = ctx.node("LSTM", inputs, 3, hidden_size=H)
+    y, *finals = ctx.node(op, inputs, 1 + n_state, hidden_size=L.H)
     y = ctx.squeeze(y, [1])                            # (T, 1, N, H) -> (T, N, H)
-    tops = [y]
-    if L.expose_hidden:
-        tops += [h_T, c_T]
-    return tops
-
-
-def _rnn_onnx_op(ctx, x, cont, w_hh):
-    L = ctx.layer
-    H = L.H
-    if L.static_input:
-        raise ctx.fail("x_static (a third bottom) is not expressible with ONNX's RNN operator; "
-                       "export with recurrent='exact' (the default)")
-    W = np.asarray(L.blobs[0].data, np.float32)[None]
-    B = np.concatenate([np.asarray(L.blobs[1].data, np.float32), np.zeros(H, np.float32)])[None]
-    (h0,) = _onnx_op_initial_states(ctx, cont, 1)
-    inputs = [x, ctx.const(W, "W"), ctx.const(w_hh[None], "R"), ctx.const(B, "B"), "", h0]
-    while inputs and inputs[-1] == "":
-        inputs.pop()
-    y, h_T = ctx.node("RNN", inputs, 2, hidden_size=H)
-    return ctx.squeeze(y, [1]), ctx.squeeze(h_T, [0])
+    return y, finals if L.expose_hidden else []

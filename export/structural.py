@@ -2,6 +2,7 @@
 ONNX (layers/structural.py, slicing.py, elementwise.py)."""
 import numpy as np
 
+from .neurons import scaled
 from .registry import builtin_exporter
 
 
@@ -58,7 +59,7 @@ def eltwise(ctx):
     if L.op == ELTWISE_MAX:
         return [ctx.node("Max", xs)]
     # SUM: y = c0 x0, then y += c_i x_i, in Caffe's order
-    terms = [x if c == 1.0 else ctx.node("Mul", [x, ctx.scalar(c, "coeff")]) for x, c in zip(xs, L.coeffs)]
+    terms = [scaled(ctx, x, c, "coeff") for x, c in zip(xs, L.coeffs)]
     y = terms[0]
     for t in terms[1:]:
         y = ctx.node("Add", [y, t])
@@ -79,8 +80,7 @@ def reduction(ctx):
         y = x
     else:
         y = ctx.reduce(op, x, axes, keepdims=0)
-    if float(np.float32(L.coeff)) != 1.0:
-        y = ctx.node("Mul", [y, ctx.scalar(L.coeff, "coeff")])
+    y = scaled(ctx, y, L.coeff, "coeff")
     return [y if y != x else ctx.node("Identity", [x])]
 
 
